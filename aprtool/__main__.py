@@ -1,0 +1,3 @@
+from aprtool.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""The `aprtool` command line: thin Typer wrappers over library functions."""
+
+from __future__ import annotations
+
+import typer
+
+from aprtool.cli._common import EXIT_CODES_HELP
+from aprtool.cli.inspect import inspect_command
+from aprtool.cli.pending import PENDING, make_pending
+from aprtool.cli.verify import verify_command
+
+app = typer.Typer(
+    name="aprtool",
+    help="Train small language models and keep their weights in one checksummed APR container.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+for _name in ("pretrain", "distill"):
+    app.command(_name, context_settings=_PASS_THROUGH, epilog=EXIT_CODES_HELP)(
+        make_pending(_name, *PENDING[_name])
+    )
+app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
+app.command("verify", epilog=EXIT_CODES_HELP)(verify_command)
+for _name in ("compress", "export"):
+    app.command(_name, context_settings=_PASS_THROUGH, epilog=EXIT_CODES_HELP)(
+        make_pending(_name, *PENDING[_name])
+    )
+
+
+def main() -> None:
+    app(prog_name="aprtool")

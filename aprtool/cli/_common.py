@@ -1,0 +1,59 @@
+"""Shared CLI pieces: typed option aliases, error-to-exit-code mapping, one output helper."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from aprtool.errors import EXIT_NOT_FOUND, AprError
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 2 usage error; 3 file not found or unreadable; "
+    "4 not an APR file or structurally invalid; 5 verification or content check failed; "
+    "9 feature not available yet."
+)
+
+
+def console() -> Console:
+    return Console(soft_wrap=True, highlight=False)
+
+
+def error(message: str) -> None:
+    """One line on stderr: no rich wrapping, no traceback."""
+    sys.stderr.write(f"aprtool: error: {message}\n")
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into their documented exit codes with a one-line message."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AprError as exc:
+            error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            error(f"{where}{exc.strerror or exc}")
+            raise typer.Exit(EXIT_NOT_FOUND) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Console], None]) -> None:
+    """Print `data` as JSON, or let `render` draw it with rich."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    else:
+        render(console())

@@ -1,0 +1,24 @@
+"""Commands whose issues have not landed yet: they say so and exit 9."""
+
+from __future__ import annotations
+
+import typer
+
+from aprtool.cli._common import error
+from aprtool.errors import EXIT_UNAVAILABLE
+
+PENDING = {
+    "pretrain": ("Train a Llama-style language model with crash-safe checkpoints.", 4),
+    "distill": ("Distill a teacher model into a smaller student.", 5),
+    "compress": ("Quantize to int6 and entropy-code an APR file; compare codecs.", 3),
+    "export": ("Export to safetensors, a Hugging Face directory or GGUF.", 7),
+}
+
+
+def make_pending(name: str, summary: str, issue: int):
+    def command(ctx: typer.Context) -> None:
+        error(f"'{name}' is not available yet (tracked in issue #{issue})")
+        raise typer.Exit(EXIT_UNAVAILABLE)
+
+    command.__doc__ = f"{summary} [not available yet: exits 9]"
+    return command

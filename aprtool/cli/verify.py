@@ -1,0 +1,69 @@
+"""`aprtool verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from aprtool.cli._common import JsonOption, emit, handle_errors
+from aprtool.container import verify_files
+from aprtool.container.verify import VerifyReport, parse_requirements
+
+
+def _render(reports: list[VerifyReport]):
+    def render(console: Console) -> None:
+        for r in reports:
+            status = "[green]PASS[/]" if r.valid else "[red]FAIL[/]"
+            passed = sum(c.passed for c in r.checks)
+            console.print(f"{status} {r.file} ({passed}/{len(r.checks)} checks passed)")
+            for message in r.errors:
+                console.print(f"  [red]error[/]: {message}", markup=True)
+            for message in r.warnings:
+                console.print(f"  [yellow]warning[/]: {message}")
+
+    return render
+
+
+@handle_errors
+def verify_command(
+    files: Annotated[list[Path], typer.Argument(help="APR files to check.", show_default=False)],
+    as_json: JsonOption = False,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Decode encoded tensors and check their content digests.")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Treat warnings (all-zero tensors) as failures.")
+    ] = False,
+    expect_tensors: Annotated[
+        int | None,
+        typer.Option("--expect-tensors", metavar="N", help="Fail unless the file has N tensors."),
+    ] = None,
+    require: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--require",
+            metavar="KEY=VALUE",
+            help="Fail unless metadata KEY (dotted for nested keys) equals VALUE. Repeatable.",
+        ),
+    ] = None,
+) -> None:
+    """Check structure, header/footer CRCs, every tensor's checksum, NaN/Inf and all-zero tensors.
+
+    A file with 0 tensors always fails. Exits with the worst code over all files:
+    3 unreadable, 4 structurally invalid, 5 a check failed.
+    """
+    reports = verify_files(
+        files,
+        deep=deep,
+        strict=strict,
+        expect_tensors=expect_tensors,
+        require=parse_requirements(require or []),
+    )
+    payload = [r.to_json() for r in reports]
+    emit(payload[0] if len(payload) == 1 else payload, as_json, _render(reports))
+    code = max(r.exit_code for r in reports)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,63 @@
+"""APR v2 constants: data only. formats/APR.md is the normative text these numbers come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAGIC = b"APR\x00"
+VERSION_MAJOR = 2
+VERSION_MINOR = 0
+
+HEADER_SIZE = 64
+FOOTER_SIZE = 4
+ALIGNMENT = 64  # metadata, index and every tensor start on a 64-byte boundary (mmap/SIMD friendly)
+
+# Header field layout, little-endian. The CRC field itself (bytes 40..44) is excluded from its CRC.
+HEADER_STRUCT = "<4sBBHIQIQQI20s"
+HEADER_CRC_OFFSET = 40
+HEADER_CRC_END = 44
+
+FLAG_QUANTIZED = 0x0020  # at least one tensor uses an encoded (code >= 160) dtype
+FLAG_ROW_MAJOR = 0x0400  # always set: aprender's reader assumes it
+KNOWN_FLAGS = {FLAG_QUANTIZED: "quantized", FLAG_ROW_MAJOR: "row_major"}
+
+# Hostile-input limits, checked before anything is allocated.
+MAX_METADATA_SIZE = 64 * 1024 * 1024
+MAX_TENSOR_COUNT = 1_000_000
+MAX_NAME_BYTES = 256
+MAX_NDIM = 8
+MAX_JSON_DEPTH = 64
+
+# Index entry: u16 name_len, name, u8 dtype, u8 ndim, ndim x u64 dims, u64 offset, u64 size.
+INDEX_ENTRY_FIXED = 2 + 1 + 1 + 8 + 8
+MIN_INDEX_ENTRY = INDEX_ENTRY_FIXED + 1  # a name has at least one byte
+
+# Key in the metadata JSON under which aprtool keeps its own records (per-tensor checksums etc.).
+APRTOOL_KEY = "aprtool"
+RECORDS_VERSION = 1
+CHECKSUM_ALGORITHM = "xxh3_64"  # per-tensor, over the stored bytes; ~10 GB/s so checked loads stay cheap
+TRAINING_PREFIX = "__training__."  # checkpoint-only tensors (optimizer, RNG); never exported
+
+
+@dataclass(frozen=True)
+class DType:
+    code: int
+    name: str
+    itemsize: int  # bytes per element; 0 for encoded dtypes whose size is not shape-derived
+    numpy: str | None  # numpy dtype string for a zero-copy view; BF16 is viewed as raw uint16 bits
+    is_float: bool
+
+
+# Codes 0..7 and 30 are aprender's; 2 is unused there too. Codes >= 160 belong to aprtool's codecs.
+PLAIN_DTYPES: tuple[DType, ...] = (
+    DType(0, "F32", 4, "<f4", True),
+    DType(1, "F16", 2, "<f2", True),
+    DType(3, "F64", 8, "<f8", True),
+    DType(4, "I32", 4, "<i4", False),
+    DType(5, "I64", 8, "<i8", False),
+    DType(6, "I8", 1, "i1", False),
+    DType(7, "U8", 1, "u1", False),
+    DType(30, "BF16", 2, "<u2", True),
+)
+
+ENCODED_DTYPE_MIN = 160

@@ -1,0 +1,219 @@
+"""`verify`: every integrity and content check on APR files, as a report (never a traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aprtool.container import constants as C
+from aprtool.container.reader import AprFile, open_apr
+from aprtool.container.scan import scan_file
+from aprtool.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    AprError,
+    FileAccessError,
+    UsageError,
+)
+
+# Deep checks for encoded tensors: filled in by aprtool.codecs (decode + content digest).
+DeepCheck = Callable[[AprFile], list[str]]
+_deep_checks: list[DeepCheck] = []
+
+
+def register_deep_check(check: DeepCheck) -> None:
+    _deep_checks.append(check)
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    severity: str = "error"  # "warning": reported, fails only under --strict
+
+
+@dataclass
+class VerifyReport:
+    file: str
+    valid: bool = True
+    exit_code: int = EXIT_OK
+    checks: list[Check] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, name: str, passed: bool, detail: str, *, severity: str = "error") -> None:
+        self.checks.append(Check(name, passed, detail, severity))
+
+    def fail(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        self.valid = False
+        self.errors.append(message)
+        self.exit_code = max(self.exit_code, exit_code)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "valid": self.valid,
+            "exit_code": self.exit_code,
+            "checks": [asdict(c) for c in self.checks],
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
+
+
+def parse_requirements(pairs: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--require {pair!r}: expected KEY=VALUE")
+        out.append((key, value))
+    return out
+
+
+def _lookup(metadata: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """Dotted keys reach into nested objects: `aprtool.records_version`."""
+    node: Any = metadata
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _matches(actual: Any, wanted: str) -> bool:
+    if isinstance(actual, str):
+        return actual == wanted
+    try:
+        return actual == json.loads(wanted)
+    except ValueError:
+        return False
+
+
+def verify_file(
+    path: str | os.PathLike[str],
+    *,
+    deep: bool = False,
+    strict: bool = False,
+    expect_tensors: int | None = None,
+    require: Sequence[tuple[str, str]] = (),
+) -> VerifyReport:
+    report = VerifyReport(file=str(path))
+    try:
+        f = open_apr(path, check_header_crc=False)
+    except FileAccessError as exc:
+        report.add("readable", False, str(exc))
+        report.fail(str(exc), EXIT_NOT_FOUND)
+        return report
+    except AprError as exc:
+        report.add("structure", False, str(exc))
+        report.fail(str(exc), EXIT_INVALID)
+        return report
+    with f:
+        report.add("structure", True, f"APR v{f.header.version}, {len(f)} tensors")
+        if f.header_crc_valid:
+            report.add("header_crc", True, f"{f.header.header_crc:08x}")
+        else:
+            msg = "header_crc: stored value does not match the header bytes"
+            report.add("header_crc", False, msg)
+            report.fail(msg)
+        try:
+            scan = scan_file(f)
+        except OSError as exc:
+            report.add("readable", False, f"read failed: {exc}")
+            report.fail(f"{path}: read failed: {exc}", EXIT_NOT_FOUND)
+            return report
+        if scan.footer_crc == f.stored_footer_crc:
+            report.add("footer_crc", True, f"{scan.footer_crc:08x}")
+        else:
+            msg = (
+                f"footer_crc: stored {f.stored_footer_crc:08x}, computed {scan.footer_crc:08x} "
+                "(the file was modified or truncated after writing)"
+            )
+            report.add("footer_crc", False, msg)
+            report.fail(msg)
+        _tensor_checksums(f, scan, report)
+        _content(f, scan, report, strict)
+        _counts(f, report, expect_tensors)
+        for key, wanted in require:
+            found, actual = _lookup(f.metadata, key)
+            ok = found and _matches(actual, wanted)
+            detail = f"{key}={json.dumps(actual) if found else '(missing)'}, required {wanted}"
+            report.add(f"require:{key}", ok, detail)
+            if not ok:
+                report.fail(f"metadata {detail}")
+        if deep:
+            problems = [p for check in _deep_checks for p in check(f)]
+            encoded = sum(t.dtype.code >= C.ENCODED_DTYPE_MIN for t in f.tensors.values())
+            detail = f"{encoded} encoded tensors decoded" if encoded else "no encoded tensors"
+            report.add("deep", not problems, "; ".join(problems) or detail)
+            for p in problems:
+                report.fail(p)
+    return report
+
+
+def _tensor_checksums(f: AprFile, scan: Any, report: VerifyReport) -> None:
+    if not f.has_tensor_records:
+        report.add(
+            "tensor_checksums",
+            True,
+            "absent: file has no aprtool per-tensor records (header and footer CRC cover it)",
+            severity="info",
+        )
+        return
+    broken = []
+    for name, info in f.tensors.items():
+        want = info.record[C.CHECKSUM_ALGORITHM] if info.record else None
+        if scan.tensors[name].digest != want:
+            broken.append(name)
+            report.fail(
+                f"tensor {name!r}: stored-bytes checksum mismatch "
+                f"({C.CHECKSUM_ALGORITHM} stored {want}, computed {scan.tensors[name].digest})"
+            )
+    detail = f"broken: {', '.join(broken)}" if broken else f"{len(f)} tensors match"
+    report.add("tensor_checksums", not broken, detail)
+
+
+def _content(f: AprFile, scan: Any, report: VerifyReport, strict: bool) -> None:
+    nonfinite = [(n, s.nonfinite) for n, s in scan.tensors.items() if s.nonfinite]
+    for name, count in nonfinite:
+        report.fail(f"tensor {name!r}: {count} NaN/Inf values")
+    report.add(
+        "finite",
+        not nonfinite,
+        ", ".join(f"{n}: {c} NaN/Inf" for n, c in nonfinite) or "no NaN/Inf in float tensors",
+    )
+    zero = [
+        n
+        for n, s in scan.tensors.items()
+        if f.tensors[n].dtype.itemsize and f.tensors[n].numel and not s.nonzero
+    ]
+    detail = f"all-zero: {', '.join(zero)}" if zero else "no all-zero tensors"
+    report.add("nonzero", not zero, detail, severity="error" if strict else "warning")
+    for name in zero:
+        message = f"tensor {name!r}: every value is zero"
+        if strict:
+            report.fail(message)
+        else:
+            report.warnings.append(message)
+
+
+def _counts(f: AprFile, report: VerifyReport, expect: int | None) -> None:
+    count = len(f)
+    if count == 0:
+        report.add("tensor_count", False, "0 tensors: an empty model is never valid")
+        report.fail("tensor_count: the file holds 0 tensors")
+    elif expect is not None and count != expect:
+        report.add("tensor_count", False, f"{count} tensors, expected {expect}")
+        report.fail(f"tensor_count: {count}, expected {expect}")
+    else:
+        report.add("tensor_count", True, f"{count} tensors")
+
+
+def verify_files(paths: Sequence[str | os.PathLike[str]], **options: Any) -> list[VerifyReport]:
+    return [verify_file(p, **options) for p in paths]

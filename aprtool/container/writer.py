@@ -1,0 +1,206 @@
+"""Crash-safe, streaming APR v2 writer."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from aprtool.container import constants as C
+from aprtool.container.layout import (
+    DTYPES_BY_NAME,
+    encode_index_entry,
+    encode_metadata,
+    pack_header,
+    pad64,
+)
+from aprtool.errors import FileAccessError, UsageError
+
+_NUMPY_TO_APR = {
+    "float32": "F32",
+    "float16": "F16",
+    "float64": "F64",
+    "int32": "I32",
+    "int64": "I64",
+    "int8": "I8",
+    "uint8": "U8",
+}
+_TORCH_TO_APR = {**_NUMPY_TO_APR, "bfloat16": "BF16"}
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """A tensor already encoded by a codec: the writer stores `payload` as-is."""
+
+    dtype: C.DType  # an encoded dtype, code >= 160
+    shape: tuple[int, ...]  # logical shape of the decoded tensor
+    payload: bytes | memoryview
+    record: dict[str, Any] = field(default_factory=dict)  # codec parameters, content digest
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    name_bytes: bytes
+    dtype: C.DType
+    shape: tuple[int, ...]
+    data: memoryview  # flat bytes, zero-copy where the source allows
+    record: dict[str, Any]
+
+
+def _as_bytes(array: np.ndarray) -> memoryview:
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return memoryview(flat.view(np.uint8))
+
+
+def _entry(name: str, value: Any) -> _Entry:
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"tensor name {name!r}: must be a non-empty string")
+    name_bytes = name.encode("utf-8")
+    if len(name_bytes) > C.MAX_NAME_BYTES:
+        raise UsageError(f"tensor {name[:40]!r}...: name longer than {C.MAX_NAME_BYTES} bytes")
+    if isinstance(value, EncodedTensor):
+        if value.dtype.code < C.ENCODED_DTYPE_MIN:
+            raise UsageError(f"tensor {name!r}: encoded tensors need a dtype code >= 160")
+        data = memoryview(value.payload).cast("B")
+        return _Entry(name, name_bytes, value.dtype, tuple(value.shape), data, dict(value.record))
+    if type(value).__module__.startswith("torch"):
+        tensor = value.detach().cpu().contiguous()
+        kind = str(tensor.dtype).removeprefix("torch.")
+        if kind not in _TORCH_TO_APR:
+            raise UsageError(f"tensor {name!r}: torch dtype {kind} cannot be stored in APR")
+        dtype = DTYPES_BY_NAME[_TORCH_TO_APR[kind]]
+        if kind == "bfloat16":
+            import torch
+
+            array = tensor.view(torch.int16).numpy()
+        else:
+            array = tensor.numpy()
+        return _Entry(name, name_bytes, dtype, tuple(tensor.shape), _as_bytes(array), {})
+    array = np.asarray(value)
+    kind = array.dtype.name
+    if kind not in _NUMPY_TO_APR:
+        raise UsageError(f"tensor {name!r}: numpy dtype {kind} cannot be stored in APR")
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    dtype = DTYPES_BY_NAME[_NUMPY_TO_APR[kind]]
+    return _Entry(name, name_bytes, dtype, tuple(array.shape), _as_bytes(array), {})
+
+
+def _entries(tensors: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[_Entry]:
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    entries = [_entry(name, value) for name, value in items]
+    entries.sort(key=lambda e: e.name_bytes)
+    for a, b in zip(entries, entries[1:], strict=False):
+        if a.name_bytes == b.name_bytes:
+            raise UsageError(f"tensor {a.name!r}: name given twice")
+    if len(entries) > C.MAX_TENSOR_COUNT:
+        raise UsageError(f"tensor_count: {len(entries)} exceeds {C.MAX_TENSOR_COUNT}")
+    return entries
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    path: Path
+    size_bytes: int
+    tensor_count: int
+    footer_crc: int
+
+
+def write_apr(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Any] | Iterable[tuple[str, Any]],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    tensor_records: bool = True,
+) -> WriteResult:
+    """Write tensors (numpy arrays, torch tensors or EncodedTensor) and metadata to `path`.
+
+    The file appears atomically: it is written to a temp file in the same directory, fsynced,
+    renamed over `path`, and the directory is fsynced. Tensor data is streamed, never concatenated.
+    With `tensor_records` (the default) each tensor's xxh3_64 checksum is stored in the metadata
+    under "aprtool"; without it the output is a plain APR v2 file such as aprender writes.
+    """
+    path = Path(path)
+    entries = _entries(tensors)
+    meta = dict(metadata or {})
+    if tensor_records:
+        records = {
+            e.name: {C.CHECKSUM_ALGORITHM: xxhash.xxh3_64_hexdigest(e.data), **e.record} for e in entries
+        }
+        aprtool_meta = dict(meta.get(C.APRTOOL_KEY) or {})
+        aprtool_meta.update(records_version=C.RECORDS_VERSION, checksum=C.CHECKSUM_ALGORITHM)
+        aprtool_meta["tensors"] = records
+        meta[C.APRTOOL_KEY] = aprtool_meta
+    elif any(e.record for e in entries):
+        raise UsageError("encoded tensors need tensor_records=True to store their codec records")
+    metadata_bytes = encode_metadata(meta)
+    if len(metadata_bytes) > C.MAX_METADATA_SIZE:
+        raise UsageError(f"metadata: {len(metadata_bytes)} bytes exceeds {C.MAX_METADATA_SIZE}")
+
+    offsets, cursor = [], 0
+    for e in entries:
+        offsets.append(cursor)
+        cursor += pad64(e.data.nbytes)
+    index = b"".join(
+        encode_index_entry(e.name_bytes, e.dtype.code, e.shape, off, e.data.nbytes)
+        for e, off in zip(entries, offsets, strict=True)
+    )
+    index_offset = C.HEADER_SIZE + pad64(len(metadata_bytes))
+    data_offset = index_offset + pad64(len(index))
+    flags = C.FLAG_ROW_MAJOR
+    if any(e.dtype.code >= C.ENCODED_DTYPE_MIN for e in entries):
+        flags |= C.FLAG_QUANTIZED
+    header = pack_header(
+        flags=flags,
+        tensor_count=len(entries),
+        metadata_size=len(metadata_bytes),
+        tensor_index_offset=index_offset,
+        data_offset=data_offset,
+    )
+
+    directory = path.parent if str(path.parent) else Path(".")
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    crc = 0
+    try:
+        with open(tmp, "xb") as f:
+
+            def put(chunk: bytes | memoryview) -> None:
+                nonlocal crc
+                f.write(chunk)
+                crc = zlib.crc32(chunk, crc)
+
+            put(header)
+            put(metadata_bytes + bytes(pad64(len(metadata_bytes)) - len(metadata_bytes)))
+            put(index + bytes(pad64(len(index)) - len(index)))
+            for e in entries:
+                put(e.data)
+                put(bytes(pad64(e.data.nbytes) - e.data.nbytes))
+            f.write(crc.to_bytes(4, "little"))
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FileAccessError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return WriteResult(path, size, len(entries), crc)
