@@ -19,6 +19,7 @@ from aprtool.errors import (
     TensorIndexError,
     UnknownDTypeError,
     UnsupportedVersionError,
+    UsageError,
 )
 
 DTYPES_BY_CODE: dict[int, C.DType] = {d.code: d for d in C.PLAIN_DTYPES}
@@ -117,7 +118,7 @@ def encode_metadata(metadata: dict[str, Any]) -> bytes:
     try:
         text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise MetadataError(f"metadata: cannot be written as strict JSON ({exc})") from None
+        raise UsageError(f"metadata: cannot be written as strict JSON ({exc})") from None
     return text.encode("utf-8")
 
 
