@@ -1,5 +1,6 @@
 """aprtool: train small language models and keep their weights in one checksummed APR container."""
 
+import aprtool.codecs  # noqa: F401 - registers verify --deep for encoded tensors
 from aprtool.container import (
     AprFile,
     EncodedTensor,

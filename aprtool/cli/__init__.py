@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from aprtool.cli._common import EXIT_CODES_HELP
+from aprtool.cli.compress import compress_command
 from aprtool.cli.inspect import inspect_command
 from aprtool.cli.pending import PENDING, make_pending
 from aprtool.cli.verify import verify_command
@@ -27,10 +28,10 @@ for _name in ("pretrain", "distill"):
     )
 app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
 app.command("verify", epilog=EXIT_CODES_HELP)(verify_command)
-for _name in ("compress", "export"):
-    app.command(_name, context_settings=_PASS_THROUGH, epilog=EXIT_CODES_HELP)(
-        make_pending(_name, *PENDING[_name])
-    )
+app.command("compress", epilog=EXIT_CODES_HELP)(compress_command)
+app.command("export", context_settings=_PASS_THROUGH, epilog=EXIT_CODES_HELP)(
+    make_pending("export", *PENDING["export"])
+)
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ from aprtool.errors import EXIT_UNAVAILABLE
 PENDING = {
     "pretrain": ("Train a Llama-style language model with crash-safe checkpoints.", 4),
     "distill": ("Distill a teacher model into a smaller student.", 5),
-    "compress": ("Quantize to int6 and entropy-code an APR file; compare codecs.", 3),
     "export": ("Export to safetensors, a Hugging Face directory or GGUF.", 7),
 }
 

@@ -61,3 +61,12 @@ PLAIN_DTYPES: tuple[DType, ...] = (
 )
 
 ENCODED_DTYPE_MIN = 160
+
+# aprtool's encoded dtypes: int6 symbols (one per weight, -31..31) with fp16 per-row scales, coded
+# losslessly by one of the codecs. The payload layout per codec is in formats/APR.md section 5.1.
+ENCODED_DTYPES: tuple[DType, ...] = (
+    DType(160, "INT6_RAW", 0, None, True),
+    DType(161, "INT6_RANS", 0, None, True),
+    DType(162, "INT6_LZMA", 0, None, True),
+    DType(163, "INT6_ZSTD", 0, None, True),
+)

@@ -22,16 +22,8 @@ from aprtool.errors import (
     UsageError,
 )
 
-DTYPES_BY_CODE: dict[int, C.DType] = {d.code: d for d in C.PLAIN_DTYPES}
-DTYPES_BY_NAME: dict[str, C.DType] = {d.name: d for d in C.PLAIN_DTYPES}
-
-
-def register_dtype(dtype: C.DType) -> None:
-    """Codecs register their encoded dtypes (codes >= 160) here."""
-    if dtype.code < C.ENCODED_DTYPE_MIN:
-        raise ValueError(f"encoded dtype codes start at {C.ENCODED_DTYPE_MIN}")
-    DTYPES_BY_CODE[dtype.code] = dtype
-    DTYPES_BY_NAME[dtype.name] = dtype
+DTYPES_BY_CODE: dict[int, C.DType] = {d.code: d for d in C.PLAIN_DTYPES + C.ENCODED_DTYPES}
+DTYPES_BY_NAME: dict[str, C.DType] = {d.name: d for d in C.PLAIN_DTYPES + C.ENCODED_DTYPES}
 
 
 def dtype_for_code(code: int, where: str) -> C.DType:
@@ -267,6 +259,9 @@ def parse_index(raw: bytes | memoryview, count: int, data_len: int) -> list[Tens
             raise TensorIndexError(
                 f"{where}: size {size} != shape {list(shape)} x {dtype.itemsize} bytes ({dtype.name})"
             )
+        # no array of this shape can exist, even with 0 elements: numpy and torch address < 2**63 bytes
+        if math.prod(d for d in shape if d) * max(dtype.itemsize, 1) >= 2**63:
+            raise TensorIndexError(f"{where}: shape {list(shape)} is too large for any array")
         if not dtype.itemsize and numel and not size:
             raise TensorIndexError(f"{where}: encoded tensor with {numel} elements stores 0 bytes")
         tensors.append(TensorInfo(name, dtype, tuple(shape), offset, size))

@@ -1,0 +1,119 @@
+"""int6 symmetric per-row quantization: the lossy step, done once.
+
+A tensor of shape [rows, ...] is viewed as rows x cols; each row gets one fp16 scale and every weight
+becomes an integer symbol in -31..31 (63 levels). `torch_fake_quant` is the same quantizer for
+quantization-aware training, so the trainer and `compress` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aprtool.errors import UsageError
+
+LEVELS = 31  # symbols -31..31
+DEFAULT_MIN_ELEMENTS = 65_536  # parameter-golf keeps tensors up to this size in fp16
+
+
+@dataclass(frozen=True)
+class Clip:
+    """How the per-row scale is chosen: `absmax` (no clipping) or `std:K` (K standard deviations)."""
+
+    mode: str  # "absmax" | "std"
+    k: float = 0.0
+
+    def __str__(self) -> str:
+        return "absmax" if self.mode == "absmax" else f"std:{self.k:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> Clip:
+        if text == "absmax":
+            return cls("absmax")
+        kind, _, value = text.partition(":")
+        if kind == "std":
+            try:
+                k = float(value)
+            except ValueError:
+                k = float("nan")
+            if k > 0 and np.isfinite(k):
+                return cls("std", k)
+        raise UsageError(f"--clip {text!r}: expected 'absmax' or 'std:K' with K a positive number")
+
+
+@dataclass(frozen=True)
+class Quantized:
+    symbols: np.ndarray  # int8, shape [rows, cols], values in -31..31
+    scales: np.ndarray  # float16, shape [rows]
+    shape: tuple[int, ...]  # the original tensor's shape
+
+    def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
+        values = self.symbols.astype(np.float32) * self.scales.astype(np.float32)[:, None]
+        return values.reshape(self.shape).astype(dtype, copy=False)
+
+
+def as_rows(shape: tuple[int, ...]) -> tuple[int, int]:
+    rows = shape[0]
+    return rows, (int(np.prod(shape[1:])) if rows else 0)
+
+
+def _fp16_scales(raw: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """Round scales to fp16 without letting a scale round below what its row needs."""
+    if not np.isfinite(raw).all() or raw.max(initial=0) > np.finfo(np.float16).max:
+        raise UsageError("int6 scale does not fit in fp16 (weights larger than ~2e6)")
+    scales = raw.astype(np.float16)
+    low = scales.astype(np.float32) < raw
+    scales[low] = np.nextafter(scales[low], np.float16(np.inf))
+    tiny = (scales == 0) & (peak > 0)  # below fp16's smallest subnormal: use that subnormal
+    scales[tiny] = np.float16(2.0**-24)
+    return scales
+
+
+def quantize(weights: np.ndarray, clip: Clip) -> Quantized:
+    """Quantize a float tensor (2-D or more) to int6 symbols with fp16 per-row scales."""
+    shape = tuple(weights.shape)
+    rows, cols = as_rows(shape)
+    w = np.asarray(weights, dtype=np.float32).reshape(rows, cols)
+    if not np.isfinite(w).all():
+        raise UsageError("cannot quantize a tensor holding NaN/Inf")
+    peak = np.abs(w).max(axis=1) if cols else np.zeros(rows, np.float32)
+    if clip.mode == "absmax":
+        raw = peak / LEVELS
+    else:
+        raw = clip.k * w.std(axis=1) / LEVELS if cols else peak
+        raw = np.where(raw > 0, raw, peak / LEVELS)  # a constant row has std 0: fall back to absmax
+    scales = _fp16_scales(raw.astype(np.float32), peak)
+    s = scales.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(s > 0, np.rint(w / np.where(s > 0, s, 1)), 0)
+    symbols = np.clip(q, -LEVELS, LEVELS).astype(np.int8)
+    return Quantized(symbols, scales, shape)
+
+
+def relative_rmse(original: np.ndarray, restored: np.ndarray) -> float:
+    a = np.asarray(original, dtype=np.float64).ravel()
+    b = np.asarray(restored, dtype=np.float64).ravel()
+    denom = np.sqrt(np.mean(a * a)) if a.size else 0.0
+    return float(np.sqrt(np.mean((a - b) ** 2)) / denom) if denom > 0 else 0.0
+
+
+def torch_fake_quant(weight: Any, clip: Clip) -> Any:
+    """Straight-through int6 fake quantization of a torch weight (same math as `quantize`)."""
+    import torch
+
+    w = weight.reshape(weight.shape[0], -1)
+    peak = w.detach().abs().amax(dim=1)
+    if clip.mode == "absmax":
+        raw = peak / LEVELS
+    else:
+        raw = clip.k * w.detach().float().std(dim=1, unbiased=False) / LEVELS
+        raw = torch.where(raw > 0, raw, peak / LEVELS)
+    scale = raw.to(torch.float16).float()
+    bumped = torch.nextafter(scale.half(), torch.tensor(65504.0).half()).float()
+    scale = torch.where(scale < raw, bumped, scale)
+    scale = torch.where((scale == 0) & (peak > 0), torch.full_like(scale, 2.0**-24), scale)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+    q = torch.clamp(torch.round(w / safe), -LEVELS, LEVELS) * scale[:, None]
+    return (w + (q - w).detach()).reshape(weight.shape)
