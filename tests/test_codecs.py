@@ -140,7 +140,7 @@ def test_compress_quantizes_large_matrices_and_passes_through_the_rest(tmp_path)
 
 def _digests(path):
     with open_apr(path) as f:
-        return {n: (f.info(n).record or {}).get("content_sha256") for n in f.names()}
+        return {n: (f.info(n).record or {}).get("content_xxh3_128") for n in f.names()}
 
 
 def test_repack_chain_keeps_content_and_returns_to_identical_bytes(tmp_path):

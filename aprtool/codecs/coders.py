@@ -22,9 +22,21 @@ class DecodeError(IntegrityError):
     """A payload that passed its checksum but does not decode to the declared symbols."""
 
 
+def symbol_counts(symbols: np.ndarray) -> np.ndarray:
+    """Occurrences of each int8 value, indexed by value + 128."""
+    flat = np.ascontiguousarray(symbols).reshape(-1).view(np.uint8)
+    even = flat[: flat.size // 2 * 2]
+    # Count byte pairs (half as many elements to widen), then add up both halves of each pair.
+    pairs = np.bincount(even.view(np.uint16), minlength=65536).reshape(256, 256)
+    counts = pairs.sum(axis=0) + pairs.sum(axis=1)
+    if flat.size % 2:
+        counts[flat[-1]] += 1
+    return np.roll(counts, 128)  # the uint8 view puts -128..-1 at 128..255
+
+
 def order0_entropy_bits(symbols: np.ndarray) -> float:
     """Total order-0 (i.i.d.) entropy of the symbols in bits: n x H(empirical distribution)."""
-    counts = np.bincount(symbols.reshape(-1).astype(np.int64) + 128, minlength=256)
+    counts = symbol_counts(symbols)
     counts = counts[counts > 0].astype(np.float64)
     n = counts.sum()
     if n == 0:
@@ -135,16 +147,17 @@ def _model(counts: np.ndarray):
 def _rans_encode(symbols: np.ndarray) -> bytes:
     import constriction
 
-    flat = symbols.reshape(-1).astype(np.int32)
-    if flat.size == 0:
+    if symbols.size == 0:
         return bytes([0, 0])
-    lo, hi = int(flat.min()), int(flat.max())
-    counts = np.bincount(flat - lo, minlength=hi - lo + 1)
+    all_counts = symbol_counts(symbols)
+    used = np.flatnonzero(all_counts)
+    lo, hi = int(used[0]) - 128, int(used[-1]) - 128
+    counts = all_counts[lo + 128 : hi + 129]
     head = np.int8(lo).tobytes() + bytes([hi - lo + 1]) + _leb128(counts)
     if hi == lo:  # a single symbol costs no bits at all
         return head
     coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(flat - lo, _model(counts))
+    coder.encode_reverse(np.subtract(symbols.reshape(-1), lo, dtype=np.int32), _model(counts))
     return head + coder.get_compressed().astype("<u4").tobytes()
 
 

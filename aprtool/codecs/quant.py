@@ -78,25 +78,31 @@ def quantize(weights: np.ndarray, clip: Clip) -> Quantized:
     w = np.asarray(weights, dtype=np.float32).reshape(rows, cols)
     if not np.isfinite(w).all():
         raise UsageError("cannot quantize a tensor holding NaN/Inf")
-    peak = np.abs(w).max(axis=1) if cols else np.zeros(rows, np.float32)
+    if not cols:
+        return Quantized(np.zeros((rows, 0), np.int8), np.zeros(rows, np.float16), shape)
+    peak = np.maximum(w.max(axis=1), -w.min(axis=1))
     if clip.mode == "absmax":
         raw = peak / LEVELS
-    else:
-        raw = clip.k * w.std(axis=1) / LEVELS if cols else peak
+    else:  # one pass for the std: E[x^2] - E[x]^2, accumulated in float64
+        mean = w.sum(axis=1, dtype=np.float64) / cols
+        var = np.einsum("ij,ij->i", w, w, dtype=np.float64) / cols - mean * mean
+        raw = (clip.k * np.sqrt(np.maximum(var, 0)) / LEVELS).astype(np.float32)
         raw = np.where(raw > 0, raw, peak / LEVELS)  # a constant row has std 0: fall back to absmax
     scales = _fp16_scales(raw.astype(np.float32), peak)
-    s = scales.astype(np.float32)[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(s > 0, np.rint(w / np.where(s > 0, s, 1)), 0)
-    symbols = np.clip(q, -LEVELS, LEVELS).astype(np.int8)
-    return Quantized(symbols, scales, shape)
+    s = scales.astype(np.float32)
+    divisor = np.where(s > 0, s, np.float32(np.inf))[:, None]  # zero rows quantize to 0
+    q = np.divide(w, divisor)
+    np.rint(q, out=q)
+    np.clip(q, -LEVELS, LEVELS, out=q)
+    return Quantized(q.astype(np.int8), scales, shape)
 
 
 def relative_rmse(original: np.ndarray, restored: np.ndarray) -> float:
-    a = np.asarray(original, dtype=np.float64).ravel()
-    b = np.asarray(restored, dtype=np.float64).ravel()
-    denom = np.sqrt(np.mean(a * a)) if a.size else 0.0
-    return float(np.sqrt(np.mean((a - b) ** 2)) / denom) if denom > 0 else 0.0
+    """||original - restored|| / ||original||, in float32 with BLAS dot products."""
+    a = np.asarray(original, dtype=np.float32).ravel()
+    diff = np.asarray(restored, dtype=np.float32).ravel() - a
+    denom = float(np.dot(a, a))
+    return float(np.sqrt(np.dot(diff, diff) / denom)) if denom > 0 else 0.0
 
 
 def torch_fake_quant(weight: Any, clip: Clip) -> Any:
