@@ -39,7 +39,10 @@ def synthetic_model(path: Path, mparams: float, seed: int = 0) -> None:
         row_scale = rng.lognormal(mean=-3.5, sigma=0.4, size=(rows, 1))
         return (rng.standard_t(df=5, size=(rows, cols)) * row_scale).astype(np.float32)
 
-    tensors = {"model.embed_tokens.weight": w(vocab, hidden), "model.norm.weight": np.ones(hidden, np.float32)}
+    tensors = {
+        "model.embed_tokens.weight": w(vocab, hidden),
+        "model.norm.weight": np.ones(hidden, np.float32),
+    }
     for i in range(layers):
         p = f"model.layers.{i}."
         tensors |= {
@@ -91,10 +94,14 @@ def bench(path: Path, clip: str) -> dict:
     timings = {}
     for codec in ("rans", "lzma"):
         start = time.perf_counter()
-        compress_file(path, WORK / f"{path.stem}.{codec}.apr", CompressOptions(codec=codec, clip=clip, compare=False))
+        options = CompressOptions(codec=codec, clip=clip, compare=False)
+        compress_file(path, WORK / f"{path.stem}.{codec}.apr", options)
         timings[codec] = time.perf_counter() - start
     rans_file = WORK / f"{path.stem}.rans.apr"
-    codecs = {k: {"bytes": v["bytes"], "over_entropy_pct": v["over_entropy_pct"]} for k, v in report["codecs"].items()}
+    codecs = {
+        k: {"bytes": v["bytes"], "over_entropy_pct": v["over_entropy_pct"]}
+        for k, v in report["codecs"].items()
+    }
     b_bytes, b_seconds = brotli_bytes(path, clip, 65_536)
     if b_bytes is not None:
         codecs["brotli-11"] = {

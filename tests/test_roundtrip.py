@@ -38,7 +38,16 @@ def test_numpy_round_trip(tmp_path, dtype, shape):
 
 @pytest.mark.parametrize(
     "dtype",
-    [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.int64, torch.int8, torch.uint8],
+    [
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int32,
+        torch.int64,
+        torch.int8,
+        torch.uint8,
+    ],
     ids=str,
 )
 @pytest.mark.parametrize("shape", [(), (0,), (5,), (4, 3)], ids=str)
