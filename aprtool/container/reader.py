@@ -28,6 +28,7 @@ from aprtool.errors import (
     FileAccessError,
     FormatError,
     MetadataError,
+    NotAprError,
     TruncatedError,
 )
 
@@ -55,9 +56,9 @@ def _tensor_records(metadata: dict[str, Any], names: set[str]) -> dict[str, dict
     ours = metadata.get(C.APRTOOL_KEY)
     if ours is None:
         return {}
-    if not isinstance(ours, dict) or not isinstance(ours.get("tensors", {}), dict):
+    if not isinstance(ours, dict) or not isinstance(ours.get("tensors"), dict):
         raise MetadataError(f"metadata.{C.APRTOOL_KEY}: must be an object with a 'tensors' object")
-    records = ours.get("tensors", {})
+    records = ours["tensors"]
     for name, record in records.items():
         if name not in names:
             raise MetadataError(f"metadata.{C.APRTOOL_KEY}.tensors: record for unknown {name!r}")
@@ -109,7 +110,7 @@ class AprFile:
         self.size = os.fstat(self._file.fileno()).st_size
         head = self._read(0, min(self.size, C.HEADER_SIZE))
         if len(head) >= 4 and head[:4] != C.MAGIC:
-            raise FormatError(f"magic: expected {C.MAGIC!r}, found {head[:4]!r}; not an APR file")
+            raise NotAprError(f"magic: expected {C.MAGIC!r}, found {head[:4]!r}; not an APR file")
         if self.size < C.HEADER_SIZE + C.FOOTER_SIZE:
             raise TruncatedError(
                 f"header: file is {self.size} bytes, an APR v2 file has at least "

@@ -14,7 +14,7 @@ import numpy as np
 import xxhash
 
 from aprtool.container import constants as C
-from aprtool.container.layout import TensorInfo
+from aprtool.container.layout import TensorInfo, pad64
 from aprtool.container.reader import AprFile
 
 CHUNK = 8 * 1024 * 1024  # a multiple of 64, so tensor slices stay element-aligned
@@ -62,6 +62,7 @@ def _content(info: TensorInfo, part: memoryview, state: TensorScan) -> None:
 def scan_file(f: AprFile, *, content: bool = True, chunk_size: int = CHUNK) -> ScanResult:
     """Stream the whole file once. `content` adds NaN/Inf counts and all-zero detection."""
     end = f.size - C.FOOTER_SIZE
+    chunk_size = min(chunk_size, pad64(end))  # a small file needs no 3 x 8 MiB of zeroed buffers
     spans = sorted(
         ((f.absolute_offset(t), t) for t in f.tensors.values() if t.size),
         key=lambda s: s[0],
