@@ -6,5 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 OUT="${1:-$ROOT/out}"
 mkdir -p "$OUT"
 "$VENV/bin/python" -m aprtool.demo "$OUT/demo.apr"
-"$VENV/bin/aprtool" verify "$OUT/demo.apr" --expect-tensors 20 --require architecture=LlamaForCausalLM
-"$VENV/bin/aprtool" inspect "$OUT/demo.apr" --tensors
+"$VENV/bin/aprtool" compress "$OUT/demo.apr" -o "$OUT/demo.int6.apr" --min-elements 4096
+"$VENV/bin/aprtool" verify "$OUT/demo.apr" "$OUT/demo.int6.apr" --deep --expect-tensors 20 \
+  --require architecture=LlamaForCausalLM
+"$VENV/bin/aprtool" inspect "$OUT/demo.int6.apr" --tensors
