@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 EXIT_OK = 0
+EXIT_INTERNAL = 1  # an unexpected exception: a bug in aprtool
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_INVALID = 4

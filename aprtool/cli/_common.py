@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import json
 import sys
 from collections.abc import Callable
@@ -11,14 +12,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from aprtool.errors import EXIT_NOT_FOUND, AprError
+from aprtool.errors import EXIT_INTERNAL, EXIT_NOT_FOUND, AprError
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok; 2 usage error; 3 file not found or unreadable; "
+    "Exit codes: 0 ok; 1 internal error (a bug); 2 usage error; 3 file not found or unreadable; "
     "4 not an APR file or structurally invalid; 5 verification or content check failed; "
     "9 feature not available yet."
 )
@@ -47,6 +48,13 @@ def handle_errors(func: F) -> F:
             where = f"{exc.filename}: " if exc.filename else ""
             error(f"{where}{exc.strerror or exc}")
             raise typer.Exit(EXIT_NOT_FOUND) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a bug in aprtool: say so in one line; APRTOOL_DEBUG=1 shows it all
+            if os.environ.get("APRTOOL_DEBUG"):
+                raise
+            error(f"internal error: {type(exc).__name__}: {exc} (set APRTOOL_DEBUG=1 for the traceback)")
+            raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
 
