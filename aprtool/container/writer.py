@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from aprtool.atomic import atomic_writer
 from aprtool.container import constants as C
 from aprtool.container.layout import (
     DTYPES_BY_NAME,
@@ -106,14 +106,6 @@ def _entries(tensors: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[_En
     return entries
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class WriteResult:
     path: Path
@@ -174,11 +166,9 @@ def write_apr(
         data_offset=data_offset,
     )
 
-    directory = path.parent if str(path.parent) else Path(".")
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     crc = 0
     try:
-        with open(tmp, "xb") as f:
+        with atomic_writer(path) as f:
 
             def put(chunk: bytes | memoryview) -> None:
                 nonlocal crc
@@ -192,15 +182,7 @@ def write_apr(
                 put(e.data)
                 put(bytes(pad64(e.data.nbytes) - e.data.nbytes))
             f.write(crc.to_bytes(4, "little"))
-            f.flush()
-            os.fsync(f.fileno())
             size = f.tell()
-        os.replace(tmp, path)
-        _fsync_dir(directory)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise FileAccessError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return WriteResult(path, size, len(entries), crc)
