@@ -98,10 +98,7 @@ def bench(path: Path, clip: str) -> dict:
         compress_file(path, WORK / f"{path.stem}.{codec}.apr", options)
         timings[codec] = time.perf_counter() - start
     rans_file = WORK / f"{path.stem}.rans.apr"
-    codecs = {
-        k: {"bytes": v["bytes"], "over_entropy_pct": v["over_entropy_pct"]}
-        for k, v in report["codecs"].items()
-    }
+    codecs = {k: {"bytes": v["bytes"], "over_entropy_pct": v["over_entropy_pct"]} for k, v in report["codecs"].items()}
     b_bytes, b_seconds = brotli_bytes(path, clip, 65_536)
     if b_bytes is not None:
         codecs["brotli-11"] = {

@@ -52,9 +52,7 @@ print(next(line.split()[1] for line in open("/proc/self/status") if line.startsw
 
 def peak_rss_mb(path: Path) -> float:
     """Peak RSS of a fresh process running `aprtool verify` (measured inside it, after exec)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", RSS_PROBE, str(path)], check=True, capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-c", RSS_PROBE, str(path)], check=True, capture_output=True, text=True)
     return int(proc.stdout.split()[-1]) / 1024
 
 

@@ -89,9 +89,7 @@ def test_inspect_corrupt_tensor_reports_invalid_and_exits_5(cli, model):
 
 
 def test_verify_ok(cli, model):
-    result = cli(
-        "verify", "--json", model, "--expect-tensors", "20", "--require", "architecture=LlamaForCausalLM"
-    )
+    result = cli("verify", "--json", model, "--expect-tensors", "20", "--require", "architecture=LlamaForCausalLM")
     assert result.code == 0, result.stdout
     report = result.json()
     assert report["valid"] is True and report["errors"] == []
@@ -137,10 +135,7 @@ def test_verify_expect_tensors_mismatch_exits_5(cli, model):
 
 def test_verify_require_mismatch_and_nested_key(cli, model):
     assert cli("verify", model, "--require", "architecture=GPT2").code == 5
-    assert (
-        cli("verify", model, "--require", "hidden_size=64", "--require", "aprtool.records_version=1").code
-        == 0
-    )
+    assert cli("verify", model, "--require", "hidden_size=64", "--require", "aprtool.records_version=1").code == 0
     assert cli("verify", model, "--require", "no_such_key=1").code == 5
 
 

@@ -8,6 +8,7 @@ from aprtool.cli._common import EXIT_CODES_HELP
 from aprtool.cli.compress import compress_command
 from aprtool.cli.inspect import inspect_command
 from aprtool.cli.pending import PENDING, make_pending
+from aprtool.cli.pretrain import pretrain_command
 from aprtool.cli.verify import verify_command
 
 app = typer.Typer(
@@ -22,10 +23,10 @@ app = typer.Typer(
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-for _name in ("pretrain", "distill"):
-    app.command(_name, context_settings=_PASS_THROUGH, epilog=EXIT_CODES_HELP)(
-        make_pending(_name, *PENDING[_name])
-    )
+app.command("pretrain", epilog=EXIT_CODES_HELP)(pretrain_command)
+app.command("distill", context_settings=_PASS_THROUGH, epilog=EXIT_CODES_HELP)(
+    make_pending("distill", *PENDING["distill"])
+)
 app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
 app.command("verify", epilog=EXIT_CODES_HELP)(verify_command)
 app.command("compress", epilog=EXIT_CODES_HELP)(compress_command)

@@ -47,9 +47,7 @@ def _render(report: dict[str, Any]):
 
 @handle_errors
 def compress_command(
-    src: Annotated[
-        Path, typer.Argument(metavar="IN", help=".apr or .safetensors input.", show_default=False)
-    ],
+    src: Annotated[Path, typer.Argument(metavar="IN", help=".apr or .safetensors input.", show_default=False)],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output .apr path.", show_default=False)],
     codec: Annotated[str, typer.Option(help="Lossless coder: rans, lzma, zstd or raw.")] = "rans",
     quant: Annotated[

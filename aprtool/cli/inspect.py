@@ -57,9 +57,7 @@ def inspect_command(
     file: Annotated[Path, typer.Argument(help="APR file to describe.", show_default=False)],
     as_json: JsonOption = False,
     tensors: Annotated[bool, typer.Option("--tensors", help="Also list every tensor.")] = False,
-    no_checksums: Annotated[
-        bool, typer.Option("--no-checksums", help="Skip the full-file checksum pass.")
-    ] = False,
+    no_checksums: Annotated[bool, typer.Option("--no-checksums", help="Skip the full-file checksum pass.")] = False,
 ) -> None:
     """Summarize an APR file: format, size, tensors, parameters, architecture, checksum status.
 

@@ -8,7 +8,6 @@ from aprtool.cli._common import error
 from aprtool.errors import EXIT_UNAVAILABLE
 
 PENDING = {
-    "pretrain": ("Train a Llama-style language model with crash-safe checkpoints.", 4),
     "distill": ("Distill a teacher model into a smaller student.", 5),
     "export": ("Export to safetensors, a Hugging Face directory or GGUF.", 7),
 }

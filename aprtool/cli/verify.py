@@ -34,9 +34,7 @@ def verify_command(
     deep: Annotated[
         bool, typer.Option("--deep", help="Decode encoded tensors and check their content digests.")
     ] = False,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Treat warnings (all-zero tensors) as failures.")
-    ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings (all-zero tensors) as failures.")] = False,
     expect_tensors: Annotated[
         int | None,
         typer.Option("--expect-tensors", metavar="N", help="Fail unless the file has N tensors."),

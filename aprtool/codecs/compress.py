@@ -105,15 +105,10 @@ def _compress(src, dst, tensors, metadata, f, options, clip) -> dict[str, Any]:
             )
         is_float = dtype_name in ("F32", "F16", "F64", "BF16")
         wants_quant = (
-            not repack
-            and options.quant == "int6"
-            and array.ndim >= 2
-            and array.size >= max(options.min_elements, 1)
+            not repack and options.quant == "int6" and array.ndim >= 2 and array.size >= max(options.min_elements, 1)
         )
         if wants_quant and not is_float:
-            raise UsageError(
-                f"tensor {name!r}: {dtype_name} is an integer tensor and cannot be int6-quantized"
-            )
+            raise UsageError(f"tensor {name!r}: {dtype_name} is an integer tensor and cannot be int6-quantized")
         if wants_quant:
             weights = _as_float(f, name) if info is not None else np.asarray(array, np.float32)
             q = quantize(weights, clip)
@@ -131,9 +126,7 @@ def _compress(src, dst, tensors, metadata, f, options, clip) -> dict[str, Any]:
             stored = np.asarray(array).astype(np.float16)
         out[name] = stored
         err = relative_rmse(array, stored) if is_float and dtype_name != "BF16" else 0.0
-        rows.append(
-            {"name": name, "shape": list(np.shape(array)), "action": "passthrough", "rel_rmse": round(err, 6)}
-        )
+        rows.append({"name": name, "shape": list(np.shape(array)), "action": "passthrough", "rel_rmse": round(err, 6)})
 
     codecs = list(CODERS) if options.compare else [options.codec]
     stats = {c: {"bytes": 0, "encode_s": 0.0, "decode_s": 0.0} for c in codecs}

@@ -28,9 +28,7 @@ def inspect_file(path: str | os.PathLike[str], *, checksums: bool = True) -> dic
             scan = scan_file(f, content=False)
             footer_ok = scan.footer_crc == f.stored_footer_crc
             if f.has_tensor_records:
-                tensors_ok = all(
-                    scan.tensors[n].digest == t.record[C.CHECKSUM_ALGORITHM] for n, t in f.tensors.items()
-                )
+                tensors_ok = all(scan.tensors[n].digest == t.record[C.CHECKSUM_ALGORITHM] for n, t in f.tensors.items())
         valid_parts = [f.header_crc_valid, footer_ok, tensors_ok]
         metadata = dict(f.metadata)
         if isinstance(metadata.get(C.APRTOOL_KEY), dict):  # per-tensor records go in "tensors"
@@ -51,9 +49,7 @@ def inspect_file(path: str | os.PathLike[str], *, checksums: bool = True) -> dic
             },
             "header_checksum_valid": f.header_crc_valid,
             "footer_checksum_valid": footer_ok,
-            "tensor_checksums": (
-                "absent" if not f.has_tensor_records else ("valid" if tensors_ok else "invalid")
-            )
+            "tensor_checksums": ("absent" if not f.has_tensor_records else ("valid" if tensors_ok else "invalid"))
             if checksums
             else "unchecked",
             "checksum_valid": None if None in valid_parts[:2] else all(p is not False for p in valid_parts),

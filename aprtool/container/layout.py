@@ -97,9 +97,7 @@ def unpack_header(raw: bytes) -> Header:
     if magic != C.MAGIC:
         raise NotAprError(f"magic: expected {C.MAGIC!r}, found {magic!r}; not an APR file")
     if major != C.VERSION_MAJOR:
-        raise UnsupportedVersionError(
-            f"version: APR {major}.{minor} is not supported (this reader reads APR 2.x)"
-        )
+        raise UnsupportedVersionError(f"version: APR {major}.{minor} is not supported (this reader reads APR 2.x)")
     return Header(major, minor, flags, count, md_off, md_size, idx_off, data_off, crc, reserved)
 
 
@@ -251,8 +249,7 @@ def parse_index(raw: bytes | memoryview, count: int, data_len: int) -> list[Tens
             raise TensorIndexError(f"{where}: offset {offset} is not {C.ALIGNMENT}-byte aligned")
         if offset > data_len or size > data_len - offset:
             raise TensorIndexError(
-                f"{where}: bytes [{offset}, {offset + size}) lie past the end of the "
-                f"{data_len}-byte data section"
+                f"{where}: bytes [{offset}, {offset + size}) lie past the end of the {data_len}-byte data section"
             )
         numel = math.prod(shape)  # python ints: a product of eight u64s cannot overflow
         if dtype.itemsize and numel * dtype.itemsize != size:

@@ -46,9 +46,7 @@ _TORCH_DTYPES = {
 
 def _region(name: str, start: int, end: int, limit: int) -> None:
     if end > limit:
-        raise TruncatedError(
-            f"{name}: needs bytes [{start}, {end}) but the file ends its data at byte {limit}"
-        )
+        raise TruncatedError(f"{name}: needs bytes [{start}, {end}) but the file ends its data at byte {limit}")
 
 
 def _tensor_records(metadata: dict[str, Any], names: set[str]) -> dict[str, dict[str, Any]]:
@@ -113,8 +111,7 @@ class AprFile:
             raise NotAprError(f"magic: expected {C.MAGIC!r}, found {head[:4]!r}; not an APR file")
         if self.size < C.HEADER_SIZE + C.FOOTER_SIZE:
             raise TruncatedError(
-                f"header: file is {self.size} bytes, an APR v2 file has at least "
-                f"{C.HEADER_SIZE + C.FOOTER_SIZE}"
+                f"header: file is {self.size} bytes, an APR v2 file has at least {C.HEADER_SIZE + C.FOOTER_SIZE}"
             )
         self.header: Header = unpack_header(head)
         self.header_raw = head
@@ -129,9 +126,7 @@ class AprFile:
         if h.metadata_offset != C.HEADER_SIZE:
             raise FormatError(f"metadata_offset: {h.metadata_offset}, must be {C.HEADER_SIZE}")
         if h.metadata_size > C.MAX_METADATA_SIZE:
-            raise MetadataError(
-                f"metadata_size: {h.metadata_size} bytes exceeds the {C.MAX_METADATA_SIZE} limit"
-            )
+            raise MetadataError(f"metadata_size: {h.metadata_size} bytes exceeds the {C.MAX_METADATA_SIZE} limit")
         if h.tensor_count > C.MAX_TENSOR_COUNT:
             raise FormatError(f"tensor_count: {h.tensor_count} exceeds {C.MAX_TENSOR_COUNT}")
         end = self.size - C.FOOTER_SIZE
@@ -139,13 +134,10 @@ class AprFile:
         _region("metadata", C.HEADER_SIZE, index_start, end)
         if h.tensor_index_offset != index_start:
             raise FormatError(
-                f"tensor_index_offset: {h.tensor_index_offset}, must be {index_start} "
-                "(64 + metadata padded to 64)"
+                f"tensor_index_offset: {h.tensor_index_offset}, must be {index_start} (64 + metadata padded to 64)"
             )
         if h.data_offset % C.ALIGNMENT or h.data_offset < index_start:
-            raise FormatError(
-                f"data_offset: {h.data_offset} must be {C.ALIGNMENT}-aligned and >= {index_start}"
-            )
+            raise FormatError(f"data_offset: {h.data_offset} must be {C.ALIGNMENT}-aligned and >= {index_start}")
         _region("tensor index", index_start, h.data_offset, end)
 
         padded = self._read(C.HEADER_SIZE, index_start - C.HEADER_SIZE)

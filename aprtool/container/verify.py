@@ -188,11 +188,7 @@ def _content(f: AprFile, scan: Any, report: VerifyReport, strict: bool) -> None:
         not nonfinite,
         ", ".join(f"{n}: {c} NaN/Inf" for n, c in nonfinite) or "no NaN/Inf in float tensors",
     )
-    zero = [
-        n
-        for n, s in scan.tensors.items()
-        if f.tensors[n].dtype.itemsize and f.tensors[n].numel and not s.nonzero
-    ]
+    zero = [n for n, s in scan.tensors.items() if f.tensors[n].dtype.itemsize and f.tensors[n].numel and not s.nonzero]
     detail = f"all-zero: {', '.join(zero)}" if zero else "no all-zero tensors"
     report.add("nonzero", not zero, detail, severity="error" if strict else "warning")
     for name in zero:

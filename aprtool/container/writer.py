@@ -132,9 +132,7 @@ def write_apr(
     entries = _entries(tensors)
     meta = dict(metadata or {})
     if tensor_records:
-        records = {
-            e.name: {C.CHECKSUM_ALGORITHM: xxhash.xxh3_64_hexdigest(e.data), **e.record} for e in entries
-        }
+        records = {e.name: {C.CHECKSUM_ALGORITHM: xxhash.xxh3_64_hexdigest(e.data), **e.record} for e in entries}
         aprtool_meta = dict(meta.get(C.APRTOOL_KEY) or {})
         aprtool_meta.update(records_version=C.RECORDS_VERSION, checksum=C.CHECKSUM_ALGORITHM)
         aprtool_meta["tensors"] = records

@@ -1,0 +1,1 @@
+"""Corpus discovery, tokenizers, token shards and the training batch loader."""

@@ -1,0 +1,159 @@
+"""Turn a corpus (a directory of text files, or the default) into tokenized shards + a manifest.
+
+Layout of a prepared directory:
+    manifest.json      what is in it: tokenizer, splits, the source's fingerprint
+    tokenizer.json     (BPE only) the trained tokenizer
+    train-NNNN.tok     token shards, documents separated by the EOS token
+    val-NNNN.tok
+A prepared directory can itself be passed as `--corpus`; it is then used as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aprtool.atomic import atomic_write_text
+from aprtool.data.corpus import (
+    default_corpus_files,
+    default_corpus_root,
+    read_text,
+    split_by_file,
+    text_files,
+)
+from aprtool.data.shards import read_shard, write_shard
+from aprtool.data.tokenizer import BpeTokenizer, ByteTokenizer, file_sha256, load_tokenizer
+from aprtool.errors import FileAccessError, FormatError, UsageError
+
+MANIFEST = "manifest.json"
+SHARD_TOKENS = 4 * 1024 * 1024
+FORMAT = "aprtool-shards"
+
+
+@dataclass(frozen=True)
+class PreparedCorpus:
+    directory: Path
+    manifest: dict[str, Any]
+
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.directory / s["file"] for s in self.manifest["splits"][split]]
+
+    def tokens(self, split: str) -> np.ndarray:
+        """The split's tokens as one array (documents in order, EOS between them)."""
+        parts = [read_shard(p)[0] for p in self.shard_paths(split)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+
+    def tokenizer(self):
+        return load_tokenizer(self.manifest["tokenizer"], self.directory)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+
+def _source_fingerprint(files: list[Path], root: Path, settings: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for p in files:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def load_prepared(directory: Path) -> PreparedCorpus:
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileAccessError(f"{path}: no such file") from None
+    except ValueError as exc:
+        raise FormatError(f"{path}: invalid JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise FormatError(f"{path}: not an aprtool shard manifest")
+    corpus = PreparedCorpus(directory, manifest)
+    for split in ("train", "val"):
+        for p in corpus.shard_paths(split):
+            read_shard(p)  # header and size checks
+    return corpus
+
+
+def _write_split(directory: Path, split: str, docs: list[Any], eos: int, vocab: int) -> list[dict]:
+    end = np.array([eos], np.uint16)
+    stream = np.concatenate([part for doc in docs for part in (np.asarray(doc, np.uint16), end)])
+    shards = []
+    for i, start in enumerate(range(0, max(stream.size, 1), SHARD_TOKENS)):
+        name = f"{split}-{i:04d}.tok"
+        chunk = stream[start : start + SHARD_TOKENS]
+        write_shard(directory / name, chunk, vocab)
+        shards.append({"file": name, "tokens": int(chunk.size)})
+    return shards
+
+
+def prepare_corpus(
+    source: Path | None,
+    out_dir: Path,
+    *,
+    tokenizer: str = "bpe",
+    vocab_size: int = 4096,
+    val_fraction: float = 0.05,
+    log: Any = None,
+) -> PreparedCorpus:
+    """Prepare `source` (None: the default corpus) into `out_dir`, or reuse what is there."""
+    if source is not None and (source / MANIFEST).is_file():
+        return load_prepared(source)
+    if source is not None and not source.is_dir():
+        raise FileAccessError(f"--corpus {source}: not a directory")
+    if tokenizer not in ("bpe", "bytes"):
+        raise UsageError(f"--tokenizer {tokenizer!r}: choose bpe or bytes")
+    if not 0 < val_fraction < 1:
+        raise UsageError(f"--val-fraction {val_fraction}: must be between 0 and 1")
+    root = default_corpus_root() if source is None else source
+    files = default_corpus_files() if source is None else text_files(source)
+    settings = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction}
+    fingerprint = _source_fingerprint(files, root, settings)
+    if (out_dir / MANIFEST).is_file():
+        existing = load_prepared(out_dir)
+        if existing.fingerprint == fingerprint:
+            return existing
+    train_files, val_files = split_by_file(files, root, val_fraction)
+    texts = {p: read_text(p) for p in files}
+    train_texts = [t for p in train_files if (t := texts[p])]
+    val_texts = [t for p in val_files if (t := texts[p])]
+    if not train_texts or not val_texts:
+        raise UsageError(f"corpus {root}: no readable UTF-8 text on one side of the held-out split")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if log:
+        vocab = vocab_size if tokenizer == "bpe" else ByteTokenizer.vocab_size
+        log(f"tokenizing {len(files)} files from {root} ({tokenizer}, vocab {vocab})")
+    if tokenizer == "bytes":
+        tok: ByteTokenizer | BpeTokenizer = ByteTokenizer()
+        info = tok.info()
+    else:
+        tok = BpeTokenizer.train(train_texts, vocab_size)  # trained on the training split only
+        tok.save(out_dir / "tokenizer.json")
+        info = tok.info() | {"file": "tokenizer.json", "sha256": file_sha256(out_dir / "tokenizer.json")}
+    splits = {
+        "train": _write_split(out_dir, "train", tok.encode_batch(train_texts), tok.eos_id, tok.vocab_size),
+        "val": _write_split(out_dir, "val", tok.encode_batch(val_texts), tok.eos_id, tok.vocab_size),
+    }
+    manifest = {
+        "format": FORMAT,
+        "version": 1,
+        "fingerprint": fingerprint,
+        "source": {"root": str(root), "files": len(files), "default": source is None},
+        "split": {
+            "by": "file",
+            "val_fraction": val_fraction,
+            "train_files": [p.relative_to(root).as_posix() for p in train_files],
+            "val_files": [p.relative_to(root).as_posix() for p in val_files],
+        },
+        "tokenizer": info,
+        "splits": splits,
+        "tokens": {k: sum(s["tokens"] for s in v) for k, v in splits.items()},
+    }
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return PreparedCorpus(out_dir, manifest)

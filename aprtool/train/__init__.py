@@ -1,0 +1,1 @@
+"""Pretraining: configuration, the loop, crash-safe tiered checkpoints."""

@@ -1,0 +1,229 @@
+"""Crash-safe tiered checkpoints as APR files, with every piece of training state and no pickle.
+
+RUN_DIR/ckpt/
+    step-NNNNNN.apr   every --checkpoint-every steps (or minutes); the last --keep-last are kept
+    epoch-NNN.apr     one per completed epoch, kept, with epoch-NNN.metadata.json beside it
+    best.apr          best held-out loss so far
+    latest            the file name of the newest complete, verified checkpoint (atomically replaced)
+
+Each checkpoint holds the model weights under their HF names, plus `__training__.*` tensors:
+optimizer moments and steps, and the python / numpy / torch (CPU, CUDA) RNG states. Scalars (step,
+data position, losses, early-stopping state, config) live in the metadata under "training".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aprtool.atomic import atomic_write_text, sweep_temp_files
+from aprtool.container import constants as C
+from aprtool.container import open_apr, verify_file, write_apr
+from aprtool.errors import AprError, FileAccessError, FormatError, IntegrityError
+
+P = C.TRAINING_PREFIX
+STEP_RE = re.compile(r"^step-(\d{6,})\.apr$")
+DELETING = ".deleting-"  # retention renames out of the step-* pattern before it deletes
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    weights: dict[str, np.ndarray]
+    optimizer: dict[str, Any]  # torch optimizer state_dict
+    training: dict[str, Any]  # the metadata "training" object
+    metadata: dict[str, Any]
+
+
+def rng_tensors() -> dict[str, Any]:
+    state = random.getstate()
+    np_state = np.random.get_state()
+    out: dict[str, Any] = {
+        P + "rng.python": np.array(state[1], dtype=np.int64),
+        P + "rng.numpy": np.asarray(np_state[1], dtype=np.int64),
+        P + "rng.torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[P + f"rng.cuda.{i}"] = s
+    return out
+
+
+def rng_metadata() -> dict[str, Any]:
+    state = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": {"version": state[0], "gauss_next": state[2]},
+        "numpy": {"kind": np_state[0], "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+    }  # fmt: skip
+
+
+def restore_rng(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    py = meta["python"]
+    random.setstate((py["version"], tuple(int(x) for x in tensors[P + "rng.python"]), py["gauss_next"]))
+    n = meta["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            tensors[P + "rng.numpy"].astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(torch.from_numpy(np.array(tensors[P + "rng.torch"], dtype=np.uint8)))
+    cuda = sorted(k for k in tensors if k.startswith(P + "rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.array(tensors[k], dtype=np.uint8)) for k in cuda])
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> tuple[dict[str, Any], dict]:
+    """Optimizer state as named tensors plus its param groups (hyperparameters, parameter indices).
+
+    `names[i]` is the name of the optimizer's i-th parameter (groups concatenated in order)."""
+    sd = optimizer.state_dict()
+    out = {}
+    for index, state in sd["state"].items():
+        for key, value in state.items():
+            out[f"{P}optim.{names[index]}.{key}"] = value.detach().cpu().reshape(value.shape)
+    return out, {"param_groups": sd["param_groups"]}
+
+
+def optimizer_state(tensors: dict[str, np.ndarray], meta: dict[str, Any], names: list[str]) -> dict:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for index, name in enumerate(names):
+        prefix = f"{P}optim.{name}."
+        entries = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if entries:
+            state[index] = {k: torch.from_numpy(np.array(v)) for k, v in entries.items()}
+    groups = [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(
+    path: Path,
+    weights: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    param_names: list[str],
+    training: dict[str, Any],
+    metadata: dict[str, Any],
+) -> Path:
+    """Write one checkpoint atomically and verify it; raises AprError if either fails."""
+    optim, optim_meta = optimizer_tensors(optimizer, param_names)
+    tensors = {**{k: v.detach().cpu() for k, v in weights.items()}, **optim, **rng_tensors()}
+    training = {**training, "optimizer": optim_meta, "rng": rng_metadata()}
+    write_apr(path, tensors, {**metadata, "training": training})
+    report = verify_file(path, expect_tensors=len(tensors))
+    if not report.valid:
+        raise IntegrityError(f"{path.name}: written but does not verify: {'; '.join(report.errors)}")
+    return path
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint fully (checksums verified); weights and training state split apart."""
+    report = verify_file(path)
+    if not report.valid:
+        raise IntegrityError(f"{path}: checkpoint does not verify: {'; '.join(report.errors)}")
+    with open_apr(path) as f:
+        tensors = {n: np.array(f.numpy(n)) for n in f.names()}
+        metadata = dict(f.metadata)
+    training = metadata.get("training")
+    if not isinstance(training, dict) or "step" not in training:
+        raise FormatError(f"{path}: not a training checkpoint (no 'training' metadata)")
+    weights = {k: v for k, v in tensors.items() if not k.startswith(P)}
+    state = {k: v for k, v in tensors.items() if k.startswith(P)}
+    return Checkpoint(path, weights, {"tensors": state}, training, metadata)
+
+
+class CheckpointDir:
+    """The tiers in RUN_DIR/ckpt, with retention, the `latest` pointer and crash-leftover sweeping."""
+
+    def __init__(self, directory: Path, keep_last: int, log: Any) -> None:
+        self.dir = directory
+        self.keep_last = keep_last
+        self.log = log
+
+    def prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        leftovers = sweep_temp_files(self.dir)
+        for p in self.dir.glob(DELETING + "*"):
+            p.unlink(missing_ok=True)
+            leftovers.append(p)
+        if leftovers:
+            self.log(f"swept {len(leftovers)} leftover file(s) of an interrupted write from {self.dir}")
+
+    def step_path(self, step: int) -> Path:
+        return self.dir / f"step-{step:06d}.apr"
+
+    def epoch_path(self, epoch: int) -> Path:
+        return self.dir / f"epoch-{epoch:03d}.apr"
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / "best.apr"
+
+    def set_latest(self, path: Path) -> None:
+        atomic_write_text(self.dir / "latest", path.name + "\n")
+
+    def latest(self) -> Path | None:
+        pointer = self.dir / "latest"
+        if not pointer.is_file():
+            return None
+        name = pointer.read_text(encoding="utf-8").strip()
+        if "/" in name or not name.endswith(".apr"):
+            raise FormatError(f"{pointer}: does not name a checkpoint file")
+        return self.dir / name
+
+    def resolve(self, resume: str) -> Path:
+        """`latest` (the pointer, else the newest step checkpoint that verifies) or a path."""
+        if resume != "latest":
+            path = Path(resume)
+            if not path.is_file():
+                raise FileAccessError(f"--resume {resume}: no such checkpoint")
+            return path
+        candidates = []
+        pointed = self.latest()
+        if pointed is not None:
+            candidates.append(pointed)
+        candidates += sorted(self.step_files(), reverse=True)
+        for path in candidates:
+            if path.is_file() and verify_file(path).valid:
+                if pointed is not None and path != pointed:
+                    self.log(f"WARNING: {pointed.name} is missing or damaged; resuming from {path.name}")
+                return path
+        raise FileAccessError(f"--resume latest: no complete checkpoint in {self.dir}")
+
+    def step_files(self) -> list[Path]:
+        return sorted(p for p in self.dir.glob("step-*.apr") if STEP_RE.match(p.name))
+
+    def retain(self) -> None:
+        """Keep the newest `keep_last` step checkpoints: rename out of the pattern, then delete."""
+        steps = self.step_files()
+        latest = self.latest()
+        for old in steps[: max(len(steps) - self.keep_last, 0)]:
+            if old == latest:
+                continue
+            doomed = old.with_name(DELETING + old.name)
+            old.rename(doomed)
+            doomed.unlink()
+
+    def write_sidecar(self, epoch: int, data: dict[str, Any]) -> None:
+        atomic_write_text(self.dir / f"epoch-{epoch:03d}.metadata.json", json.dumps(data, indent=1) + "\n")
+
+
+def try_save(label: str, save: Any, log: Any) -> bool:
+    """Run a checkpoint save; a failure is logged loudly and training goes on."""
+    try:
+        save()
+        return True
+    except (AprError, OSError) as exc:
+        log(f"WARNING: checkpoint {label} FAILED to write ({exc}); training continues")
+        return False

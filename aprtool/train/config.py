@@ -1,0 +1,120 @@
+"""Training configuration: one dataclass, every field a CLI flag with the same name."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from aprtool.errors import UsageError
+from aprtool.model.llama import PRESETS, LlamaConfig
+
+MODEL_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "rope_theta")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    corpus: str | None = None  # None: the embedded default corpus (the stdlib's sources)
+    tokenizer: str = "bpe"  # bpe | bytes
+    vocab_size: int = 4096  # for bpe
+    val_fraction: float = 0.05
+    # model
+    size: str = "small"
+    hidden_size: int | None = None  # overrides of the preset
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    intermediate_size: int | None = None
+    rope_theta: float | None = None
+    tie_word_embeddings: bool = True
+    # optimization
+    steps: int = 300
+    seq_len: int = 256
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # decay floor, as a fraction of lr
+    warmup_steps: int = 30
+    schedule: str = "cosine"  # cosine | linear
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    # evaluation and early stopping
+    eval_every: int = 50
+    eval_tokens: int = 32768  # the same held-out tokens every time, so evaluations are comparable
+    patience: int = 5  # evaluations without a new best before stopping
+    min_delta: float = 0.0  # an improvement must beat the best by more than this (nats/token)
+    min_evals: int = 8  # early stopping may not fire before this many evaluations
+    # checkpoints and logging
+    checkpoint_every: int = 0  # steps; 0: by wall time
+    checkpoint_minutes: float = 10.0
+    keep_last: int = 5
+    log_every: int = 10
+
+    def validate(self) -> TrainConfig:
+        if self.size not in PRESETS:
+            raise UsageError(f"--size {self.size!r}: choose from {', '.join(PRESETS)}")
+        if self.tokenizer not in ("bpe", "bytes"):
+            raise UsageError(f"--tokenizer {self.tokenizer!r}: choose bpe or bytes")
+        if self.schedule not in ("cosine", "linear"):
+            raise UsageError(f"--schedule {self.schedule!r}: choose cosine or linear")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"--device {self.device!r}: choose cpu or cuda")
+        for name in (
+            "steps",
+            "seq_len",
+            "batch_size",
+            "grad_accum",
+            "eval_every",
+            "eval_tokens",
+            "log_every",
+        ):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("keep_last", "checkpoint_every", "warmup_steps", "patience", "min_evals"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UsageError("--min-lr-ratio must be between 0 and 1")
+        if self.lr <= 0 or self.checkpoint_minutes <= 0:
+            raise UsageError("--lr and --checkpoint-minutes must be positive")
+        return self
+
+    def model_config(self, vocab_size: int) -> LlamaConfig:
+        base = PRESETS[self.size]
+        overrides = {name: getattr(self, name) for name in MODEL_FIELDS}
+        return base.with_overrides(
+            vocab_size=vocab_size,
+            max_position_embeddings=max(base.max_position_embeddings, self.seq_len),
+            tie_word_embeddings=self.tie_word_embeddings,
+            **overrides,
+        ).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def merged(self, overrides: dict[str, Any]) -> TrainConfig:
+        return replace(self, **overrides)
+
+
+# Changing these would make a resumed run a different run: resume refuses, naming the field.
+RESUME_LOCKED = (
+    "corpus", "tokenizer", "vocab_size", "val_fraction", "size", *MODEL_FIELDS, "tie_word_embeddings",
+    "seq_len", "batch_size", "grad_accum", "seed",
+)  # fmt: skip
+
+
+def resume_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
+    return [
+        f"{name}: checkpoint has {getattr(saved, name)!r}, requested {getattr(wanted, name)!r}"
+        for name in RESUME_LOCKED
+        if getattr(saved, name) != getattr(wanted, name)
+    ]

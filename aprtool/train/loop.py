@@ -1,0 +1,407 @@
+"""`pretrain`: the training loop, top to bottom.
+
+    prepare data -> build (or restore) model, optimizer, RNG and data position -> for each step:
+    forward/backward (gradient accumulation), clip, AdamW, log, evaluate, checkpoint -> write
+    RUN_DIR/model.apr (weights only) and verify it.
+
+There is no placeholder-loss path: every step's loss comes from a real batch; the loader wraps
+around the corpus and counts epochs; a non-finite loss stops the run with an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from aprtool.atomic import atomic_write_text
+from aprtool.container import verify_file, write_apr
+from aprtool.data.loader import BatchLoader, LoaderState, eval_windows
+from aprtool.data.prepare import prepare_corpus
+from aprtool.errors import AprError, FileAccessError, IntegrityError, UsageError
+from aprtool.model.llama import LlamaForCausalLM
+from aprtool.train.checkpoint import (
+    CheckpointDir,
+    load_checkpoint,
+    optimizer_state,
+    restore_rng,
+    save_checkpoint,
+    try_save,
+)
+from aprtool.train.config import TrainConfig, resume_differences
+from aprtool.train.schedule import learning_rate
+
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class TrainingInterrupted(AprError):
+    """SIGINT/SIGTERM: a checkpoint was written; the exit code is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class RunState:
+    """Everything besides tensors that a resumed run needs to continue bit for bit."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    loader: LoaderState = field(default_factory=LoaderState)
+    epochs_saved: int = 0  # epoch checkpoints written so far
+    wall_seconds: float = 0.0
+    log_loss: float = 0.0  # sums over the current log interval
+    log_steps: int = 0
+    log_grad_max: float = 0.0
+    epoch_loss: float = 0.0  # sums over the current epoch
+    epoch_steps: int = 0
+    epoch_grad_max: float = 0.0
+    train_loss: float | None = None  # last logged mean
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals: int = 0
+    evals_since_best: int = 0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["loader"] = {"epoch": self.loader.epoch, "cursor": self.loader.cursor}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunState:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["loader"] = LoaderState(**d["loader"])
+        return cls(**known)
+
+
+def _stderr_log(message: str) -> None:
+    sys.stderr.write(f"[aprtool] {message}\n")
+    sys.stderr.flush()
+
+
+def _code_version() -> str:
+    from aprtool import __version__
+
+    return __version__
+
+
+def evaluate(model: LlamaForCausalLM, windows: torch.Tensor, batch_size: int, device: str) -> float:
+    """Mean cross-entropy (nats/token) over the fixed held-out windows."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(windows), batch_size):
+            batch = windows[i : i + batch_size].to(device)
+            with _autocast(device):
+                logits = model(batch[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+            total += float(loss)
+            count += batch[:, 1:].numel()
+    model.train()
+    return total / count
+
+
+def _autocast(device: str):
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _param_groups(model: LlamaForCausalLM, weight_decay: float) -> tuple[list[dict], list[str]]:
+    """Matrices decay, norms and embeddings do not. Returns groups and the optimizer's name order."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # a tied lm_head appears once, as the embedding
+        (decay if p.ndim >= 2 and "embed_tokens" not in name else no_decay).append((name, p))
+    groups = [
+        {"params": [p for _, p in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+    ]
+    return groups, [n for n, _ in decay + no_decay]
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint: those steps are about to be re-run."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def model_metadata(model: LlamaForCausalLM, cfg: TrainConfig, tokenizer: dict[str, Any]) -> dict[str, Any]:
+    m = model.cfg
+    return {
+        "name": "aprtool-pretrain",
+        "architecture": "LlamaForCausalLM",
+        "model_type": "llama",
+        "param_count": sum(t.numel() for t in model.weights().values()),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "license": None,
+        "data_source": cfg.corpus or "python-stdlib",
+        "data_license": None,
+        **m.to_metadata(),
+        "tokenizer": tokenizer,
+        "aprtool_version": _code_version(),
+    }
+
+
+def pretrain(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume: str | None = None,
+    log: Callable[[str], None] = _stderr_log,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train; return the summary. `overrides` are TrainConfig fields; on resume the checkpoint's
+    config is the base and only the fields given here change (those that would alter the run's
+    math are refused, naming the field)."""
+    run_dir = Path(run_dir)
+    overrides = dict(overrides or {})
+    ckpts = CheckpointDir(run_dir / "ckpt", keep_last=5, log=log)
+
+    # --- configuration (fresh, or from the checkpoint being resumed)
+    ckpt = None
+    if resume is not None:
+        if not ckpts.dir.is_dir() and resume == "latest":
+            raise FileAccessError(f"--resume latest: {ckpts.dir} does not exist (nothing to resume)")
+        ckpt = load_checkpoint(ckpts.resolve(resume))
+        saved = TrainConfig.from_dict(ckpt.training["config"])
+        cfg = saved.merged(overrides).validate()
+        differences = resume_differences(saved, cfg)
+        if differences:
+            raise UsageError(f"cannot resume {ckpt.path.name}: {'; '.join(differences)}")
+    else:
+        cfg = TrainConfig().merged(overrides).validate()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    ckpts.keep_last = cfg.keep_last
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpts.prepare()
+
+    # --- data
+    corpus = prepare_corpus(
+        Path(cfg.corpus) if cfg.corpus else None,
+        run_dir / "data",
+        tokenizer=cfg.tokenizer,
+        vocab_size=cfg.vocab_size,
+        val_fraction=cfg.val_fraction,
+        log=log,
+    )
+    if ckpt is not None and ckpt.training.get("data_fingerprint") != corpus.fingerprint:
+        raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
+    tok_info = dict(corpus.manifest["tokenizer"])
+    if tok_info.get("file"):
+        shutil.copyfile(corpus.directory / tok_info["file"], run_dir / "tokenizer.json")
+        tok_info["file"] = "tokenizer.json"
+    val_windows = eval_windows(corpus.tokens("val"), cfg.seq_len, cfg.eval_tokens)
+
+    # --- model, optimizer, state
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = LlamaForCausalLM(cfg.model_config(tok_info["vocab_size"])).to(cfg.device)
+    groups, names = _param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+    state = RunState()
+    metrics_path = run_dir / "metrics.jsonl"
+    if ckpt is not None:
+        model.load_weights(ckpt.weights)
+        optimizer.load_state_dict(optimizer_state(ckpt.optimizer["tensors"], ckpt.training["optimizer"], names))
+        restore_rng(ckpt.optimizer["tensors"], ckpt.training["rng"])
+        state = RunState.from_dict(ckpt.training["state"])
+        _truncate_metrics(metrics_path, state.step)
+        log(f"resumed from {ckpt.path.name} at step {state.step}")
+    loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader)
+    metadata = model_metadata(model, cfg, tok_info)
+    params = [p for g in groups for p in g["params"]]
+
+    def training_meta() -> dict[str, Any]:
+        return {
+            "step": state.step,
+            "epoch": state.loader.epoch,
+            "tokens_seen": state.tokens_seen,
+            "train_loss": state.train_loss,
+            "val_loss": state.val_loss,
+            "config": cfg.to_dict(),
+            "data_fingerprint": corpus.fingerprint,
+            "tokenizer": tok_info,
+            "code_version": _code_version(),
+            "state": state.to_dict(),
+        }
+
+    def checkpoint(path: Path, *, pointer: bool = True) -> bool:
+        def save() -> None:
+            save_checkpoint(path, model.weights(), optimizer, names, training_meta(), metadata)
+            if pointer:
+                ckpts.set_latest(path)
+                ckpts.retain()
+
+        return try_save(path.name, save, log)
+
+    # --- signals: finish the step, checkpoint, exit 130/143
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in SIGNAL_EXIT}
+    started = time.monotonic() - state.wall_seconds
+    last_ckpt = time.monotonic()
+    interval_start, interval_tokens = time.monotonic(), 0
+    try:
+        model.train()
+        while state.step < cfg.steps and not state.stopped_early:
+            lr = learning_rate(
+                state.step, lr=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps,
+                floor_ratio=cfg.min_lr_ratio, kind=cfg.schedule,
+            )  # fmt: skip
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            step_loss = 0.0
+            for _ in range(cfg.grad_accum):
+                x, y = loader.next_batch()
+                x, y = x.to(cfg.device), y.to(cfg.device)
+                with _autocast(cfg.device):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / cfg.grad_accum
+                loss.backward()
+                step_loss += float(loss.detach())
+            if not math.isfinite(step_loss):
+                raise IntegrityError(
+                    f"loss became {step_loss} at step {state.step + 1}; the last good checkpoint is "
+                    f"{ckpts.latest().name if ckpts.latest() else 'none'}"
+                )
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+            state.tokens_seen += tokens
+            interval_tokens += tokens
+            state.log_loss += step_loss
+            state.log_steps += 1
+            state.log_grad_max = max(state.log_grad_max, grad_norm)
+            state.epoch_loss += step_loss
+            state.epoch_steps += 1
+            state.epoch_grad_max = max(state.epoch_grad_max, grad_norm)
+            state.wall_seconds = time.monotonic() - started
+            record: dict[str, Any] = {}
+
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                now = time.monotonic()
+                state.train_loss = state.log_loss / state.log_steps
+                record = {
+                    "step": state.step, "loss": state.train_loss, "lr": lr, "grad_norm_max": state.log_grad_max,
+                    "tokens_seen": state.tokens_seen, "epoch": state.loader.epoch,
+                    "tokens_per_s": interval_tokens / max(now - interval_start, 1e-9),
+                    "wall_seconds": state.wall_seconds,
+                }  # fmt: skip
+                state.log_loss, state.log_steps, state.log_grad_max = 0.0, 0, 0.0
+                interval_start, interval_tokens = now, 0
+
+            completed = state.loader.epoch + (1 if state.loader.cursor == loader.windows else 0)
+            while state.epochs_saved < completed:
+                state.epochs_saved += 1
+                sidecar = {
+                    "epoch": state.epochs_saved,
+                    "step": state.step,
+                    "train_loss": state.epoch_loss / max(state.epoch_steps, 1),
+                    "val_loss": state.val_loss,
+                    "tokens_seen": state.tokens_seen,
+                    "wall_seconds": state.wall_seconds,
+                    "grad_norm_max": state.epoch_grad_max,
+                }
+                state.epoch_loss, state.epoch_steps, state.epoch_grad_max = 0.0, 0, 0.0
+                if checkpoint(ckpts.epoch_path(state.epochs_saved), pointer=False):
+                    try_save(
+                        f"epoch-{state.epochs_saved:03d}.metadata.json",
+                        lambda s=sidecar: ckpts.write_sidecar(s["epoch"], s),
+                        log,
+                    )
+                log(f"epoch {state.epochs_saved} completed at step {state.step}")
+
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                state.val_loss = evaluate(model, val_windows, cfg.batch_size, cfg.device)
+                state.evals += 1
+                record = {**record, "step": state.step, "val_loss": state.val_loss}
+                if state.best_val_loss is None or state.val_loss < state.best_val_loss - cfg.min_delta:
+                    state.best_val_loss, state.best_step, state.evals_since_best = (
+                        state.val_loss,
+                        state.step,
+                        0,
+                    )
+                    checkpoint(ckpts.best_path, pointer=False)
+                else:
+                    state.evals_since_best += 1
+                    if state.evals >= cfg.min_evals and state.evals_since_best >= cfg.patience:
+                        state.stopped_early = True
+                        log(
+                            f"early stop at step {state.step}: no improvement over {state.best_val_loss:.4f} "
+                            f"(step {state.best_step}) in {state.evals_since_best} evaluations"
+                        )
+                log(f"step {state.step}: val_loss {state.val_loss:.4f} (best {state.best_val_loss:.4f})")
+
+            if record:
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                if progress:
+                    progress(record)
+
+            due = (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or (
+                not cfg.checkpoint_every and time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60
+            )
+            if due or caught:
+                checkpoint(ckpts.step_path(state.step))
+                last_ckpt = time.monotonic()
+            if caught:
+                signum = caught[0]
+                name = signal.Signals(signum).name
+                raise TrainingInterrupted(
+                    f"{name} received: stopped after step {state.step}; checkpoint "
+                    f"{ckpts.step_path(state.step).name} written. Resume with: "
+                    f"aprtool pretrain --run-dir {run_dir} --resume latest",
+                    SIGNAL_EXIT[signum],
+                )
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    # --- the end: a final checkpoint, then the weights-only model, verified before reporting success
+    final_ckpt = ckpts.step_path(state.step)
+    if not final_ckpt.exists():
+        checkpoint(final_ckpt)
+    model_path = run_dir / "model.apr"
+    weights = model.weights()
+    write_apr(model_path, weights, {**metadata, "training_summary": training_meta() | {"state": None}})
+    report = verify_file(model_path, expect_tensors=len(weights), require=[("architecture", "LlamaForCausalLM")])
+    if not report.valid:
+        raise IntegrityError(f"{model_path}: final model does not verify: {'; '.join(report.errors)}")
+    return {
+        "run_dir": str(run_dir),
+        "model": str(model_path),
+        "model_bytes": model_path.stat().st_size,
+        "params": metadata["param_count"],
+        "steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "epochs_completed": state.loader.epoch + (1 if state.loader.cursor == loader.windows else 0),
+        "train_loss": state.train_loss,
+        "val_loss": state.val_loss,
+        "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
+        "stopped_early": state.stopped_early,
+        "wall_seconds": round(state.wall_seconds, 2),
+        "checkpoints": sorted(p.name for p in ckpts.dir.glob("*.apr")),
+        "latest": ckpts.latest().name if ckpts.latest() else None,
+    }
