@@ -13,7 +13,6 @@ from rich.table import Table
 
 from aprtool.cli._common import JsonOption, emit, handle_errors
 from aprtool.train.config import TrainConfig
-from aprtool.train.loop import pretrain
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
@@ -119,6 +118,8 @@ def pretrain_command(
     With no --corpus it trains on the running Python's standard library sources. On SIGINT/SIGTERM
     it finishes the step, writes a checkpoint and exits 130/143 with the resume command.
     """
+    from aprtool.train.loop import pretrain
+
     given = locals()
     overrides = {k: given[k] for k in _DEFAULTS if given.get(k) is not None}
     bar, update = _progress_printer(overrides.get("steps", _DEFAULTS["steps"]))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aprtool.errors import UsageError
-from aprtool.model.llama import PRESETS, LlamaConfig
+
+if TYPE_CHECKING:  # the model module imports torch; the CLI reads this file just for defaults
+    from aprtool.model.llama import LlamaConfig
 
 MODEL_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "rope_theta")
 
@@ -55,6 +57,8 @@ class TrainConfig:
     log_every: int = 10
 
     def validate(self) -> TrainConfig:
+        from aprtool.model.llama import PRESETS
+
         if self.size not in PRESETS:
             raise UsageError(f"--size {self.size!r}: choose from {', '.join(PRESETS)}")
         if self.tokenizer not in ("bpe", "bytes"):
@@ -84,6 +88,8 @@ class TrainConfig:
         return self
 
     def model_config(self, vocab_size: int) -> LlamaConfig:
+        from aprtool.model.llama import PRESETS
+
         base = PRESETS[self.size]
         overrides = {name: getattr(self, name) for name in MODEL_FIELDS}
         return base.with_overrides(
