@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,22 +109,31 @@ def optimizer_state(tensors: dict[str, np.ndarray], meta: dict[str, Any], names:
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(
+def write_checkpoint(
     path: Path,
     weights: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     param_names: list[str],
     training: dict[str, Any],
     metadata: dict[str, Any],
-) -> Path:
-    """Write one checkpoint atomically and verify it; raises AprError if either fails."""
+) -> int:
+    """Write one checkpoint atomically; returns its tensor count. Raises AprError on failure."""
     optim, optim_meta = optimizer_tensors(optimizer, param_names)
     tensors = {**{k: v.detach().cpu() for k, v in weights.items()}, **optim, **rng_tensors()}
     training = {**training, "optimizer": optim_meta, "rng": rng_metadata()}
     write_apr(path, tensors, {**metadata, "training": training})
-    report = verify_file(path, expect_tensors=len(tensors))
+    return len(tensors)
+
+
+def verify_checkpoint(path: Path, tensor_count: int) -> None:
+    report = verify_file(path, expect_tensors=tensor_count)
     if not report.valid:
         raise IntegrityError(f"{path.name}: written but does not verify: {'; '.join(report.errors)}")
+
+
+def save_checkpoint(path: Path, *args: Any) -> Path:
+    """Write and verify, in the caller's thread (the trainer verifies in the background instead)."""
+    verify_checkpoint(path, write_checkpoint(path, *args))
     return path
 
 
@@ -150,6 +160,32 @@ class CheckpointDir:
         self.dir = directory
         self.keep_last = keep_last
         self.log = log
+        self._worker: ThreadPoolExecutor | None = None
+
+    def after_write(self, path: Path, tensor_count: int, *, pointer: bool) -> None:
+        """Verify `path` in the background; only then point `latest` at it and apply retention.
+
+        Training goes on meanwhile, so a save stalls it only for the write itself. A file that does
+        not verify never becomes `latest`."""
+
+        def job() -> None:
+            try:
+                verify_checkpoint(path, tensor_count)
+                if pointer:
+                    self.set_latest(path)
+                    self.retain()
+            except (AprError, OSError) as exc:
+                self.log(f"WARNING: checkpoint {path.name} FAILED ({exc}); `latest` is unchanged; training continues")
+
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aprtool-ckpt")
+        self._worker.submit(job)
+
+    def finish(self) -> None:
+        """Wait for pending verifications (before exiting, or before reading `latest`)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,8 @@ from aprtool.train.checkpoint import (
     load_checkpoint,
     optimizer_state,
     restore_rng,
-    save_checkpoint,
     try_save,
+    write_checkpoint,
 )
 from aprtool.train.config import TrainConfig, resume_differences
 from aprtool.train.schedule import learning_rate
@@ -246,13 +246,15 @@ def pretrain(
         }
 
     def checkpoint(path: Path, *, pointer: bool = True) -> bool:
-        def save() -> None:
-            save_checkpoint(path, model.weights(), optimizer, names, training_meta(), metadata)
-            if pointer:
-                ckpts.set_latest(path)
-                ckpts.retain()
-
-        return try_save(path.name, save, log)
+        count: list[int] = []
+        saved = try_save(
+            path.name,
+            lambda: count.append(write_checkpoint(path, model.weights(), optimizer, names, training_meta(), metadata)),
+            log,
+        )
+        if saved:
+            ckpts.after_write(path, count[0], pointer=pointer)
+        return saved
 
     # --- signals: finish the step, checkpoint, exit 130/143
     caught: list[int] = []
@@ -375,6 +377,7 @@ def pretrain(
                     SIGNAL_EXIT[signum],
                 )
     finally:
+        ckpts.finish()
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -382,6 +385,7 @@ def pretrain(
     final_ckpt = ckpts.step_path(state.step)
     if not final_ckpt.exists():
         checkpoint(final_ckpt)
+        ckpts.finish()
     model_path = run_dir / "model.apr"
     weights = model.weights()
     write_apr(model_path, weights, {**metadata, "training_summary": training_meta() | {"state": None}})
