@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The main job on the built-in default: write a demo model, verify it, inspect it.
-# (Grows into pretrain -> compress -> verify -> export as those commands land.)
+# The main job on the built-in defaults: pretrain a small Llama on this Python's standard library,
+# compress it to int6 + rANS, verify both (decoding every encoded tensor), inspect the artifact.
+# (export joins when it lands.)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 OUT="${1:-$ROOT/out}"
 mkdir -p "$OUT"
-"$VENV/bin/python" -m aprtool.demo "$OUT/demo.apr"
-"$VENV/bin/aprtool" compress "$OUT/demo.apr" -o "$OUT/demo.int6.apr" --min-elements 4096
-"$VENV/bin/aprtool" verify "$OUT/demo.apr" "$OUT/demo.int6.apr" --deep --expect-tensors 20 \
-  --require architecture=LlamaForCausalLM
-"$VENV/bin/aprtool" inspect "$OUT/demo.int6.apr" --tensors
+rm -rf "$OUT/run"  # the demo always starts a fresh run; `aprtool pretrain --resume latest` continues one
+"$VENV/bin/aprtool" pretrain --run-dir "$OUT/run"
+"$VENV/bin/aprtool" compress "$OUT/run/model.apr" -o "$OUT/model.int6.apr"
+"$VENV/bin/aprtool" verify "$OUT/run/model.apr" "$OUT/model.int6.apr" --deep --require architecture=LlamaForCausalLM
+"$VENV/bin/aprtool" inspect "$OUT/model.int6.apr"

@@ -276,3 +276,12 @@ def test_early_stopping_fires_only_after_min_evals_and_patience(tmp_path, shards
     assert summary["stopped_early"] and summary["steps"] == 20  # evals at 5, 10, 15, 20: fires at the 4th
     assert summary["best_step"] == 5
     assert verify_file(tmp_path / "run" / "model.apr").valid
+
+
+def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path, tiny_shards):
+    run = tmp_path / "run"
+    pretrain(run, {**TINY, "corpus": str(tiny_shards), "steps": 5})
+    before = {p.name: p.read_bytes() for p in (run / "ckpt").glob("*.apr")}
+    with pytest.raises(UsageError, match="--resume latest"):
+        pretrain(run, {**TINY, "corpus": str(tiny_shards), "steps": 5})
+    assert {p.name: p.read_bytes() for p in (run / "ckpt").glob("*.apr")} == before

@@ -188,6 +188,12 @@ def pretrain(
             raise UsageError(f"cannot resume {ckpt.path.name}: {'; '.join(differences)}")
     else:
         cfg = TrainConfig().merged(overrides).validate()
+        existing = ckpts.step_files() if ckpts.dir.is_dir() else []
+        if existing or (ckpts.dir / "latest").exists():
+            raise UsageError(
+                f"{run_dir} already holds a run ({len(existing)} step checkpoints); continue it with "
+                "--resume latest, or choose another --run-dir"
+            )
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     ckpts.keep_last = cfg.keep_last
