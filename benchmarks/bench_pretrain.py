@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--size", default="small")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     over = {"size": args.size}
@@ -110,10 +110,13 @@ def main() -> None:
     vocab = corpus.manifest["tokenizer"]["vocab_size"]
     over["corpus"] = str(corpus.directory)
     ours, bare = [], []
-    for i in range(args.rounds):  # alternate, so drift of the machine hits both alike
-        with tempfile.TemporaryDirectory(dir=WORK) as d:
-            ours.append(aprtool_loop(over, args.steps, Path(d) / f"run{i}"))
-        bare.append(bare_loop(cfg, tokens, vocab, args.steps))
+    for i in range(args.rounds):  # ABBA order: drift of the machine and rests between runs hit both alike
+        for which in ("ours", "bare") if i % 2 == 0 else ("bare", "ours"):
+            if which == "ours":
+                with tempfile.TemporaryDirectory(dir=WORK) as d:
+                    ours.append(aprtool_loop(over, args.steps, Path(d) / f"run{i}"))
+            else:
+                bare.append(bare_loop(cfg, tokens, vocab, args.steps))
     ours, bare = statistics.median(ours), statistics.median(bare)
     result = {
         "size": args.size,
