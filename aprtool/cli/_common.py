@@ -26,7 +26,9 @@ EXIT_CODES_HELP = (
 
 
 def console() -> Console:
-    return Console(soft_wrap=True, highlight=False)
+    """Rich output; 120 columns when not a terminal (logs and pipes), so tables are not squeezed."""
+    width = None if sys.stdout.isatty() else 120
+    return Console(soft_wrap=True, highlight=False, width=width)
 
 
 def error(message: str) -> None:
