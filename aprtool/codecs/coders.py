@@ -34,9 +34,9 @@ def symbol_counts(symbols: np.ndarray) -> np.ndarray:
     return np.roll(counts, 128)  # the uint8 view puts -128..-1 at 128..255
 
 
-def order0_entropy_bits(symbols: np.ndarray) -> float:
+def order0_entropy_bits(symbols: np.ndarray, counts: np.ndarray | None = None) -> float:
     """Total order-0 (i.i.d.) entropy of the symbols in bits: n x H(empirical distribution)."""
-    counts = symbol_counts(symbols)
+    counts = symbol_counts(symbols) if counts is None else counts
     counts = counts[counts > 0].astype(np.float64)
     n = counts.sum()
     if n == 0:
@@ -47,7 +47,7 @@ def order0_entropy_bits(symbols: np.ndarray) -> float:
 # ---------------------------------------------------------------- raw
 
 
-def _raw_encode(symbols: np.ndarray) -> bytes:
+def _raw_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes:
     return symbols.astype(np.int8, copy=False).tobytes()
 
 
@@ -60,7 +60,7 @@ def _raw_decode(body: memoryview, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- lzma
 
 
-def _lzma_encode(symbols: np.ndarray) -> bytes:
+def _lzma_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes:
     return lzma.compress(_raw_encode(symbols), format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
 
 
@@ -78,7 +78,7 @@ def _lzma_decode(body: memoryview, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- zstd
 
 
-def _zstd_encode(symbols: np.ndarray) -> bytes:
+def _zstd_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes:
     import zstandard
 
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(_raw_encode(symbols))
@@ -144,12 +144,12 @@ def _model(counts: np.ndarray):
     return constriction.stream.model.Categorical(probs, perfect=False)
 
 
-def _rans_encode(symbols: np.ndarray) -> bytes:
+def _rans_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes:
     import constriction
 
     if symbols.size == 0:
         return bytes([0, 0])
-    all_counts = symbol_counts(symbols)
+    all_counts = symbol_counts(symbols) if counts is None else counts
     used = np.flatnonzero(all_counts)
     lo, hi = int(used[0]) - 128, int(used[-1]) - 128
     counts = all_counts[lo + 128 : hi + 129]
@@ -198,7 +198,7 @@ def _rans_decode(body: memoryview, n: int) -> np.ndarray:
 class Coder:
     name: str
     dtype_name: str  # the APR dtype this codec's tensors are stored under
-    encode: Callable[[np.ndarray], bytes]
+    encode: Callable[..., bytes]  # (symbols, counts=None): counts from symbol_counts, if already known
     decode: Callable[[memoryview, int], np.ndarray]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from aprtool.codecs.coders import CODERS, order0_entropy_bits
 from aprtool.codecs.quant import DEFAULT_MIN_ELEMENTS, Clip, Quantized, quantize, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
-from aprtool.errors import UsageError
+from aprtool.container.reader import AprFile
+from aprtool.errors import FileAccessError, UsageError
 
 DEFAULT_CLIP = "std:12.85"  # parameter-golf's setting for matrices: ~3.3 bits/weight after coding
 QUANT_MODES = ("int6", "none")
@@ -46,20 +48,44 @@ class CompressOptions:
         return Clip.parse(self.clip)
 
 
-def _load_input(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """(plain tensors as numpy, metadata, open AprFile or None). Encoded tensors stay in the file."""
-    if path.suffix == ".safetensors":
-        from aprtool.interop.safetensors_io import read_safetensors
+class _Source:
+    """The input's tensors, from an APR file (plain or encoded) or a safetensors file."""
 
-        tensors, metadata = read_safetensors(path)
-        return tensors, metadata, None
-    f = open_apr(path)
-    tensors = {n: f for n in f.names() if not n.startswith(C.TRAINING_PREFIX)}
-    return tensors, dict(f.metadata), f
+    def __init__(self, path: Path) -> None:
+        self.file: AprFile | None = None
+        if path.suffix == ".safetensors":
+            from aprtool.interop.safetensors_io import read_safetensors
+
+            self.arrays, self.metadata = read_safetensors(path)
+            self.names = list(self.arrays)
+        else:
+            self.file = open_apr(path)
+            self.metadata = dict(self.file.metadata)
+            self.names = [n for n in self.file.names() if not n.startswith(C.TRAINING_PREFIX)]
+
+    def encoded(self, name: str) -> bool:
+        return self.file is not None and enc.is_encoded(self.file.info(name))
+
+    def dtype_name(self, name: str) -> str:
+        if self.file is not None:
+            return self.file.info(name).dtype.name
+        return _NUMPY_NAMES.get(self.arrays[name].dtype.name, self.arrays[name].dtype.name.upper())
+
+    def array(self, name: str) -> np.ndarray:
+        return self.file.numpy(name) if self.file is not None else self.arrays[name]
+
+    def as_float32(self, name: str) -> np.ndarray:
+        if self.file is not None and self.dtype_name(name) == "BF16":
+            return enc.dequantize(self.file, name, np.float32)  # widens the stored bits exactly
+        return np.asarray(self.array(name), np.float32)  # no copy for F32: a view of the mapping
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
-def _as_float(f: Any, name: str) -> np.ndarray:
-    return enc.dequantize(f, name, np.float32)
+_NUMPY_NAMES = {"float32": "F32", "float16": "F16", "float64": "F64"}
+FLOATS = ("F32", "F16", "F64", "BF16")
 
 
 def compress_file(
@@ -70,75 +96,75 @@ def compress_file(
     clip = options.validate()
     src, dst = Path(src), Path(dst)
     if not src.exists():
-        from aprtool.errors import FileAccessError
-
         raise FileAccessError(f"{src}: no such file")
-    tensors, metadata, f = _load_input(src)
+    source = _Source(src)
     try:
-        return _compress(src, dst, tensors, metadata, f, options, clip)
+        return _compress(src, dst, source, options, clip)
     finally:
-        if f is not None:
-            f.close()
+        source.close()
 
 
-def _compress(src, dst, tensors, metadata, f, options, clip) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    symbols: dict[str, tuple[Quantized, dict[str, Any]]] = {}  # quantized tensors and their records
-    rows: list[dict[str, Any]] = []
-    repack = f is not None and any(enc.is_encoded(f.info(n)) for n in tensors)
-    for name, value in tensors.items():
-        info = f.info(name) if f is not None else None
-        if info is not None and enc.is_encoded(info):
-            q = enc.decode(f, name)
-            keep = ("clip", "rel_rmse", "source_dtype")
-            record = {k: info.record[k] for k in keep if k in info.record}
-            symbols[name] = (q, record)
-            rows.append({"name": name, "shape": list(q.shape), "action": "repack", **record})
-            continue
-        if info is not None:
-            array = f.numpy(name)
-            dtype_name = info.dtype.name
-        else:
-            array = value
-            dtype_name = {"float32": "F32", "float16": "F16", "float64": "F64"}.get(
-                array.dtype.name, array.dtype.name.upper()
-            )
-        is_float = dtype_name in ("F32", "F16", "F64", "BF16")
-        wants_quant = (
-            not repack and options.quant == "int6" and array.ndim >= 2 and array.size >= max(options.min_elements, 1)
-        )
-        if wants_quant and not is_float:
-            raise UsageError(f"tensor {name!r}: {dtype_name} is an integer tensor and cannot be int6-quantized")
-        if wants_quant:
-            weights = _as_float(f, name) if info is not None else np.asarray(array, np.float32)
-            q = quantize(weights, clip)
+def _quantize_one(weights: np.ndarray, clip: Clip, dtype_name: str) -> tuple[Quantized, dict[str, Any]]:
+    q = quantize(weights, clip)
+    _ = q.counts  # computed here, in parallel, for the entropy bound and the rANS table
+    record = {
+        "clip": str(clip),
+        "rel_rmse": round(relative_rmse(weights, q.dequantize()), 6),
+        "source_dtype": dtype_name,
+    }
+    return q, record
+
+
+def _compress(src: Path, dst: Path, source: _Source, options: CompressOptions, clip: Clip) -> dict[str, Any]:
+    out: dict[str, Any] = {}  # what gets written: arrays and EncodedTensors
+    quantized: dict[str, tuple[Quantized, dict[str, Any]]] = {}  # symbols + record, per quantized tensor
+    rows: dict[str, dict[str, Any]] = {}  # the report's per-tensor lines
+    repack = any(source.encoded(n) for n in source.names)
+    to_quantize: list[str] = []
+
+    # 1. decide, per tensor: repack (decode the old codec), quantize, or pass through
+    for name in source.names:
+        if source.encoded(name):
+            q = enc.decode(source.file, name)
             record = {
-                "clip": str(clip),
-                "rel_rmse": round(relative_rmse(weights, q.dequantize()), 6),
-                "source_dtype": dtype_name,
+                k: v for k, v in source.file.info(name).record.items() if k in ("clip", "rel_rmse", "source_dtype")
             }
-            symbols[name] = (q, record)
-            rows.append({"name": name, "shape": list(q.shape), "action": "int6", **record})
+            quantized[name] = (q, record)
+            rows[name] = {"name": name, "shape": list(q.shape), "action": "repack", **record}
+            continue
+        array, dtype_name = source.array(name), source.dtype_name(name)
+        is_float = dtype_name in FLOATS
+        min_size = max(options.min_elements, 1)
+        if not repack and options.quant == "int6" and array.ndim >= 2 and array.size >= min_size:
+            if not is_float:
+                raise UsageError(f"tensor {name!r}: {dtype_name} is an integer tensor and cannot be int6-quantized")
+            to_quantize.append(name)
             continue
         stored = array
-        to_f16 = not repack and options.quant == "int6" and options.passthrough == "f16"
-        if to_f16 and is_float and dtype_name != "BF16":
+        if not repack and options.quant == "int6" and options.passthrough == "f16" and dtype_name in FLOATS[:3]:
             stored = np.asarray(array).astype(np.float16)
         out[name] = stored
-        err = relative_rmse(array, stored) if is_float and dtype_name != "BF16" else 0.0
-        rows.append({"name": name, "shape": list(np.shape(array)), "action": "passthrough", "rel_rmse": round(err, 6)})
+        err = relative_rmse(array, stored) if dtype_name in FLOATS[:3] else 0.0
+        rows[name] = {"name": name, "shape": list(np.shape(array)), "action": "passthrough", "rel_rmse": round(err, 6)}
 
+    # 2. quantize (numpy releases the GIL: one thread per core)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        jobs = {n: pool.submit(_quantize_one, source.as_float32(n), clip, source.dtype_name(n)) for n in to_quantize}
+        for name, job in jobs.items():
+            q, record = job.result()
+            quantized[name] = (q, record)
+            rows[name] = {"name": name, "shape": list(q.shape), "action": "int6", **record}
+
+    # 3. code the same symbols with the chosen codec (and, to compare, every other one)
     codecs = list(CODERS) if options.compare else [options.codec]
     stats = {c: {"bytes": 0, "encode_s": 0.0, "decode_s": 0.0} for c in codecs}
-    entropy_bytes = 0.0
-    weights = 0
-    for name, (q, record) in symbols.items():
+    entropy_bytes, weights = 0.0, 0
+    for name, (q, record) in quantized.items():
         n = q.symbols.size
         weights += n
-        bits = order0_entropy_bits(q.symbols)
+        bits = order0_entropy_bits(q.symbols, q.counts)
         entropy_bytes += bits / 8 + 2 * q.symbols.shape[0]
-        row = next(r for r in rows if r["name"] == name)
-        row["entropy_bits_per_weight"] = round(bits / n, 4) if n else 0.0
+        rows[name]["entropy_bits_per_weight"] = round(bits / n, 4) if n else 0.0
         for codec in codecs:
             encoded = enc.encode(q, codec, record)
             payload = encoded.tensor.payload
@@ -146,17 +172,16 @@ def _compress(src, dst, tensors, metadata, f, options, clip) -> dict[str, Any]:
             stats[codec]["encode_s"] += encoded.encode_seconds
             if options.compare:  # time the decoder, and prove the round trip while at it
                 start = time.perf_counter()
-                body = memoryview(payload)[2 * q.symbols.shape[0] :]
-                decoded = CODERS[codec].decode(body, n)
+                decoded = CODERS[codec].decode(memoryview(payload)[2 * q.symbols.shape[0] :], n)
                 stats[codec]["decode_s"] += time.perf_counter() - start
                 if not np.array_equal(decoded, q.symbols.reshape(-1)):
                     raise AssertionError(f"codec {codec} failed to round-trip tensor {name!r}")
             if codec == options.codec:
                 out[name] = encoded.tensor
-                row["stored_bytes"] = len(payload)
+                rows[name]["stored_bytes"] = len(payload)
 
-    result = write_apr(dst, out, metadata)
-    params = sum(int(np.prod(r["shape"])) for r in rows)
+    # 4. write, and report
+    result = write_apr(dst, {n: out[n] for n in source.names}, source.metadata)
     table = {}
     for codec, s in stats.items():
         mb = weights / 1e6
@@ -172,13 +197,13 @@ def _compress(src, dst, tensors, metadata, f, options, clip) -> dict[str, Any]:
         "output": str(dst),
         "input_bytes": src.stat().st_size,
         "output_bytes": result.size_bytes,
-        "mode": "repack" if repack else ("int6" if options.quant == "int6" else "none"),
+        "mode": "repack" if repack else options.quant,
         "codec": options.codec,
-        "clip": str(clip) if not repack else None,
-        "params": params,
+        "clip": None if repack else str(clip),
+        "params": sum(int(np.prod(r["shape"])) for r in rows.values()),
         "quantized_params": weights,
         "raw_float_bytes": 4 * weights,
         "entropy_bound_bytes": round(entropy_bytes),
         "codecs": table,
-        "tensors": rows,
+        "tensors": [rows[n] for n in source.names],
     }

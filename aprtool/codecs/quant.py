@@ -7,6 +7,7 @@ quantization-aware training, so the trainer and `compress` cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,13 @@ class Quantized:
     symbols: np.ndarray  # int8, shape [rows, cols], values in -31..31
     scales: np.ndarray  # float16, shape [rows]
     shape: tuple[int, ...]  # the original tensor's shape
+
+    @functools.cached_property
+    def counts(self) -> np.ndarray:
+        """Occurrences of each int8 value (index value + 128), computed once for entropy and rANS."""
+        from aprtool.codecs.coders import symbol_counts
+
+        return symbol_counts(self.symbols)
 
     def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
         values = self.symbols.astype(np.float32) * self.scales.astype(np.float32)[:, None]

@@ -52,7 +52,7 @@ def encode(q: Quantized, codec: str, record: dict[str, Any]) -> Encoded:
     """Code `q` losslessly with `codec`; `record` keeps quantization facts (clip, rel_rmse, ...)."""
     coder = coder_for(codec)
     start = time.perf_counter()
-    body = coder.encode(q.symbols)
+    body = coder.encode(q.symbols, q.counts)
     seconds = time.perf_counter() - start
     payload = q.scales.astype("<f2").tobytes() + body
     full = {
