@@ -193,7 +193,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, shards):
     assert losses(tmp_path / "whole") == losses(run)
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, shards):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_writes_a_checkpoint_and_exits_with_128_plus_its_number(tmp_path, shards, signum, code):
     run = tmp_path / "run"
     args = [*TINY_ARGS, "--corpus", shards, "--steps", "100000", "--checkpoint-every", "0"]
     proc = subprocess.Popen([sys.executable, "-m", "aprtool", "pretrain", "--run-dir", str(run), *map(str, args)],
@@ -201,9 +202,9 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, shards):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (run / "metrics.jsonl").is_file():
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
     assert "--resume latest" in err and "Traceback" not in err
     latest = (run / "ckpt" / "latest").read_text().strip()
     assert verify_file(run / "ckpt" / latest).valid

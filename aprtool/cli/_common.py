@@ -50,7 +50,10 @@ def handle_errors(func: F) -> F:
             where = f"{exc.filename}: " if exc.filename else ""
             error(f"{where}{exc.strerror or exc}")
             raise typer.Exit(EXIT_NOT_FOUND) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug in aprtool: say so in one line; APRTOOL_DEBUG=1 shows it all
             if os.environ.get("APRTOOL_DEBUG"):
