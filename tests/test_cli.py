@@ -34,7 +34,7 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and "verify" in proc.stdout
 
 
-@pytest.mark.parametrize("name", ["distill", "export"])
+@pytest.mark.parametrize("name", ["distill"])
 def test_unbuilt_commands_exit_9(cli, name):
     result = cli(name, "--anything", "x")
     assert result.code == 9

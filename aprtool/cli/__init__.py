@@ -6,6 +6,7 @@ import typer
 
 from aprtool.cli._common import EXIT_CODES_HELP
 from aprtool.cli.compress import compress_command
+from aprtool.cli.export import export_command
 from aprtool.cli.inspect import inspect_command
 from aprtool.cli.pending import PENDING, make_pending
 from aprtool.cli.pretrain import pretrain_command
@@ -30,9 +31,7 @@ app.command("distill", context_settings=_PASS_THROUGH, epilog=EXIT_CODES_HELP)(
 app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
 app.command("verify", epilog=EXIT_CODES_HELP)(verify_command)
 app.command("compress", epilog=EXIT_CODES_HELP)(compress_command)
-app.command("export", context_settings=_PASS_THROUGH, epilog=EXIT_CODES_HELP)(
-    make_pending("export", *PENDING["export"])
-)
+app.command("export", epilog=EXIT_CODES_HELP)(export_command)
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ def _render(report: dict[str, Any]):
             f"{report['output']}: {report['output_bytes']:,} bytes "
             f"(input {report['input_bytes']:,} bytes; {report['mode']}, codec {report['codec']})"
         )
+        for warning in report["warnings"]:
+            console.print(f"[yellow]warning[/]: {warning}")
         if not report["quantized_params"]:
             console.print("no tensor was quantized: nothing to compare")
             return

@@ -9,7 +9,6 @@ from aprtool.errors import EXIT_UNAVAILABLE
 
 PENDING = {
     "distill": ("Distill a teacher model into a smaller student.", 5),
-    "export": ("Export to safetensors, a Hugging Face directory or GGUF.", 7),
 }
 
 

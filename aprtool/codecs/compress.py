@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from aprtool.atomic import atomic_write_bytes
 from aprtool.codecs import tensor as enc
 from aprtool.codecs.coders import CODERS, order0_entropy_bits
 from aprtool.codecs.quant import DEFAULT_MIN_ELEMENTS, Clip, Quantized, quantize, relative_rmse
@@ -182,6 +183,7 @@ def _compress(src: Path, dst: Path, source: _Source, options: CompressOptions, c
 
     # 4. write, and report
     result = write_apr(dst, {n: out[n] for n in source.names}, source.metadata)
+    warnings = _carry_tokenizer(src, dst, source.metadata)
     table = {}
     for codec, s in stats.items():
         mb = weights / 1e6
@@ -206,4 +208,22 @@ def _compress(src: Path, dst: Path, source: _Source, options: CompressOptions, c
         "entropy_bound_bytes": round(entropy_bytes),
         "codecs": table,
         "tensors": [rows[n] for n in source.names],
+        "warnings": warnings,
     }
+
+
+def _carry_tokenizer(src: Path, dst: Path, metadata: dict[str, Any]) -> list[str]:
+    """Keep the metadata's relative tokenizer reference valid: copy the file beside the output."""
+    info = metadata.get("tokenizer")
+    name = info.get("file") if isinstance(info, dict) else None
+    if not name or src.parent.resolve() == dst.parent.resolve():
+        return []
+    source, target = src.parent / name, dst.parent / name
+    if not source.is_file():
+        return [f"tokenizer {source} named by the metadata is missing; {dst.name} has no tokenizer beside it"]
+    if target.is_file():
+        if target.read_bytes() == source.read_bytes():
+            return []
+        return [f"{target} exists and differs from {source}; the output's tokenizer reference is ambiguous"]
+    atomic_write_bytes(target, source.read_bytes())
+    return []

@@ -1,0 +1,45 @@
+"""`aprtool export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from aprtool.cli._common import JsonOption, emit, handle_errors
+
+
+def _render(report: dict[str, Any]):
+    def render(console: Console) -> None:
+        console.print(f"{report['output']}: {report['to']}, {report['tensors']} tensors, {report['bytes']:,} bytes")
+        for path in report["files"]:
+            console.print(f"  {path}")
+
+    return render
+
+
+@handle_errors
+def export_command(
+    src: Annotated[Path, typer.Argument(metavar="IN", help=".apr (float or int6) or .safetensors input.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output file (a directory for --to hf).")],
+    to: Annotated[str, typer.Option("--to", help="safetensors, hf, gguf or apr.")],
+    dtype: Annotated[
+        str | None, typer.Option(help="f32, f16 or bf16 for float tensors (default: as stored; int6 -> f32).")
+    ] = None,
+    weights_only: Annotated[
+        bool, typer.Option("--weights-only", help="With --to apr: drop training state (__training__.*).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Export to safetensors, a Hugging Face model directory, GGUF, or APR; or import safetensors.
+
+    int6-encoded tensors are dequantized. Training state is never exported (except --to apr without
+    --weights-only). OUT is written atomically. Exits 5 for a model with no tensors, missing
+    architecture fields (named), or a tensor name collision.
+    """
+    from aprtool.interop.export import export_file
+
+    report = export_file(src, out, to, dtype=dtype, weights_only=weights_only)
+    emit(report, as_json, _render(report))

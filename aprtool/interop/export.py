@@ -1,0 +1,199 @@
+"""`export`: APR (float or int6) to safetensors, a Hugging Face directory, GGUF or a stripped APR;
+and safetensors (with its config.json) into APR.
+
+Training state (`__training__.*`) is never exported, except by `--to apr` without --weights-only.
+Every output appears atomically: OUT is never left half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aprtool.atomic import atomic_write_text, fsync_dir, temp_path
+from aprtool.container import constants as C
+from aprtool.container import open_apr, write_apr
+from aprtool.errors import FileAccessError, FormatError, IntegrityError, UsageError
+from aprtool.interop.hf_config import apr_metadata_from_hf, hf_config, require_llama
+from aprtool.interop.tokenizer_files import gguf_vocab, tokenizer_json
+
+TARGETS = ("safetensors", "hf", "gguf", "apr")
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+META_KEY = "aprtool_metadata"  # safetensors __metadata__ key holding the APR metadata as JSON
+
+
+def load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every tensor of `src` as torch (int6 tensors dequantized to float32) and its metadata."""
+    if not src.exists():
+        raise FileAccessError(f"{src}: no such file")
+    if src.suffix == ".safetensors":
+        return _load_safetensors(src)
+    from aprtool.codecs import dequantize, is_encoded
+
+    with open_apr(src) as f:
+        tensors = {}
+        for name in f.names():
+            if is_encoded(f.info(name)):
+                tensors[name] = torch.from_numpy(dequantize(f, name, np.float32))
+            else:
+                tensors[name] = f.torch(name).clone()
+        metadata = dict(f.metadata)
+    metadata.pop(C.APRTOOL_KEY, None)  # per-tensor records describe this file's bytes, not the export's
+    return tensors, metadata
+
+
+def _load_safetensors(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(src), framework="pt") as f:
+            raw_meta = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"{src}: not a valid safetensors file ({exc})") from None
+    if META_KEY in raw_meta:
+        try:
+            metadata = json.loads(raw_meta[META_KEY])
+        except ValueError:
+            raise FormatError(f"{src}: __metadata__[{META_KEY!r}] is not valid JSON") from None
+    else:
+        metadata = {k: v for k, v in raw_meta.items() if k != "format"}
+    config = src.with_name("config.json")
+    if config.is_file():
+        try:
+            hf = json.loads(config.read_text(encoding="utf-8"))
+        except ValueError:
+            raise FormatError(f"{config}: not valid JSON") from None
+        metadata = {**apr_metadata_from_hf(hf), **metadata, "hf_config": hf}
+    return tensors, metadata
+
+
+def _model_tensors(tensors: dict[str, torch.Tensor], dtype: str | None) -> dict[str, torch.Tensor]:
+    out = {n: t for n, t in tensors.items() if not n.startswith(C.TRAINING_PREFIX)}
+    if not out:
+        raise IntegrityError("nothing to export: the input holds 0 model tensors")
+    if dtype is not None:
+        out = {n: t.to(DTYPES[dtype]) if t.is_floating_point() else t for n, t in out.items()}
+    return out
+
+
+def _safetensors_bytes_to(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = temp_path(path)
+    try:
+        header = {"format": "pt", META_KEY: json.dumps(metadata, separators=(",", ":"))}
+        save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp), metadata=header)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _replace_dir(build: Path, out: Path) -> None:
+    """Put the finished directory `build` at `out`; an existing `out` is swapped out, then removed."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+        out.rename(old)
+    build.rename(out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def export_file(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    to: str,
+    *,
+    dtype: str | None = None,
+    weights_only: bool = False,
+) -> dict[str, Any]:
+    if to not in TARGETS:
+        raise UsageError(f"--to {to!r}: choose from {', '.join(TARGETS)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise UsageError("OUT must differ from IN")
+    if not out.parent.is_dir():
+        raise FileAccessError(f"{out.parent}: no such directory")
+    tensors, metadata = load_source(src)
+    files: list[str] = []
+
+    if to == "apr":
+        kept = tensors if not weights_only else _model_tensors(tensors, None)
+        training = {n: t for n, t in kept.items() if n.startswith(C.TRAINING_PREFIX)}
+        model = _model_tensors(kept, dtype)
+        if weights_only:
+            metadata.pop("training", None)
+        result = write_apr(out, {**model, **training}, metadata)
+        files.append(str(out))
+        count, size = result.tensor_count, result.size_bytes
+    elif to == "safetensors":
+        model = _model_tensors(tensors, dtype)
+        metadata.pop("training", None)
+        _safetensors_bytes_to(out, model, metadata)
+        files.append(str(out))
+        count, size = len(model), out.stat().st_size
+    elif to == "hf":
+        count, size = _export_hf(src, out, tensors, metadata, dtype, files)
+    else:
+        count, size = _export_gguf(src, out, tensors, metadata, dtype, files)
+    return {"input": str(src), "output": str(out), "to": to, "tensors": count, "bytes": size, "files": files}
+
+
+def _export_hf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
+    require_llama(metadata, "hf")
+    model = _model_tensors(tensors, dtype or "f32")
+    if metadata.get("tie_word_embeddings") and "lm_head.weight" in model:
+        raise IntegrityError("--to hf: lm_head.weight is present but the model ties it to the embedding")
+    tok = tokenizer_json(metadata, src.parent)
+    eos = metadata.get("tokenizer", {}).get("eos_id") if tok else None
+    build = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    build.mkdir()
+    try:
+        torch_dtype = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[
+            next(t.dtype for t in model.values() if t.is_floating_point())
+        ]
+        meta = {k: v for k, v in metadata.items() if k != "training"}
+        _safetensors_bytes_to(build / "model.safetensors", model, meta)
+        atomic_write_text(build / "config.json", json.dumps(hf_config(metadata, eos, torch_dtype), indent=2) + "\n")
+        gen = {"_from_model_config": True, **({"bos_token_id": eos, "eos_token_id": eos} if eos is not None else {})}
+        atomic_write_text(build / "generation_config.json", json.dumps(gen, indent=2) + "\n")
+        if tok is not None:
+            atomic_write_text(build / "tokenizer.json", tok)
+        _replace_dir(build, out)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    files.extend(str(out / p.name) for p in sorted(out.iterdir()))
+    return len(model), sum(p.stat().st_size for p in out.iterdir())
+
+
+def _export_gguf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
+    from aprtool.interop.gguf_io import write_gguf
+
+    require_llama(metadata, "gguf")
+    if dtype == "bf16":
+        raise UsageError("--to gguf writes f32 or f16 tensors; use --dtype f32 or f16")
+    tok = tokenizer_json(metadata, src.parent)
+    if tok is None:
+        raise IntegrityError("--to gguf: the model names no tokenizer, and llama.cpp needs one")
+    model = _model_tensors(tensors, "f32")
+    half = dtype == "f16"  # matrices only: llama.cpp keeps norms in f32
+    arrays = {n: (t.half() if half and t.ndim >= 2 else t).numpy() for n, t in model.items()}
+    size = write_gguf(out, arrays, metadata, gguf_vocab(tok))
+    files.append(str(out))
+    return len(arrays), size
