@@ -6,6 +6,7 @@ import typer
 
 from aprtool.cli._common import EXIT_CODES_HELP
 from aprtool.cli.compress import compress_command
+from aprtool.cli.eval import eval_command
 from aprtool.cli.export import export_command
 from aprtool.cli.inspect import inspect_command
 from aprtool.cli.pending import PENDING, make_pending
@@ -32,6 +33,7 @@ app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
 app.command("verify", epilog=EXIT_CODES_HELP)(verify_command)
 app.command("compress", epilog=EXIT_CODES_HELP)(compress_command)
 app.command("export", epilog=EXIT_CODES_HELP)(export_command)
+app.command("eval", epilog=EXIT_CODES_HELP)(eval_command)
 
 
 def main() -> None:

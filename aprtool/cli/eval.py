@@ -1,0 +1,46 @@
+"""`aprtool eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from aprtool.cli._common import JsonOption, emit, handle_errors
+
+
+def _render(r: dict[str, Any]):
+    def render(console: Console) -> None:
+        kind = "int6, dequantized" if r["quantized"] else "float"
+        console.print(f"{r['model']} ({kind}): {r['tokens']:,} held-out tokens, {r['bytes']:,} bytes")
+        console.print(
+            f"  loss {r['loss_nats_per_token']:.4f} nats/token | {r['bits_per_token']:.4f} bits/token | "
+            f"[bold]{r['bits_per_byte']:.4f} bits/byte[/]"
+        )
+
+    return render
+
+
+@handle_errors
+def eval_command(
+    model: Annotated[Path, typer.Argument(help="Model .apr (float or int6-compressed).")],
+    corpus: Annotated[
+        Path | None,
+        typer.Option(help="Text directory or prepared shard directory (default: the stdlib corpus's split)."),
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Score at most this many held-out tokens.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Window length (default: min(256, context)).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    as_json: JsonOption = False,
+) -> None:
+    """Held-out loss (nats/token), bits per token and bits per byte of a model.
+
+    Bytes are the UTF-8 bytes of exactly the scored held-out text. Works on int6-compressed files
+    (dequantized), so `eval MODEL.apr` vs `eval MODEL.int6.apr` is the cost of quantization.
+    """
+    from aprtool.evaluate.bpb import evaluate_bpb
+
+    result = evaluate_bpb(model, corpus=corpus, max_tokens=max_tokens, seq_len=seq_len, batch_size=batch_size)
+    emit(result, as_json, _render(result))

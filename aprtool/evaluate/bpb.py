@@ -1,0 +1,127 @@
+"""`eval`: held-out loss in nats/token, bits/token and bits/byte, for float or int6 APR models.
+
+Bits per byte = total cross-entropy in bits / the UTF-8 bytes of exactly the tokens that were scored.
+Each token's bytes come from the tokenizer's own vocabulary (byte-level BPE tokens are byte strings;
+special tokens such as the end-of-document token have none), so the byte total equals the length of
+the decoded scored text: no leading space counted twice, no byte-fallback token counted as 3 bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from aprtool.container import open_apr
+from aprtool.data.corpus import default_corpus_files, default_corpus_root, read_text, split_by_file, text_files
+from aprtool.data.prepare import MANIFEST, load_prepared
+from aprtool.data.tokenizer import BpeTokenizer, ByteTokenizer, load_tokenizer
+from aprtool.errors import FileAccessError, UsageError
+from aprtool.model.llama import LlamaConfig, LlamaForCausalLM
+
+
+def token_byte_lengths(tokenizer: ByteTokenizer | BpeTokenizer) -> np.ndarray:
+    """UTF-8 byte length of every token id (0 for special tokens)."""
+    if isinstance(tokenizer, ByteTokenizer):
+        lengths = np.ones(tokenizer.vocab_size, np.int64)
+        lengths[tokenizer.eos_id] = 0
+        return lengths
+    from aprtool.interop.tokenizer_files import byte_to_unicode
+
+    unicode_to_byte = {ch: b for b, ch in byte_to_unicode().items()}
+    raw = json.loads(tokenizer._tok.to_str())
+    special = {t["id"] for t in raw.get("added_tokens", [])}
+    lengths = np.zeros(tokenizer.vocab_size, np.int64)
+    for token, index in raw["model"]["vocab"].items():
+        if index not in special:
+            lengths[index] = sum(1 for ch in token if ch in unicode_to_byte)
+    return lengths
+
+
+def load_float_model(path: Path) -> tuple[LlamaForCausalLM, dict[str, Any], bool]:
+    """The model with every tensor as float32 (int6 dequantized); metadata; whether it was int6."""
+    from aprtool.codecs import dequantize, is_encoded
+
+    with open_apr(path) as f:
+        quantized = any(is_encoded(f.info(n)) for n in f.names())
+        weights = {n: torch.from_numpy(dequantize(f, n)) for n in f.names() if not n.startswith("__training__.")}
+        metadata = dict(f.metadata)
+    model = LlamaForCausalLM(LlamaConfig.from_metadata(metadata))
+    model.load_weights(weights)
+    return model.eval(), metadata, quantized
+
+
+def held_out_tokens(corpus: Path | None, tokenizer: Any, metadata: dict[str, Any]) -> np.ndarray:
+    """The held-out split's tokens: the prepared val shards, or the file-level split of a text corpus
+    (the same split pretrain made, by the same rule) tokenized with the model's tokenizer."""
+    if corpus is not None and (corpus / MANIFEST).is_file():
+        prepared = load_prepared(corpus)
+        ours, theirs = metadata.get("tokenizer", {}), prepared.manifest["tokenizer"]
+        for key in ("kind", "vocab_size", "sha256"):
+            if ours.get(key) != theirs.get(key):
+                raise UsageError(f"--corpus {corpus}: its tokenizer {key} {theirs.get(key)!r} is not the model's")
+        return np.asarray(prepared.tokens("val"))
+    if corpus is not None and not corpus.is_dir():
+        raise FileAccessError(f"--corpus {corpus}: not a directory")
+    root = default_corpus_root() if corpus is None else corpus
+    files = default_corpus_files() if corpus is None else text_files(corpus)
+    config = (metadata.get("training_summary") or {}).get("config") or {}
+    _, val = split_by_file(files, root, float(config.get("val_fraction", 0.05)))
+    docs = [t for p in val if (t := read_text(p))]
+    ids: list[int] = []
+    for doc in tokenizer.encode_batch(docs):
+        ids.extend(int(i) for i in doc)
+        ids.append(tokenizer.eos_id)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def evaluate_bpb(
+    model_path: str | os.PathLike[str],
+    *,
+    corpus: str | os.PathLike[str] | None = None,
+    max_tokens: int | None = None,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    model_path = Path(model_path)
+    model, metadata, quantized = load_float_model(model_path)
+    info = metadata.get("tokenizer")
+    if not isinstance(info, dict):
+        raise UsageError(f"{model_path}: the model names no tokenizer; bits per byte need one")
+    tokenizer = load_tokenizer(info, model_path.parent)
+    tokens = held_out_tokens(Path(corpus) if corpus else None, tokenizer, metadata)
+    seq_len = seq_len or min(model.cfg.max_position_embeddings, 256)
+    if max_tokens is not None:
+        tokens = tokens[: max_tokens + 1]
+    windows = (len(tokens) - 1) // seq_len
+    if windows < 1:
+        raise UsageError(f"held-out split has {len(tokens)} tokens: not enough for one window of {seq_len + 1}")
+    used = tokens[: windows * seq_len + 1]
+    targets = used[1:]  # every token but the first is scored exactly once
+    lengths = token_byte_lengths(tokenizer)
+    total_bytes = int(lengths[targets].sum())
+    nats = 0.0
+    with torch.no_grad():
+        for start in range(0, windows, batch_size):
+            rows = range(start, min(start + batch_size, windows))
+            batch = torch.from_numpy(np.stack([used[i * seq_len : i * seq_len + seq_len + 1] for i in rows]))
+            logits = model(batch[:, :-1])
+            nats += float(F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"))
+    loss = nats / len(targets)
+    return {
+        "model": str(model_path),
+        "quantized": quantized,
+        "tokens": int(len(targets)),
+        "bytes": total_bytes,
+        "loss_nats_per_token": loss,
+        "bits_per_token": loss / math.log(2),
+        "bits_per_byte": nats / math.log(2) / total_bytes,
+        "bytes_per_token": total_bytes / len(targets),
+        "seq_len": seq_len,
+    }
