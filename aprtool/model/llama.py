@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aprtool.codecs.quant import Clip, torch_fake_quant
 from aprtool.errors import UsageError
 
 
@@ -74,6 +75,17 @@ PRESETS: dict[str, LlamaConfig] = {
 }  # fmt: skip
 
 
+class QATLinear(nn.Linear):
+    """nn.Linear whose weight goes through `compress`'s int6 quantizer (straight-through) while
+    `qat` holds a clip setting. Same parameter names as nn.Linear, so checkpoints do not change."""
+
+    qat: Clip | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.qat is None else torch_fake_quant(self.weight, self.qat)
+        return F.linear(x, weight)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -104,10 +116,10 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         kv = cfg.num_kv_heads * cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, kv, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, kv, bias=False)
-        self.o_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.q_proj = QATLinear(cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.k_proj = QATLinear(cfg.hidden_size, kv, bias=False)
+        self.v_proj = QATLinear(cfg.hidden_size, kv, bias=False)
+        self.o_proj = QATLinear(cfg.hidden_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -128,9 +140,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = QATLinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = QATLinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = QATLinear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -162,10 +174,26 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         self.model = LlamaModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = QATLinear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.qat_embedding: Clip | None = None
         self.reset_parameters()
+
+    def set_qat(self, clip: Clip | None, min_elements: int) -> list[str]:
+        """Fake-quantize (or stop) every weight `compress` would quantize: 2-D, >= min_elements.
+        Returns the names of the weights it applies to."""
+        names = []
+        for name, module in self.named_modules():
+            if isinstance(module, QATLinear):
+                module.qat = clip if module.weight.numel() >= min_elements else None
+                if module.qat is not None:
+                    names.append(f"{name}.weight")
+        embed = self.model.embed_tokens.weight
+        self.qat_embedding = clip if embed.numel() >= min_elements else None
+        if self.qat_embedding is not None:
+            names.append("model.embed_tokens.weight")
+        return sorted(set(names) & set(self.weights()))
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -178,7 +206,10 @@ class LlamaForCausalLM(nn.Module):
         if t > self.cfg.max_position_embeddings:
             raise UsageError(f"sequence of {t} tokens exceeds max_position_embeddings")
         cos, sin = rope_tables(self.cfg, t, ids.device)
-        x = self.model.embed_tokens(ids)
+        embed = self.model.embed_tokens.weight
+        if self.qat_embedding is not None:
+            embed = torch_fake_quant(embed, self.qat_embedding)
+        x = F.embedding(ids, embed)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
         return self.lm_head(self.model.norm(x))
