@@ -34,13 +34,6 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and "verify" in proc.stdout
 
 
-@pytest.mark.parametrize("name", ["distill"])
-def test_unbuilt_commands_exit_9(cli, name):
-    result = cli(name, "--anything", "x")
-    assert result.code == 9
-    assert "not available yet" in result.stderr
-
-
 def test_inspect_json_fields(cli, model):
     result = cli("inspect", "--json", model)
     assert result.code == 0, result.stderr

@@ -6,10 +6,10 @@ import typer
 
 from aprtool.cli._common import EXIT_CODES_HELP
 from aprtool.cli.compress import compress_command
+from aprtool.cli.distill import distill_command
 from aprtool.cli.eval import eval_command
 from aprtool.cli.export import export_command
 from aprtool.cli.inspect import inspect_command
-from aprtool.cli.pending import PENDING, make_pending
 from aprtool.cli.pretrain import pretrain_command
 from aprtool.cli.verify import verify_command
 
@@ -23,12 +23,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-
 app.command("pretrain", epilog=EXIT_CODES_HELP)(pretrain_command)
-app.command("distill", context_settings=_PASS_THROUGH, epilog=EXIT_CODES_HELP)(
-    make_pending("distill", *PENDING["distill"])
-)
+app.command("distill", epilog=EXIT_CODES_HELP)(distill_command)
 app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
 app.command("verify", epilog=EXIT_CODES_HELP)(verify_command)
 app.command("compress", epilog=EXIT_CODES_HELP)(compress_command)

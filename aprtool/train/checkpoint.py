@@ -2,6 +2,7 @@
 
 RUN_DIR/ckpt/
     step-NNNNNN.apr   every --checkpoint-every steps (or minutes); the last --keep-last are kept
+                      (`distill` names them ckpt-step-NNNNNN.apr: CheckpointDir's `prefix`)
     epoch-NNN.apr     one per completed epoch, kept, with epoch-NNN.metadata.json beside it
     best.apr          best held-out loss so far
     latest            the file name of the newest complete, verified checkpoint (atomically replaced)
@@ -30,7 +31,7 @@ from aprtool.container import open_apr, verify_file, write_apr
 from aprtool.errors import AprError, FileAccessError, FormatError, IntegrityError
 
 P = C.TRAINING_PREFIX
-STEP_RE = re.compile(r"^step-(\d{6,})\.apr$")
+STEP_PREFIX = "step-"
 DELETING = ".deleting-"  # retention renames out of the step-* pattern before it deletes
 
 
@@ -156,11 +157,37 @@ def load_checkpoint(path: Path) -> Checkpoint:
 class CheckpointDir:
     """The tiers in RUN_DIR/ckpt, with retention, the `latest` pointer and crash-leftover sweeping."""
 
-    def __init__(self, directory: Path, keep_last: int, log: Any) -> None:
+    def __init__(self, directory: Path, keep_last: int, log: Any, *, prefix: str = STEP_PREFIX) -> None:
         self.dir = directory
         self.keep_last = keep_last
         self.log = log
+        self.prefix = prefix  # step checkpoints are PREFIX + NNNNNN + .apr
+        self._step_re = re.compile(rf"^{re.escape(prefix)}(\d{{6,}})\.apr$")
         self._worker: ThreadPoolExecutor | None = None
+
+    def save(
+        self,
+        path: Path,
+        weights: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        param_names: list[str],
+        training: dict[str, Any],
+        metadata: dict[str, Any],
+        *,
+        pointer: bool = True,
+    ) -> bool:
+        """Write a checkpoint on the caller's thread, then verify it in the background (`after_write`).
+
+        A failed write is logged loudly and training goes on (`try_save`); returns whether it was written."""
+        count: list[int] = []
+        saved = try_save(
+            path.name,
+            lambda: count.append(write_checkpoint(path, weights, optimizer, param_names, training, metadata)),
+            self.log,
+        )
+        if saved:
+            self.after_write(path, count[0], pointer=pointer)
+        return saved
 
     def after_write(self, path: Path, tensor_count: int, *, pointer: bool) -> None:
         """Verify `path` in the background; only then point `latest` at it and apply retention.
@@ -197,7 +224,7 @@ class CheckpointDir:
             self.log(f"swept {len(leftovers)} leftover file(s) of an interrupted write from {self.dir}")
 
     def step_path(self, step: int) -> Path:
-        return self.dir / f"step-{step:06d}.apr"
+        return self.dir / f"{self.prefix}{step:06d}.apr"
 
     def epoch_path(self, epoch: int) -> Path:
         return self.dir / f"epoch-{epoch:03d}.apr"
@@ -238,7 +265,7 @@ class CheckpointDir:
         raise FileAccessError(f"--resume latest: no complete checkpoint in {self.dir}")
 
     def step_files(self) -> list[Path]:
-        return sorted(p for p in self.dir.glob("step-*.apr") if STEP_RE.match(p.name))
+        return sorted(p for p in self.dir.glob(f"{self.prefix}*.apr") if self._step_re.match(p.name))
 
     def retain(self) -> None:
         """Keep the newest `keep_last` step checkpoints: rename out of the pattern, then delete."""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from aprtool.atomic import atomic_write_text
 from aprtool.container import verify_file, write_apr
+from aprtool.container.verify import VerifyReport
 from aprtool.data.loader import BatchLoader, LoaderState, eval_windows
 from aprtool.data.prepare import prepare_corpus
 from aprtool.errors import AprError, FileAccessError, IntegrityError, UsageError
@@ -39,7 +40,6 @@ from aprtool.train.checkpoint import (
     optimizer_state,
     restore_rng,
     try_save,
-    write_checkpoint,
 )
 from aprtool.train.config import TrainConfig, resume_differences
 from aprtool.train.schedule import learning_rate
@@ -53,6 +53,34 @@ class TrainingInterrupted(AprError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def catch_signals() -> tuple[list[int], Callable[[], None]]:
+    """From now on SIGINT/SIGTERM are only recorded (the list fills), so the loop can finish its step,
+    write a checkpoint and raise `interrupted(...)`. Call the returned function to restore the handlers."""
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in SIGNAL_EXIT}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    return caught, restore
+
+
+def interrupted(signum: int, step: int, checkpoint: Path, resume_command: str) -> TrainingInterrupted:
+    name = signal.Signals(signum).name
+    return TrainingInterrupted(
+        f"{name} received: stopped after step {step}; checkpoint {checkpoint.name} written. "
+        f"Resume with: {resume_command}",
+        SIGNAL_EXIT[signum],
+    )
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 @dataclass
@@ -124,9 +152,12 @@ def _autocast(device: str):
 
 
 def _param_groups(model: LlamaForCausalLM, weight_decay: float) -> tuple[list[dict], list[str]]:
-    """Matrices decay, norms and embeddings do not. Returns groups and the optimizer's name order."""
+    """Matrices decay, norms and embeddings do not; frozen parameters (requires_grad False) are left out.
+    Returns groups and the optimizer's name order."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():  # a tied lm_head appears once, as the embedding
+        if not p.requires_grad:
+            continue
         (decay if p.ndim >= 2 and "embed_tokens" not in name else no_decay).append((name, p))
     groups = [
         {"params": [p for _, p in decay], "weight_decay": weight_decay},
@@ -143,21 +174,35 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def model_metadata(model: LlamaForCausalLM, cfg: TrainConfig, tokenizer: dict[str, Any]) -> dict[str, Any]:
+def model_metadata(
+    model: LlamaForCausalLM, data_source: str | None, tokenizer: dict[str, Any], *, name: str = "aprtool-pretrain"
+) -> dict[str, Any]:
+    """The model file's metadata: the shape keys come from LlamaConfig; None as data_source is the default corpus."""
     m = model.cfg
     return {
-        "name": "aprtool-pretrain",
+        "name": name,
         "architecture": "LlamaForCausalLM",
         "model_type": "llama",
         "param_count": sum(t.numel() for t in model.weights().values()),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "license": None,
-        "data_source": cfg.corpus or "python-stdlib",
+        "data_source": data_source or "python-stdlib",
         "data_license": None,
         **m.to_metadata(),
         "tokenizer": tokenizer,
         "aprtool_version": _code_version(),
     }
+
+
+def write_model(
+    path: Path, weights: dict[str, torch.Tensor], metadata: dict[str, Any], expect_tensors: int
+) -> VerifyReport:
+    """Write the weights-only model atomically and verify it before anyone reports success."""
+    write_apr(path, weights, metadata)
+    report = verify_file(path, expect_tensors=expect_tensors, require=[("architecture", "LlamaForCausalLM")])
+    if not report.valid:
+        raise IntegrityError(f"{path}: final model does not verify: {'; '.join(report.errors)}")
+    return report
 
 
 def pretrain(
@@ -218,9 +263,7 @@ def pretrain(
     val_windows = eval_windows(corpus.tokens("val"), cfg.seq_len, cfg.eval_tokens)
 
     # --- model, optimizer, state
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    seed_everything(cfg.seed)
     model = LlamaForCausalLM(cfg.model_config(tok_info["vocab_size"])).to(cfg.device)
     groups, names = _param_groups(model, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
@@ -234,7 +277,7 @@ def pretrain(
         _truncate_metrics(metrics_path, state.step)
         log(f"resumed from {ckpt.path.name} at step {state.step}")
     loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader)
-    metadata = model_metadata(model, cfg, tok_info)
+    metadata = model_metadata(model, cfg.corpus, tok_info)
     params = [p for g in groups for p in g["params"]]
 
     def training_meta() -> dict[str, Any]:
@@ -252,22 +295,13 @@ def pretrain(
         }
 
     def checkpoint(path: Path, *, pointer: bool = True) -> bool:
-        count: list[int] = []
-        saved = try_save(
-            path.name,
-            lambda: count.append(write_checkpoint(path, model.weights(), optimizer, names, training_meta(), metadata)),
-            log,
-        )
-        if saved:
-            ckpts.after_write(path, count[0], pointer=pointer)
-        return saved
+        return ckpts.save(path, model.weights(), optimizer, names, training_meta(), metadata, pointer=pointer)
 
     # --- signals: finish the step, checkpoint, exit 130/143
-    caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in SIGNAL_EXIT}
     started = time.monotonic() - state.wall_seconds
     last_ckpt = time.monotonic()
     interval_start, interval_tokens = time.monotonic(), 0
+    caught, restore_signals = catch_signals()
     try:
         model.train()
         while state.step < cfg.steps and not state.stopped_early:
@@ -374,18 +408,13 @@ def pretrain(
                 checkpoint(ckpts.step_path(state.step))
                 last_ckpt = time.monotonic()
             if caught:
-                signum = caught[0]
-                name = signal.Signals(signum).name
-                raise TrainingInterrupted(
-                    f"{name} received: stopped after step {state.step}; checkpoint "
-                    f"{ckpts.step_path(state.step).name} written. Resume with: "
+                raise interrupted(
+                    caught[0], state.step, ckpts.step_path(state.step),
                     f"aprtool pretrain --run-dir {run_dir} --resume latest",
-                    SIGNAL_EXIT[signum],
-                )
+                )  # fmt: skip
     finally:
         ckpts.finish()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore_signals()
 
     # --- the end: a final checkpoint, then the weights-only model, verified before reporting success
     final_ckpt = ckpts.step_path(state.step)
@@ -394,10 +423,7 @@ def pretrain(
         ckpts.finish()
     model_path = run_dir / "model.apr"
     weights = model.weights()
-    write_apr(model_path, weights, {**metadata, "training_summary": training_meta() | {"state": None}})
-    report = verify_file(model_path, expect_tensors=len(weights), require=[("architecture", "LlamaForCausalLM")])
-    if not report.valid:
-        raise IntegrityError(f"{model_path}: final model does not verify: {'; '.join(report.errors)}")
+    write_model(model_path, weights, {**metadata, "training_summary": training_meta() | {"state": None}}, len(weights))
     return {
         "run_dir": str(run_dir),
         "model": str(model_path),

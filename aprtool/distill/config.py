@@ -1,0 +1,142 @@
+"""Distillation configuration: one dataclass, every field a CLI flag with the same name."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from aprtool.errors import UsageError
+
+MODES = ("logits", "blockwise")
+INITS = ("teacher", "scratch")
+KEYS = ("entire_block", "attention", "ffn")  # --keys-to-learn values, in their canonical order
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    # the student: a file, a preset from scratch, or (default) built from the teacher
+    student: str | None = None  # an aprtool Llama .apr to start from, used as is
+    student_size: str | None = None  # a preset (tiny, small, ...), initialized from scratch
+    init: str | None = None  # teacher | scratch; None: scratch with --student-size, else teacher
+    student_layers: int | None = None  # teacher init: layers i*L//N of the teacher's L
+    student_intermediate_size: int | None = None  # teacher init: the first M FFN channels
+    student_heads: int | None = None
+    student_kv_heads: int | None = None  # teacher init: adjacent KV heads mean-pooled
+    # distillation
+    mode: str = "logits"  # logits | blockwise
+    temperature: float = 1.0  # T = 2 did worse in docs/performance.md's short runs
+    alpha: float = 0.5  # weight of the KD term; 1 - alpha weighs cross-entropy on the labels
+    keys_to_learn: str | None = None  # None: blockwise entire_block; logits every parameter
+    # data (None: the teacher's prepared data, else the default corpus with the teacher's tokenizer)
+    corpus: str | None = None
+    # optimization
+    steps: int = 300
+    seq_len: int | None = None  # None: the teacher's training seq_len
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    schedule: str = "cosine"  # cosine | linear
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # blockwise: per block, so blocks stay independent
+    seed: int = 0
+    device: str = "cpu"
+    # evaluation, checkpoints, logging (not part of the run's identity)
+    eval_every: int = 50
+    eval_tokens: int = 32768
+    checkpoint_every: int = 5000  # steps; 0: no periodic checkpoints (the final one is always written)
+    keep_last: int = 5
+    log_every: int = 10
+
+    def validate(self) -> DistillConfig:
+        from aprtool.model.llama import PRESETS
+
+        if self.mode not in MODES:
+            raise UsageError(f"--mode {self.mode!r}: choose logits or blockwise")
+        if self.init is not None and self.init not in INITS:
+            raise UsageError(f"--init {self.init!r}: choose teacher or scratch")
+        if self.student is not None:
+            given = [f"--{n.replace('_', '-')}" for n in STUDENT_SHAPE if getattr(self, n) is not None]
+            if given or self.init is not None:
+                raise UsageError(f"--student is used as it is: drop {', '.join(given or ['--init'])}")
+        if self.student_size is not None:
+            if self.student_size not in PRESETS:
+                raise UsageError(f"--student-size {self.student_size!r}: choose from {', '.join(PRESETS)}")
+            if self.init == "teacher":
+                raise UsageError("--student-size builds a student from scratch: drop --init teacher")
+        if self.schedule not in ("cosine", "linear"):
+            raise UsageError(f"--schedule {self.schedule!r}: choose cosine or linear")
+        if self.device not in ("cpu", "cuda"):
+            raise UsageError(f"--device {self.device!r}: choose cpu or cuda")
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature {self.temperature}: must be positive")
+        if not 0 <= self.alpha <= 1:
+            raise UsageError(f"--alpha {self.alpha}: must be between 0 and 1")
+        if self.keys_to_learn is not None:
+            parse_keys(self.keys_to_learn)
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_tokens", "log_every", *STUDENT_SHAPE):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        if self.seq_len is not None and self.seq_len <= 0:
+            raise UsageError("--seq-len must be positive")
+        for name in ("keep_last", "checkpoint_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UsageError("--min-lr-ratio must be between 0 and 1")
+        if self.lr <= 0:
+            raise UsageError("--lr must be positive")
+        return self
+
+    @property
+    def learned_keys(self) -> tuple[str, ...] | None:
+        """The sub-blocks that train; None: every parameter (logit KD without --keys-to-learn)."""
+        if self.keys_to_learn is not None:
+            return parse_keys(self.keys_to_learn)
+        return ("entire_block",) if self.mode == "blockwise" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def merged(self, overrides: dict[str, Any]) -> DistillConfig:
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise UsageError(f"unknown distill option(s): {', '.join(unknown)}")
+        return replace(self, **overrides)
+
+
+STUDENT_SHAPE = ("student_layers", "student_intermediate_size", "student_heads", "student_kv_heads")
+
+# Fields that do not change what is trained: left out of the run's fingerprint, free to change on
+# resume. Paths are represented by content instead (the teacher's and student's sha256, the data's
+# fingerprint), so moving a file does not make it another run.
+NOT_IDENTITY = ("student", "corpus", "eval_every", "eval_tokens", "checkpoint_every", "keep_last", "log_every")
+
+
+def parse_keys(text: str) -> tuple[str, ...]:
+    """`attention,ffn` -> ('attention', 'ffn'); unknown names and entire_block mixed with others are errors."""
+    given = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in given if k not in KEYS]
+    if not given or unknown:
+        raise UsageError(f"--keys-to-learn {text!r}: choose from {', '.join(KEYS)} (comma-separated)")
+    if "entire_block" in given and len(set(given)) > 1:
+        raise UsageError("--keys-to-learn: entire_block already includes attention and ffn; do not mix them")
+    return tuple(k for k in KEYS if k in given)
+
+
+def identity(cfg: DistillConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
+
+
+def resume_differences(saved: DistillConfig, wanted: DistillConfig) -> list[str]:
+    a, b = identity(saved), identity(wanted)
+    return [f"{name}: checkpoint has {a[name]!r}, requested {b[name]!r}" for name in a if a[name] != b[name]]

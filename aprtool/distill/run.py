@@ -1,0 +1,159 @@
+"""A distillation run's identity and bookkeeping: fingerprint, DIR/state.json, the teacher's data.
+
+DIR/state.json (replaced atomically):
+    {"format": "aprtool-distill-state", "version": 1, "status": "running" | "completed" | "failed",
+     "fingerprint": ..., "teacher": {"path", "sha256"}, "mode": ..., "step": ..., "steps": ...,
+     "checkpoints": {"latest": ..., "final": ...}, "model": "model.apr" | null, "error": ..., "updated_at": ...}
+The fingerprint is the sha256 of the canonical JSON (sorted keys, no spaces) of everything that decides
+what is trained: the teacher's sha256, the student's shape and init (with the student file's sha256), the
+mode and keys, the data's fingerprint, the seed and the budget and optimizer settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aprtool.atomic import atomic_write_text
+from aprtool.data.prepare import MANIFEST, PreparedCorpus, prepare_corpus
+from aprtool.distill.config import DistillConfig, identity
+from aprtool.distill.models import LoadedModel, StudentPlan, tokenizer_differences
+from aprtool.errors import FormatError, UsageError
+from aprtool.train.checkpoint import CheckpointDir
+
+STATE = "state.json"
+STATE_FORMAT = "aprtool-distill-state"
+
+
+def canonical_json(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def fingerprint(cfg: DistillConfig, teacher: LoadedModel, plan: StudentPlan, corpus: PreparedCorpus) -> str:
+    student = plan.describe()
+    student.pop("student_file")  # the path; its content is in student_sha256
+    payload = {
+        "version": 1,
+        "teacher_sha256": teacher.sha256,
+        "student": student,
+        "data": corpus.fingerprint,
+        "config": identity(cfg),  # mode, keys, temperature, alpha, seed, steps, seq_len, batch, lr, ...
+    }
+    return hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+def read_state(out: Path) -> dict[str, Any] | None:
+    path = out / STATE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise FormatError(f"{path}: invalid JSON ({exc}); remove it or use --force") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise FormatError(f"{path}: not an aprtool distill state file; use another --out or --force")
+    return state
+
+
+def write_state(out: Path, **fields: Any) -> dict[str, Any]:
+    state = {
+        "format": STATE_FORMAT,
+        "version": 1,
+        **fields,
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_text(out / STATE, json.dumps(state, indent=1) + "\n")
+    return state
+
+
+def clear_run(out: Path, ckpt_dir: Path) -> None:
+    """--force: the previous run's checkpoints, model and log go (the prepared data stays, it is a cache).
+    The checkpoint directory is renamed out of the way first, so a crash cannot leave half of it."""
+    if ckpt_dir.is_dir():
+        doomed = ckpt_dir.with_name(f".{ckpt_dir.name}.deleting-{secrets.token_hex(4)}")
+        ckpt_dir.rename(doomed)
+        shutil.rmtree(doomed)
+    for name in ("model.apr", "model.rejected.apr", "metrics.jsonl", STATE):
+        (out / name).unlink(missing_ok=True)
+
+
+def before_fresh_run(
+    out: Path,
+    ckpts: CheckpointDir,
+    run_id: str,
+    previous: dict[str, Any] | None,
+    force: bool,
+    export_problems: Callable[[], list[str]],
+    log: Any,
+) -> str:
+    """What a run without --resume does with what `out` already holds: "skip" (the same run completed and
+    its model.apr checks out), "export-again" (it completed but model.apr is missing or damaged: resume
+    from the final checkpoint), or "train" (nothing there, or --force cleared it). A different run, or an
+    unfinished one that can be resumed, is refused: two runs never mix in one directory."""
+    checkpoints = bool(ckpts.dir.is_dir() and (ckpts.step_files() or (ckpts.dir / "latest").exists()))
+    same = previous is not None and previous.get("fingerprint") == run_id
+    if same and previous.get("status") == "completed" and not force:
+        problems = export_problems() if (out / "model.apr").is_file() else ["missing"]
+        if not problems:
+            return "skip"
+        if checkpoints:
+            log(f"WARNING: {out / 'model.apr'} does not check out ({'; '.join(problems)}); exporting it again")
+            return "export-again"
+    if force or (same and not checkpoints):
+        if previous or checkpoints or (out / "model.apr").exists():
+            reason = "--force" if force else "the previous attempt left no checkpoint"
+            log(f"{reason}: starting over in {out} (its checkpoints and model are removed)")
+        clear_run(out, ckpts.dir)
+        return "train"
+    if same:
+        raise UsageError(
+            f"{out} holds an unfinished run of this distillation (status {previous.get('status')}, step "
+            f"{previous.get('step')}); continue it with --resume latest, or start over with --force"
+        )
+    if previous is not None or checkpoints:
+        theirs = (previous or {}).get("fingerprint") or "unknown"
+        raise UsageError(
+            f"{out} holds another run (fingerprint {theirs[:16]}…, this one {run_id[:16]}…); "
+            "use --force to replace it, or choose another --out"
+        )
+    return "train"
+
+
+def teacher_corpus(cfg: DistillConfig, teacher: LoadedModel, out_dir: Path, log: Any) -> tuple[PreparedCorpus, str]:
+    """The prepared corpus and a description of where it came from; its tokenizer must be the teacher's.
+
+    Default (no --corpus): the teacher run's prepared `data/` (beside the teacher file), else the corpus the
+    teacher's training recorded, else the default corpus, prepared with the teacher's tokenizer settings."""
+    tok = teacher.tokenizer
+    trained = teacher.training_config
+    if cfg.corpus is not None:
+        source, origin = Path(cfg.corpus), cfg.corpus
+    elif (teacher.run_dir / "data" / MANIFEST).is_file():
+        source = teacher.run_dir / "data"
+        origin = str(source)
+    elif trained.get("corpus") and Path(trained["corpus"]).is_dir():
+        source = Path(trained["corpus"])
+        origin = str(source)
+    else:
+        source, origin = None, "python-stdlib"
+    corpus = prepare_corpus(
+        source,
+        out_dir,
+        tokenizer=tok.get("kind", "bpe"),
+        vocab_size=tok.get("vocab_size", 4096),
+        val_fraction=trained.get("val_fraction", 0.05),
+        log=log,
+    )
+    differences = tokenizer_differences(tok, corpus.manifest["tokenizer"], "corpus")
+    if differences:
+        raise UsageError(
+            f"corpus {origin}: its tokens are not the teacher's ({'; '.join(differences)}); pass --corpus with text "
+            "(prepared with the teacher's tokenizer settings) or the teacher run's data/ directory"
+        )
+    return corpus, origin
