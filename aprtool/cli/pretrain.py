@@ -99,6 +99,24 @@ def pretrain_command(
     grad_clip: Annotated[float | None, opt("grad_clip", "Gradient norm clip.")] = None,
     seed: Annotated[int | None, opt("seed", "Seed for initialization and data order.")] = None,
     device: Annotated[str | None, opt("device", "cpu or cuda (bf16 autocast on cuda).")] = None,
+    time_budget: Annotated[
+        float | None, opt("time_budget", "Wall-clock budget in seconds; phases become fractions of it.")
+    ] = None,
+    warmdown_frac: Annotated[
+        float | None, opt("warmdown_frac", "Warmup-stable-warmdown: linear warmdown over this last fraction.")
+    ] = None,
+    swa_frac: Annotated[float | None, opt("swa_frac", "Average the weights over this last fraction.")] = None,
+    ema: Annotated[float | None, opt("ema", "EMA decay for that averaging (0: plain mean, SWA).")] = None,
+    qat_frac: Annotated[
+        float | None, opt("qat_frac", "Late QAT: int6 fake quantization over this last fraction.")
+    ] = None,
+    qat_clip: Annotated[str | None, opt("qat_clip", "Clip for QAT (use the one you will compress with).")] = None,
+    qat_min_elements: Annotated[
+        int | None, opt("qat_min_elements", "QAT only weights compress would quantize (this many elements).")
+    ] = None,
+    strict: Annotated[
+        bool | None, opt("strict", "Refuse to train when a configured phase cannot fit.", "--strict/--no-strict")
+    ] = None,
     eval_every: Annotated[int | None, opt("eval_every", "Steps between held-out evaluations.")] = None,
     eval_tokens: Annotated[int | None, opt("eval_tokens", "Held-out tokens per evaluation (fixed set).")] = None,
     patience: Annotated[int | None, opt("patience", "Early stop after this many evals without a new best.")] = None,

@@ -44,6 +44,15 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "cpu"
+    # wall-clock budget and late phases (fractions of the budget actually available; see phases.py)
+    time_budget: float | None = None  # seconds; with it, progress is measured in wall time
+    warmdown_frac: float = 0.0  # > 0: warmup-stable-warmdown schedule, linear warmdown over this fraction
+    swa_frac: float = 0.0  # average the weights over this last fraction (a plain mean, or EMA with --ema)
+    ema: float = 0.0  # EMA decay for the averaging window (0: plain mean)
+    qat_frac: float = 0.0  # int6 fake quantization over this last fraction
+    qat_clip: str = "std:12.85"  # the clip `compress` will use
+    qat_min_elements: int = 65_536  # the threshold `compress` will use
+    strict: bool = False  # refuse to start when a configured phase cannot fit
     # evaluation and early stopping
     eval_every: int = 50
     eval_tokens: int = 32768  # the same held-out tokens every time, so evaluations are comparable
@@ -85,6 +94,16 @@ class TrainConfig:
             raise UsageError("--min-lr-ratio must be between 0 and 1")
         if self.lr <= 0 or self.checkpoint_minutes <= 0:
             raise UsageError("--lr and --checkpoint-minutes must be positive")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise UsageError("--time-budget must be positive (seconds)")
+        for name in ("warmdown_frac", "swa_frac", "qat_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1")
+        if not 0 <= self.ema < 1:
+            raise UsageError("--ema must be in [0, 1)")
+        from aprtool.codecs.quant import Clip
+
+        Clip.parse(self.qat_clip)
         return self
 
     def model_config(self, vocab_size: int) -> LlamaConfig:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from aprtool.atomic import atomic_write_text
+from aprtool.codecs.quant import Clip
 from aprtool.container import verify_file, write_apr
 from aprtool.container.verify import VerifyReport
 from aprtool.data.loader import BatchLoader, LoaderState, eval_windows
@@ -42,6 +43,7 @@ from aprtool.train.checkpoint import (
     try_save,
 )
 from aprtool.train.config import TrainConfig, resume_differences
+from aprtool.train.phases import Phases
 from aprtool.train.schedule import learning_rate
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -105,6 +107,8 @@ class RunState:
     evals: int = 0
     evals_since_best: int = 0
     stopped_early: bool = False
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {step, seconds} it began
+    averaged_steps: int = 0  # steps folded into the SWA/EMA average
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -205,6 +209,29 @@ def write_model(
     return report
 
 
+AVG_PREFIX = "__training__.average."  # the SWA/EMA weights travel in checkpoints, never in model.apr
+
+
+def _check_phases(problems: list[str], strict: bool, log: Callable[[str], None]) -> None:
+    for problem in problems:
+        log(f"WARNING: {problem}")
+    if problems and strict:
+        raise UsageError(f"--strict: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def _fold_into_average(average: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], count: int, ema: float):
+    """SWA: running mean of the weights; EMA: average = ema * average + (1 - ema) * weights."""
+    with torch.no_grad():
+        for name, w in weights.items():
+            w = w.detach().float().cpu()
+            if name not in average:
+                average[name] = w.clone()
+            elif ema:
+                average[name].mul_(ema).add_(w, alpha=1 - ema)
+            else:
+                average[name].add_(w - average[name], alpha=1 / (count + 1))
+
+
 def pretrain(
     run_dir: str | Path,
     overrides: dict[str, Any] | None = None,
@@ -232,6 +259,8 @@ def pretrain(
         if differences:
             raise UsageError(f"cannot resume {ckpt.path.name}: {'; '.join(differences)}")
     else:
+        if overrides.get("time_budget") and "steps" not in overrides:
+            overrides["steps"] = 10**9  # the budget, not a step count, ends this run
         cfg = TrainConfig().merged(overrides).validate()
         existing = ckpts.step_files() if ckpts.dir.is_dir() else []
         if existing or (ckpts.dir / "latest").exists():
@@ -295,7 +324,21 @@ def pretrain(
         }
 
     def checkpoint(path: Path, *, pointer: bool = True) -> bool:
-        return ckpts.save(path, model.weights(), optimizer, names, training_meta(), metadata, pointer=pointer)
+        tensors = {**model.weights(), **{AVG_PREFIX + n: t for n, t in average.items()}}
+        return ckpts.save(path, tensors, optimizer, names, training_meta(), metadata, pointer=pointer)
+
+    # --- phases: warmdown, weight averaging, late QAT, as fractions of the budget actually available
+    phases = Phases(cfg.steps, cfg.time_budget, cfg.warmup_steps, cfg.warmdown_frac, cfg.swa_frac, cfg.ema,
+                    cfg.qat_frac)  # fmt: skip
+    average: dict[str, torch.Tensor] = {}
+    if ckpt is not None:
+        saved = ckpt.optimizer["tensors"]
+        average = {
+            k[len(AVG_PREFIX) :]: torch.from_numpy(np.array(v)) for k, v in saved.items() if k.startswith(AVG_PREFIX)
+        }
+    if "qat" in state.phases:
+        model.set_qat(Clip.parse(cfg.qat_clip), cfg.qat_min_elements)
+    _check_phases(phases.fit_problems(None), cfg.strict, log)
 
     # --- signals: finish the step, checkpoint, exit 130/143
     started = time.monotonic() - state.wall_seconds
@@ -304,11 +347,22 @@ def pretrain(
     caught, restore_signals = catch_signals()
     try:
         model.train()
-        while state.step < cfg.steps and not state.stopped_early:
-            lr = learning_rate(
+        first_step_at: float | None = None
+        fit_checked = False
+        while not phases.done(state.step, state.wall_seconds) and not state.stopped_early:
+            p = phases.progress(state.step, time.monotonic() - started)
+            for name in sorted(phases.active(p) - set(state.phases)):
+                state.phases[name] = {"step": state.step + 1, "seconds": round(time.monotonic() - started, 3)}
+                log(f"phase {name} starts at step {state.step + 1} ({p:.0%} of the budget)")
+                if name == "qat":
+                    quantized = model.set_qat(Clip.parse(cfg.qat_clip), cfg.qat_min_elements)
+                    log(f"late QAT: {len(quantized)} weights now pass through int6 fake quantization")
+            scale = phases.lr_scale(state.step, p, cfg.min_lr_ratio)
+            lr = cfg.lr * scale if scale is not None else learning_rate(
                 state.step, lr=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps,
                 floor_ratio=cfg.min_lr_ratio, kind=cfg.schedule,
             )  # fmt: skip
+            first_step_at = first_step_at or time.monotonic()
             for g in optimizer.param_groups:
                 g["lr"] = lr
             step_loss = 0.0
@@ -329,6 +383,12 @@ def pretrain(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
+            if {"swa", "ema"} & set(state.phases):
+                _fold_into_average(average, model.weights(), state.averaged_steps, cfg.ema)
+                state.averaged_steps += 1
+            if cfg.time_budget and not fit_checked:  # one step's duration tells which phases can fit
+                _check_phases(phases.fit_problems(time.monotonic() - first_step_at), cfg.strict, log)
+                fit_checked = True
             tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum
             state.tokens_seen += tokens
             interval_tokens += tokens
@@ -339,9 +399,10 @@ def pretrain(
             state.epoch_steps += 1
             state.epoch_grad_max = max(state.epoch_grad_max, grad_norm)
             state.wall_seconds = time.monotonic() - started
+            finished = phases.done(state.step, state.wall_seconds)
             record: dict[str, Any] = {}
 
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            if state.step % cfg.log_every == 0 or finished:
                 now = time.monotonic()
                 state.train_loss = state.log_loss / state.log_steps
                 record = {
@@ -374,7 +435,7 @@ def pretrain(
                     )
                 log(f"epoch {state.epochs_saved} completed at step {state.step}")
 
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            if state.step % cfg.eval_every == 0 or finished:
                 state.val_loss = evaluate(model, val_windows, cfg.batch_size, cfg.device)
                 state.evals += 1
                 record = {**record, "step": state.step, "val_loss": state.val_loss}
@@ -421,9 +482,17 @@ def pretrain(
     if not final_ckpt.exists():
         checkpoint(final_ckpt)
         ckpts.finish()
+    model.set_qat(None, 0)  # the exported weights are float; `compress` quantizes them the same way
+    averaged = None
+    if average and state.averaged_steps:
+        model.load_weights({n: t.to(next(model.parameters()).dtype) for n, t in average.items()})
+        averaged = {"kind": "ema" if cfg.ema else "swa", "steps": state.averaged_steps}
+        state.val_loss = evaluate(model, val_windows, cfg.batch_size, cfg.device)
+        log(f"final weights: {averaged['kind']} average of {state.averaged_steps} steps, val_loss {state.val_loss:.4f}")
     model_path = run_dir / "model.apr"
     weights = model.weights()
-    write_model(model_path, weights, {**metadata, "training_summary": training_meta() | {"state": None}}, len(weights))
+    summary_meta = training_meta() | {"state": None, "phases": state.phases, "averaged": averaged}
+    write_model(model_path, weights, {**metadata, "training_summary": summary_meta}, len(weights))
     return {
         "run_dir": str(run_dir),
         "model": str(model_path),
@@ -440,4 +509,6 @@ def pretrain(
         "wall_seconds": round(state.wall_seconds, 2),
         "checkpoints": sorted(p.name for p in ckpts.dir.glob("*.apr")),
         "latest": ckpts.latest().name if ckpts.latest() else None,
+        "phases": state.phases,
+        "averaged": averaged,
     }

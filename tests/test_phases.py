@@ -1,0 +1,131 @@
+"""Wall-clock-aware phases: warmdown, SWA/EMA, late QAT, each triggering inside a short budget."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aprtool import open_apr
+from aprtool.codecs.quant import Clip, quantize
+from aprtool.data.prepare import prepare_corpus
+from aprtool.model.llama import PRESETS, LlamaForCausalLM
+from aprtool.train.loop import pretrain
+from aprtool.train.phases import Phases
+
+ROOT = Path(__file__).resolve().parents[1]
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TINY = {"size": "tiny", "seq_len": 32, "batch_size": 4, "eval_tokens": 512, "log_every": 10, "eval_every": 25,
+        "qat_min_elements": 4096}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    for name in ["textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "heapq.py", "this.py"]:
+        shutil.copyfile(STDLIB / name, root / name)
+    out = tmp_path_factory.mktemp("shards")
+    prepare_corpus(root, out, tokenizer="bytes")
+    return out
+
+
+def test_warmup_stable_warmdown_schedule_and_phase_windows():
+    ph = Phases(steps=100, time_budget=None, warmup_steps=10, warmdown_frac=0.3, swa_frac=0.1, ema=0.0,
+                qat_frac=0.2)  # fmt: skip
+    assert ph.lr_scale(0, 0.0, 0.1) == pytest.approx(0.1)
+    assert ph.lr_scale(50, 0.5, 0.1) == 1.0
+    assert ph.lr_scale(85, 0.85, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert ph.lr_scale(99, 1.0, 0.1) == pytest.approx(0.1)
+    assert ph.active(0.75) == {"warmdown"}
+    assert ph.active(0.85) == {"warmdown", "qat"}
+    assert ph.active(0.95) == {"warmdown", "qat", "swa"}
+    timed = Phases(steps=10**9, time_budget=10.0, warmup_steps=0, warmdown_frac=0.3, swa_frac=0, ema=0, qat_frac=0)
+    assert timed.progress(step=5, elapsed=7.5) == 0.75 and timed.done(5, 10.0) and not timed.done(5, 9.9)
+    assert Phases(100, None, 0, 0.0, 0.0, 0.0, 0.0).lr_scale(5, 0.05, 0.1) is None  # classic schedule
+
+
+def test_phases_that_cannot_fit_are_reported():
+    assert Phases(50, None, 0, 0.3, 0.0, 0.0, 0.001).fit_problems(None) == [
+        "phase qat (0% of 50 steps) gets less than one step"
+    ]
+    timed = Phases(10**9, 2.0, 0, 0.3, 0.0, 0.0, 0.01)
+    assert "shorter than one step" in timed.fit_problems(0.5)[0]
+    assert "starts before warmdown" in Phases(100, None, 0, 0.1, 0.5, 0.0, 0.0).fit_problems(None)[0]
+
+
+def test_every_configured_phase_triggers_within_a_short_time_budget(tmp_path, shards):
+    summary = pretrain(tmp_path / "run", {**TINY, "corpus": str(shards), "time_budget": 6.0, "warmdown_frac": 0.4,
+                                          "swa_frac": 0.2, "qat_frac": 0.3}, log=lambda _m: None)  # fmt: skip
+    assert summary["wall_seconds"] >= 6.0 and summary["steps"] < 10**9
+    phases = summary["phases"]
+    assert set(phases) == {"warmdown", "swa", "qat"}
+    assert phases["warmdown"]["step"] <= phases["qat"]["step"] <= phases["swa"]["step"] <= summary["steps"]
+    assert summary["averaged"] == {"kind": "swa", "steps": summary["steps"] - phases["swa"]["step"] + 1}
+    with open_apr(summary["model"]) as f:
+        recorded = f.metadata["training_summary"]
+        assert recorded["phases"] == phases and recorded["averaged"] == summary["averaged"]
+        assert not [n for n in f.names() if n.startswith("__training__")]
+
+
+def test_ema_averaging_and_step_budget(tmp_path, shards):
+    summary = pretrain(tmp_path / "run", {**TINY, "corpus": str(shards), "steps": 40, "warmdown_frac": 0.5,
+                                          "swa_frac": 0.25, "ema": 0.9}, log=lambda _m: None)  # fmt: skip
+    assert summary["phases"] == {"warmdown": {"step": 21, "seconds": summary["phases"]["warmdown"]["seconds"]},
+                                 "ema": {"step": 31, "seconds": summary["phases"]["ema"]["seconds"]}}  # fmt: skip
+    assert summary["averaged"] == {"kind": "ema", "steps": 10}
+
+
+def test_strict_refuses_a_phase_that_cannot_fit(tmp_path, shards):
+    args = [sys.executable, "-m", "aprtool", "pretrain", "--corpus", str(shards), "--size", "tiny", "--seq-len", "32",
+            "--batch-size", "4", "--steps", "20", "--qat-frac", "0.01"]  # fmt: skip
+    strict = subprocess.run([*args, "--run-dir", str(tmp_path / "a"), "--strict"], capture_output=True, text=True)
+    assert strict.returncode == 2 and "qat" in strict.stderr and "Traceback" not in strict.stderr
+    assert not (tmp_path / "a" / "model.apr").exists()
+    lenient = subprocess.run([*args, "--run-dir", str(tmp_path / "b")], capture_output=True, text=True)
+    assert lenient.returncode == 0 and "WARNING: phase qat" in lenient.stderr
+
+
+def test_qat_forward_uses_compress_quantizer():
+    model = LlamaForCausalLM(PRESETS["tiny"].with_overrides(vocab_size=300))
+    clip = Clip.parse("std:12.85")
+    assert "model.layers.0.mlp.up_proj.weight" in model.set_qat(clip, 4096)
+    layer = model.model.layers[0].mlp.up_proj
+    x = torch.randn(3, 64)
+    want = F.linear(x, torch.from_numpy(quantize(layer.weight.detach().numpy(), clip).dequantize()))
+    assert torch.allclose(layer(x), want, atol=1e-6)
+    assert model.set_qat(None, 0) == [] and torch.allclose(layer(x), F.linear(x, layer.weight))
+
+
+def test_kill_9_resume_is_bitwise_with_warmdown_swa_and_qat(tmp_path, shards):
+    args = ["--corpus", str(shards), "--size", "tiny", "--seq-len", "32", "--batch-size", "4", "--eval-tokens", "512",
+            "--steps", "120", "--checkpoint-every", "10", "--warmdown-frac", "0.5", "--swa-frac", "0.3",
+            "--qat-frac", "0.4", "--qat-min-elements", "4096"]  # fmt: skip
+    cmd = [sys.executable, "-m", "aprtool", "pretrain"]
+    whole = subprocess.run([*cmd, "--run-dir", str(tmp_path / "whole"), *args], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--run-dir", str(run), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run / "ckpt" / "latest"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # kill inside the QAT + SWA window
+        if latest.is_file() and latest.read_text().strip() >= "step-000090.apr":
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run([*cmd, "--run-dir", str(run), "--resume", "latest"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    with open_apr(tmp_path / "whole" / "model.apr") as a, open_apr(run / "model.apr") as b:
+        for name in a.names():
+            assert np.array_equal(a.numpy(name), b.numpy(name)), name
+        assert a.metadata["training_summary"]["averaged"] == b.metadata["training_summary"]["averaged"]
