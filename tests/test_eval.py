@@ -55,6 +55,9 @@ def test_held_out_split_is_the_one_pretrain_used(model, corpus):
     from_text = held_out_tokens(corpus, tokenizer, metadata)
     from_shards = held_out_tokens(model.parent / "data", tokenizer, metadata)
     assert np.array_equal(from_text, from_shards)
+    a = evaluate_bpb(model, corpus=model.parent / "data", max_tokens=300, seq_len=32)
+    b = evaluate_bpb(model, corpus=corpus, max_tokens=300, seq_len=32)
+    assert a == b
 
 
 def test_int6_file_is_evaluated_dequantized(model, corpus, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -140,10 +141,12 @@ def pretrain_command(
 
     given = locals()
     overrides = {k: given[k] for k in _DEFAULTS if given.get(k) is not None}
-    bar, update = _progress_printer(overrides.get("steps", _DEFAULTS["steps"]))
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints
+    bar, update = _progress_printer(overrides.get("steps", _DEFAULTS["steps"])) if main_rank else (None, None)
     if bar is not None and not as_json:
         with bar:
             summary = pretrain(run_dir, overrides, resume=resume, progress=update)
     else:
         summary = pretrain(run_dir, overrides, resume=resume)
-    emit(summary, as_json, _render(summary))
+    if main_rank:
+        emit(summary, as_json, _render(summary))

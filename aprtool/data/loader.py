@@ -22,7 +22,10 @@ class LoaderState:
 
 
 class BatchLoader:
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, state: LoaderState) -> None:
+    def __init__(
+        self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, state: LoaderState,
+        rank: int = 0, world: int = 1,
+    ) -> None:  # fmt: skip
         self.windows = (len(tokens) - 1) // seq_len
         if self.windows < 1:
             raise UsageError(
@@ -34,6 +37,7 @@ class BatchLoader:
         self.batch_size = batch_size
         self.seed = seed
         self.state = state
+        self.rank, self.world = rank, world  # data parallel: each step deals world x batch windows
         self._order_epoch = -1
         self._order = np.zeros(0, np.int64)
 
@@ -44,14 +48,20 @@ class BatchLoader:
         return self._order
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), each [batch, seq_len] int64. Wraps into the next epoch as needed."""
+        """(inputs, targets), each [batch, seq_len] int64. Wraps into the next epoch as needed.
+
+        With several ranks, one global batch of world x batch windows is drawn and rank r keeps the
+        r-th slice: the ranks read disjoint windows, and the position stays global, so a run
+        checkpointed with N ranks resumes with any other number."""
         rows = []
-        for _ in range(self.batch_size):
+        mine = range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        for i in range(self.batch_size * self.world):
             if self.state.cursor == self.windows:
                 self.state.epoch += 1
                 self.state.cursor = 0
-            start = int(self._order_for(self.state.epoch)[self.state.cursor]) * self.seq_len
-            rows.append(np.asarray(self.tokens[start : start + self.seq_len + 1], dtype=np.int64))
+            if i in mine:
+                start = int(self._order_for(self.state.epoch)[self.state.cursor]) * self.seq_len
+                rows.append(np.asarray(self.tokens[start : start + self.seq_len + 1], dtype=np.int64))
             self.state.cursor += 1
         batch = torch.from_numpy(np.stack(rows))
         return batch[:, :-1], batch[:, 1:]

@@ -66,7 +66,7 @@ def held_out_tokens(corpus: Path | None, tokenizer: Any, metadata: dict[str, Any
         for key in ("kind", "vocab_size", "sha256"):
             if ours.get(key) != theirs.get(key):
                 raise UsageError(f"--corpus {corpus}: its tokenizer {key} {theirs.get(key)!r} is not the model's")
-        return np.asarray(prepared.tokens("val"))
+        return np.asarray(prepared.tokens("val"), dtype=np.int64)
     if corpus is not None and not corpus.is_dir():
         raise FileAccessError(f"--corpus {corpus}: not a directory")
     root = default_corpus_root() if corpus is None else corpus

@@ -43,6 +43,7 @@ from aprtool.train.checkpoint import (
     try_save,
 )
 from aprtool.train.config import TrainConfig, resume_differences
+from aprtool.train.distributed import Dist, init_distributed, shutdown
 from aprtool.train.phases import Phases
 from aprtool.train.schedule import learning_rate
 
@@ -245,6 +246,14 @@ def pretrain(
     math are refused, naming the field)."""
     run_dir = Path(run_dir)
     overrides = dict(overrides or {})
+    d = init_distributed(overrides.get("device", "cpu"))
+    try:
+        return _pretrain(run_dir, overrides, resume, log if d.main else lambda _m: None, progress, d)
+    finally:
+        shutdown(d)
+
+
+def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, Any]:
     ckpts = CheckpointDir(run_dir / "ckpt", keep_last=5, log=log)
 
     # --- configuration (fresh, or from the checkpoint being resumed)
@@ -252,7 +261,7 @@ def pretrain(
     if resume is not None:
         if not ckpts.dir.is_dir() and resume == "latest":
             raise FileAccessError(f"--resume latest: {ckpts.dir} does not exist (nothing to resume)")
-        ckpt = load_checkpoint(ckpts.resolve(resume))
+        ckpt = load_checkpoint(Path(d.from_main(str(ckpts.resolve(resume)))))  # every rank the same file
         saved = TrainConfig.from_dict(ckpt.training["config"])
         cfg = saved.merged(overrides).validate()
         differences = resume_differences(saved, cfg)
@@ -271,10 +280,14 @@ def pretrain(
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     ckpts.keep_last = cfg.keep_last
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpts.prepare()
+    d.barrier()  # every rank has checked the run directory before rank 0 touches it
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpts.prepare()
+        _prepare_data(cfg, run_dir, log)
+    d.barrier()
 
-    # --- data
+    # --- data (prepared by rank 0 above; every rank opens the same shards)
     corpus = prepare_corpus(
         Path(cfg.corpus) if cfg.corpus else None,
         run_dir / "data",
@@ -287,7 +300,8 @@ def pretrain(
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(corpus.manifest["tokenizer"])
     if tok_info.get("file"):
-        shutil.copyfile(corpus.directory / tok_info["file"], run_dir / "tokenizer.json")
+        if d.main:
+            shutil.copyfile(corpus.directory / tok_info["file"], run_dir / "tokenizer.json")
         tok_info["file"] = "tokenizer.json"
     val_windows = eval_windows(corpus.tokens("val"), cfg.seq_len, cfg.eval_tokens)
 
@@ -305,7 +319,10 @@ def pretrain(
         state = RunState.from_dict(ckpt.training["state"])
         _truncate_metrics(metrics_path, state.step)
         log(f"resumed from {ckpt.path.name} at step {state.step}")
-    loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader)
+    if d.from_main(state.step) != state.step:
+        raise IntegrityError("ranks disagree on the resume step")
+    loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader, d.rank, d.world)
+    net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     metadata = model_metadata(model, cfg.corpus, tok_info)
     params = [p for g in groups for p in g["params"]]
 
@@ -324,6 +341,8 @@ def pretrain(
         }
 
     def checkpoint(path: Path, *, pointer: bool = True) -> bool:
+        if not d.main:
+            return False
         tensors = {**model.weights(), **{AVG_PREFIX + n: t for n, t in average.items()}}
         return ckpts.save(path, tensors, optimizer, names, training_meta(), metadata, pointer=pointer)
 
@@ -350,7 +369,7 @@ def pretrain(
         first_step_at: float | None = None
         fit_checked = False
         while not phases.done(state.step, state.wall_seconds) and not state.stopped_early:
-            p = phases.progress(state.step, time.monotonic() - started)
+            p = phases.progress(state.step, d.max(time.monotonic() - started))  # one clock for all ranks
             for name in sorted(phases.active(p) - set(state.phases)):
                 state.phases[name] = {"step": state.step + 1, "seconds": round(time.monotonic() - started, 3)}
                 log(f"phase {name} starts at step {state.step + 1} ({p:.0%} of the budget)")
@@ -370,10 +389,11 @@ def pretrain(
                 x, y = loader.next_batch()
                 x, y = x.to(cfg.device), y.to(cfg.device)
                 with _autocast(cfg.device):
-                    logits = model(x)
+                    logits = net(x)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / cfg.grad_accum
                 loss.backward()
                 step_loss += float(loss.detach())
+            step_loss = d.mean(step_loss)  # the global batch's loss (gradients are averaged by DDP)
             if not math.isfinite(step_loss):
                 raise IntegrityError(
                     f"loss became {step_loss} at step {state.step + 1}; the last good checkpoint is "
@@ -389,7 +409,7 @@ def pretrain(
             if cfg.time_budget and not fit_checked:  # one step's duration tells which phases can fit
                 _check_phases(phases.fit_problems(time.monotonic() - first_step_at), cfg.strict, log)
                 fit_checked = True
-            tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+            tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * d.world
             state.tokens_seen += tokens
             interval_tokens += tokens
             state.log_loss += step_loss
@@ -398,7 +418,7 @@ def pretrain(
             state.epoch_loss += step_loss
             state.epoch_steps += 1
             state.epoch_grad_max = max(state.epoch_grad_max, grad_norm)
-            state.wall_seconds = time.monotonic() - started
+            state.wall_seconds = d.max(time.monotonic() - started)
             finished = phases.done(state.step, state.wall_seconds)
             record: dict[str, Any] = {}
 
@@ -449,14 +469,14 @@ def pretrain(
                 else:
                     state.evals_since_best += 1
                     if state.evals >= cfg.min_evals and state.evals_since_best >= cfg.patience:
-                        state.stopped_early = True
+                        state.stopped_early = d.from_main(True)
                         log(
                             f"early stop at step {state.step}: no improvement over {state.best_val_loss:.4f} "
                             f"(step {state.best_step}) in {state.evals_since_best} evaluations"
                         )
                 log(f"step {state.step}: val_loss {state.val_loss:.4f} (best {state.best_val_loss:.4f})")
 
-            if record:
+            if record and d.main:
                 with open(metrics_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
                 if progress:
@@ -465,12 +485,14 @@ def pretrain(
             due = (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or (
                 not cfg.checkpoint_every and time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60
             )
-            if due or caught:
+            stop = d.any(bool(caught))  # a signal on any rank stops every rank after this same step
+            due = d.from_main(bool(due)) if d.world > 1 else due
+            if due or stop:
                 checkpoint(ckpts.step_path(state.step))
                 last_ckpt = time.monotonic()
-            if caught:
+            if stop:
                 raise interrupted(
-                    caught[0], state.step, ckpts.step_path(state.step),
+                    caught[0] if caught else signal.SIGTERM, state.step, ckpts.step_path(state.step),
                     f"aprtool pretrain --run-dir {run_dir} --resume latest",
                 )  # fmt: skip
     finally:
@@ -479,7 +501,7 @@ def pretrain(
 
     # --- the end: a final checkpoint, then the weights-only model, verified before reporting success
     final_ckpt = ckpts.step_path(state.step)
-    if not final_ckpt.exists():
+    if d.main and not final_ckpt.exists():
         checkpoint(final_ckpt)
         ckpts.finish()
     model.set_qat(None, 0)  # the exported weights are float; `compress` quantizes them the same way
@@ -492,7 +514,9 @@ def pretrain(
     model_path = run_dir / "model.apr"
     weights = model.weights()
     summary_meta = training_meta() | {"state": None, "phases": state.phases, "averaged": averaged}
-    write_model(model_path, weights, {**metadata, "training_summary": summary_meta}, len(weights))
+    if d.main:
+        write_model(model_path, weights, {**metadata, "training_summary": summary_meta}, len(weights))
+    d.barrier()
     return {
         "run_dir": str(run_dir),
         "model": str(model_path),
@@ -511,4 +535,16 @@ def pretrain(
         "latest": ckpts.latest().name if ckpts.latest() else None,
         "phases": state.phases,
         "averaged": averaged,
+        "world_size": d.world,
     }
+
+
+def _prepare_data(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]) -> None:
+    prepare_corpus(
+        Path(cfg.corpus) if cfg.corpus else None,
+        run_dir / "data",
+        tokenizer=cfg.tokenizer,
+        vocab_size=cfg.vocab_size,
+        val_fraction=cfg.val_fraction,
+        log=log,
+    )

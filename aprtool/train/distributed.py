@@ -1,0 +1,71 @@
+"""Data-parallel training under `torchrun` (torch.distributed: gloo on CPU, nccl on GPU).
+
+Only rank 0 writes files and logs. Every decision that could differ between ranks (stop now, which
+checkpoint to resume, how much wall time has passed) is agreed through a collective, so no rank can
+leave the loop while another waits in an all-reduce.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _reduce(self, value: float, op: Any) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=op)
+        return float(t.item())
+
+    def mean(self, value: float) -> float:
+        return self._reduce(value, dist.ReduceOp.SUM) / self.world
+
+    def max(self, value: float) -> float:
+        return self._reduce(value, dist.ReduceOp.MAX)
+
+    def any(self, flag: bool) -> bool:
+        return self.max(1.0 if flag else 0.0) > 0
+
+    def from_main(self, obj: Any) -> Any:
+        """Rank 0's value of `obj` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def init_distributed(device: str) -> Dist:
+    """Join the process group torchrun describes in the environment; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    return Dist(rank=rank, world=dist.get_world_size())
+
+
+def shutdown(d: Dist) -> None:
+    if d.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
