@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the built-in defaults: pretrain a small Llama on this Python's standard library,
 # compress it to int6 + rANS, verify both (decoding every encoded tensor), inspect the artifact,
-# export the artifact (dequantized) as a Hugging Face directory and as GGUF.
+# compare float and int6 bits per byte, export the artifact (dequantized) as a HF directory and GGUF.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 OUT="${1:-$ROOT/out}"
@@ -11,5 +11,8 @@ rm -rf "$OUT/run"  # the demo always starts a fresh run; `aprtool pretrain --res
 "$VENV/bin/aprtool" compress "$OUT/run/model.apr" -o "$OUT/model.int6.apr"
 "$VENV/bin/aprtool" verify "$OUT/run/model.apr" "$OUT/model.int6.apr" --deep --require architecture=LlamaForCausalLM
 "$VENV/bin/aprtool" inspect "$OUT/model.int6.apr"
+# the cost of quantization, in bits per byte of held-out text: float model vs the int6 artifact
+"$VENV/bin/aprtool" eval "$OUT/run/model.apr" --max-tokens 20000
+"$VENV/bin/aprtool" eval "$OUT/model.int6.apr" --max-tokens 20000
 "$VENV/bin/aprtool" export "$OUT/model.int6.apr" -o "$OUT/hf" --to hf        # loads with transformers
 "$VENV/bin/aprtool" export "$OUT/model.int6.apr" -o "$OUT/model.gguf" --to gguf --dtype f16
