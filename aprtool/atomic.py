@@ -46,6 +46,23 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """For writers that want a file name (safetensors, gguf): yield a temp path in the same directory;
+    on clean exit it is fsynced and renamed over `path`, on error it vanishes."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent if str(path.parent) else Path("."))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_writer(path) as f:
         f.write(data)

@@ -30,7 +30,7 @@ from aprtool.distill.models import LoadedModel, block_parameters, build_student,
 from aprtool.distill.run import before_fresh_run, fingerprint, read_state, teacher_corpus, write_state
 from aprtool.errors import FileAccessError, IntegrityError, UsageError
 from aprtool.model.llama import LlamaForCausalLM
-from aprtool.train.checkpoint import CheckpointDir, load_checkpoint, optimizer_state, restore_rng
+from aprtool.train.checkpoint import CheckpointDir, load_checkpoint, restore_training
 from aprtool.train.loop import (
     RunState,
     _autocast,
@@ -156,10 +156,7 @@ def distill(
     state = DistillState(log_blocks=[0.0] * plan.config.num_layers)
     metrics_path = out / "metrics.jsonl"
     if ckpt is not None:
-        student.load_weights(ckpt.weights)
-        optimizer.load_state_dict(optimizer_state(ckpt.optimizer["tensors"], ckpt.training["optimizer"], names))
-        restore_rng(ckpt.optimizer["tensors"], ckpt.training["rng"])
-        state = DistillState.from_dict(ckpt.training["state"])
+        state = DistillState.from_dict(restore_training(ckpt, student, optimizer, names))
         _truncate_metrics(metrics_path, state.step)
         log(f"resumed from {ckpt.path.name} at step {state.step}")
     else:

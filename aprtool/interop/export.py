@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aprtool.atomic import atomic_write_text, fsync_dir, temp_path
+from aprtool.atomic import atomic_path, atomic_write_text, fsync_dir
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.errors import FileAccessError, FormatError, IntegrityError, UsageError
@@ -87,17 +87,9 @@ def _model_tensors(tensors: dict[str, torch.Tensor], dtype: str | None) -> dict[
 def _safetensors_bytes_to(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    tmp = temp_path(path)
-    try:
-        header = {"format": "pt", META_KEY: json.dumps(metadata, separators=(",", ":"))}
+    header = {"format": "pt", META_KEY: json.dumps(metadata, separators=(",", ":"))}
+    with atomic_path(path) as tmp:
         save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp), metadata=header)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _replace_dir(build: Path, out: Path) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aprtool.atomic import fsync_dir, temp_path
+from aprtool.atomic import atomic_path
 from aprtool.errors import IntegrityError
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -63,8 +62,7 @@ def write_gguf(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, A
             array = array.astype(np.float32)  # llama.cpp keeps norms in f32
         mapped[target] = (name, np.ascontiguousarray(array))
 
-    tmp = temp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch="llama")
         w.add_name(str(metadata.get("name", "aprtool-model")))
         w.add_context_length(int(metadata["max_position_embeddings"]))
@@ -91,11 +89,4 @@ def write_gguf(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, A
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path.stat().st_size

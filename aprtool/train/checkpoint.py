@@ -154,6 +154,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, weights, {"tensors": state}, training, metadata)
 
 
+def restore_training(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, names: list[str]) -> dict:
+    """Put a checkpoint's weights, optimizer state and RNG states back; returns its loop state dict."""
+    model.load_weights(ckpt.weights)
+    optimizer.load_state_dict(optimizer_state(ckpt.optimizer["tensors"], ckpt.training["optimizer"], names))
+    restore_rng(ckpt.optimizer["tensors"], ckpt.training["rng"])
+    return ckpt.training["state"]
+
+
 class CheckpointDir:
     """The tiers in RUN_DIR/ckpt, with retention, the `latest` pointer and crash-leftover sweeping."""
 

@@ -38,8 +38,7 @@ from aprtool.model.llama import LlamaForCausalLM
 from aprtool.train.checkpoint import (
     CheckpointDir,
     load_checkpoint,
-    optimizer_state,
-    restore_rng,
+    restore_training,
     try_save,
 )
 from aprtool.train.config import TrainConfig, resume_differences
@@ -313,10 +312,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
     state = RunState()
     metrics_path = run_dir / "metrics.jsonl"
     if ckpt is not None:
-        model.load_weights(ckpt.weights)
-        optimizer.load_state_dict(optimizer_state(ckpt.optimizer["tensors"], ckpt.training["optimizer"], names))
-        restore_rng(ckpt.optimizer["tensors"], ckpt.training["rng"])
-        state = RunState.from_dict(ckpt.training["state"])
+        state = RunState.from_dict(restore_training(ckpt, model, optimizer, names))
         _truncate_metrics(metrics_path, state.step)
         log(f"resumed from {ckpt.path.name} at step {state.step}")
     if d.from_main(state.step) != state.step:
