@@ -32,7 +32,7 @@ from aprtool.codecs.quant import Clip
 from aprtool.container import verify_file, write_apr
 from aprtool.container.verify import VerifyReport
 from aprtool.data.loader import BatchLoader, LoaderState, eval_windows
-from aprtool.data.prepare import prepare_corpus
+from aprtool.data.prepare import PreparedCorpus, prepare_corpus
 from aprtool.errors import AprError, FileAccessError, IntegrityError, UsageError
 from aprtool.model.llama import LlamaForCausalLM
 from aprtool.train.checkpoint import (
@@ -287,14 +287,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
     d.barrier()
 
     # --- data (prepared by rank 0 above; every rank opens the same shards)
-    corpus = prepare_corpus(
-        Path(cfg.corpus) if cfg.corpus else None,
-        run_dir / "data",
-        tokenizer=cfg.tokenizer,
-        vocab_size=cfg.vocab_size,
-        val_fraction=cfg.val_fraction,
-        log=log,
-    )
+    corpus = _prepare_data(cfg, run_dir, log)
     if ckpt is not None and ckpt.training.get("data_fingerprint") != corpus.fingerprint:
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(corpus.manifest["tokenizer"])
@@ -535,8 +528,9 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
     }
 
 
-def _prepare_data(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]) -> None:
-    prepare_corpus(
+def _prepare_data(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]) -> PreparedCorpus:
+    """Tokenize the corpus into RUN_DIR/data, or reuse what is there (same source and settings)."""
+    return prepare_corpus(
         Path(cfg.corpus) if cfg.corpus else None,
         run_dir / "data",
         tokenizer=cfg.tokenizer,
