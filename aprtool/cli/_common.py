@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 
 from aprtool.errors import EXIT_INTERNAL, EXIT_NOT_FOUND, AprError
+from aprtool.text import printable
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 
@@ -32,8 +34,18 @@ def console() -> Console:
 
 
 def error(message: str) -> None:
-    """One line on stderr: no rich wrapping, no traceback."""
-    sys.stderr.write(f"aprtool: error: {message}\n")
+    """One line on stderr: no rich wrapping, no traceback, no control characters from a file."""
+    sys.stderr.write(f"aprtool: error: {printable(message)}\n")
+
+
+# JSON escapes C0 controls itself; C1 controls (U+0080..U+009F, e.g. CSI) and bidi overrides pass through
+# `ensure_ascii=False` untouched and would still reach a terminal that `cat`s the output.
+_JSON_UNSAFE = re.compile("[\u0080-\u009f\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def to_json(data: Any) -> str:
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def handle_errors(func: F) -> F:
@@ -67,6 +79,6 @@ def handle_errors(func: F) -> F:
 def emit(data: Any, as_json: bool, render: Callable[[Console], None]) -> None:
     """Print `data` as JSON, or let `render` draw it with rich."""
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(to_json(data) + "\n")
     else:
         render(console())

@@ -12,16 +12,17 @@ from rich.table import Table
 from aprtool.cli._common import JsonOption, emit, handle_errors
 from aprtool.codecs.compress import DEFAULT_CLIP, CompressOptions, compress_file
 from aprtool.codecs.quant import DEFAULT_MIN_ELEMENTS
+from aprtool.text import markup_safe
 
 
 def _render(report: dict[str, Any]):
     def render(console: Console) -> None:
         console.print(
-            f"{report['output']}: {report['output_bytes']:,} bytes "
+            f"{markup_safe(report['output'])}: {report['output_bytes']:,} bytes "
             f"(input {report['input_bytes']:,} bytes; {report['mode']}, codec {report['codec']})"
         )
         for warning in report["warnings"]:
-            console.print(f"[yellow]warning[/]: {warning}")
+            console.print(f"[yellow]warning[/]: {markup_safe(warning)}")
         if not report["quantized_params"]:
             console.print("no tensor was quantized: nothing to compare")
             return

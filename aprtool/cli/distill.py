@@ -13,6 +13,7 @@ from rich.table import Table
 from aprtool.cli._common import JsonOption, emit, handle_errors
 from aprtool.cli.pretrain import _progress_printer
 from aprtool.distill.config import DistillConfig
+from aprtool.text import markup_safe
 
 _DEFAULTS = {f.name: f.default for f in fields(DistillConfig)}
 _AUTO = {  # defaults decided at run time
@@ -34,9 +35,9 @@ def opt(name: str, help: str) -> Any:
 def _render(summary: dict[str, Any]):
     def render(console: Console) -> None:
         if summary.get("skipped"):
-            console.print(summary["message"])
+            console.print(markup_safe(summary["message"]))
             return
-        table = Table(title=f"distill ({summary['mode']}): {summary['model']}", show_header=False)
+        table = Table(title=f"distill ({summary['mode']}): {markup_safe(summary['model'])}", show_header=False)
         table.add_column(style="bold")
         table.add_column()
         for key in (
@@ -49,7 +50,7 @@ def _render(summary: dict[str, Any]):
                 value = f"{value:.4f}"
             elif isinstance(value, list) and value and isinstance(value[0], float):
                 value = ", ".join(f"{v:.4g}" for v in value)
-            table.add_row(key, str(value))
+            table.add_row(key, markup_safe(value))
         console.print(table)
 
     return render

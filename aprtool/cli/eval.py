@@ -9,12 +9,13 @@ import typer
 from rich.console import Console
 
 from aprtool.cli._common import JsonOption, emit, handle_errors
+from aprtool.text import markup_safe
 
 
 def _render(r: dict[str, Any]):
     def render(console: Console) -> None:
         kind = "int6, dequantized" if r["quantized"] else "float"
-        console.print(f"{r['model']} ({kind}): {r['tokens']:,} held-out tokens, {r['bytes']:,} bytes")
+        console.print(f"{markup_safe(r['model'])} ({kind}): {r['tokens']:,} held-out tokens, {r['bytes']:,} bytes")
         console.print(
             f"  loss {r['loss_nats_per_token']:.4f} nats/token | {r['bits_per_token']:.4f} bits/token | "
             f"[bold]{r['bits_per_byte']:.4f} bits/byte[/]"

@@ -9,13 +9,15 @@ import typer
 from rich.console import Console
 
 from aprtool.cli._common import JsonOption, emit, handle_errors
+from aprtool.text import markup_safe
 
 
 def _render(report: dict[str, Any]):
     def render(console: Console) -> None:
-        console.print(f"{report['output']}: {report['to']}, {report['tensors']} tensors, {report['bytes']:,} bytes")
+        out = markup_safe(report["output"])
+        console.print(f"{out}: {report['to']}, {report['tensors']} tensors, {report['bytes']:,} bytes")
         for path in report["files"]:
-            console.print(f"  {path}")
+            console.print(f"  {markup_safe(path)}")
 
     return render
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from aprtool.cli._common import JsonOption, emit, handle_errors
 from aprtool.container import inspect_file
 from aprtool.errors import EXIT_FAILED
+from aprtool.text import markup_safe
 
 
 def _mark(value: bool | None) -> str:
@@ -38,15 +39,16 @@ def _render(info: dict[str, Any], show_tensors: bool) -> Any:
             ("tensor checksums", info["tensor_checksums"]),
             ("checksums", _mark(info["checksum_valid"])),
         ]
-        for key, value in rows:
-            summary.add_row(key, value)
+        for key, value in rows:  # values from the file are escaped; the marks are our own markup
+            summary.add_row(key, value if key.endswith(("CRC", "checksums")) else markup_safe(value))
         console.print(summary)
         if show_tensors:
             table = Table("name", "dtype", "shape", "stored bytes", "codec")
             table.columns[0].overflow = "fold"
             for t in info["tensors"]:
                 shape = "[" + ", ".join(map(str, t["shape"])) + "]"
-                table.add_row(t["name"], t["dtype"], shape, f"{t['stored_bytes']:,}", t["codec"] or "-")
+                cells = (t["name"], t["dtype"], shape, f"{t['stored_bytes']:,}", t["codec"] or "-")
+                table.add_row(*map(markup_safe, cells))
             console.print(table)
 
     return render

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aprtool.cli._common import JsonOption, emit, handle_errors
+from aprtool.text import markup_safe
 from aprtool.train.config import TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -27,7 +28,7 @@ def opt(name: str, help: str, *flags: str) -> Any:
 
 def _render(summary: dict[str, Any]):
     def render(console: Console) -> None:
-        table = Table(title=f"pretrain: {summary['model']}", show_header=False)
+        table = Table(title=f"pretrain: {markup_safe(summary['model'])}", show_header=False)
         table.add_column(style="bold")
         table.add_column()
         for key in (
@@ -35,7 +36,7 @@ def _render(summary: dict[str, Any]):
             "best_step", "stopped_early", "wall_seconds", "model_bytes", "latest",
         ):  # fmt: skip
             value = summary[key]
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else markup_safe(value))
         console.print(table)
 
     return render

@@ -11,6 +11,7 @@ from rich.console import Console
 from aprtool.cli._common import JsonOption, emit, handle_errors
 from aprtool.container import verify_files
 from aprtool.container.verify import VerifyReport, parse_requirements
+from aprtool.text import markup_safe
 
 
 def _render(reports: list[VerifyReport]):
@@ -18,11 +19,11 @@ def _render(reports: list[VerifyReport]):
         for r in reports:
             status = "[green]PASS[/]" if r.valid else "[red]FAIL[/]"
             passed = sum(c.passed for c in r.checks)
-            console.print(f"{status} {r.file} ({passed}/{len(r.checks)} checks passed)")
+            console.print(f"{status} {markup_safe(r.file)} ({passed}/{len(r.checks)} checks passed)")
             for message in r.errors:
-                console.print(f"  [red]error[/]: {message}", markup=True)
+                console.print(f"  [red]error[/]: {markup_safe(message)}")
             for message in r.warnings:
-                console.print(f"  [yellow]warning[/]: {message}")
+                console.print(f"  [yellow]warning[/]: {markup_safe(message)}")
 
     return render
 

@@ -35,6 +35,7 @@ from aprtool.data.loader import BatchLoader, LoaderState, eval_windows
 from aprtool.data.prepare import PreparedCorpus, prepare_corpus
 from aprtool.errors import AprError, FileAccessError, IntegrityError, UsageError
 from aprtool.model.llama import LlamaForCausalLM
+from aprtool.text import printable
 from aprtool.train.checkpoint import (
     CheckpointDir,
     load_checkpoint,
@@ -123,7 +124,7 @@ class RunState:
 
 
 def _stderr_log(message: str) -> None:
-    sys.stderr.write(f"[aprtool] {message}\n")
+    sys.stderr.write(f"[aprtool] {printable(message)}\n")
     sys.stderr.flush()
 
 
