@@ -1,19 +1,23 @@
 """Crash-safe file replacement: temp file in the same directory, fsync, os.replace, fsync the dir.
 
 A reader never sees a partial file under the final name: after a crash it finds either the old file
-or the new one, plus at most a hidden temp file that `sweep_temp_files` removes.
+or the new one, plus at most a hidden temp file `.NAME.tmp-PID-XXXXXXXX` that `sweep_temp_files`
+removes once process PID is gone (a live process may still be writing it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 TEMP_MARK = ".tmp-"
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")  # exactly what temp_path makes
 
 
 def fsync_dir(directory: Path) -> None:
@@ -72,12 +76,31 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def sweep_temp_files(directory: Path) -> list[Path]:
-    """Remove temp files a crash left behind in `directory` (hidden names containing TEMP_MARK)."""
+    """Remove what a killed aprtool write left in `directory`: entries named exactly as `temp_path`
+    names them whose process no longer runs (files, or the build directory of an HF export)."""
     removed = []
-    if directory.is_dir():
-        for p in directory.iterdir():
-            if p.name.startswith(".") and TEMP_MARK in p.name and p.is_file():
-                p.unlink(missing_ok=True)
-                removed.append(p)
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        match = _TEMP_NAME.match(p.name)
+        if not match or _running(int(match.group(1))) or p.is_symlink():
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.is_file():
+            p.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(p)
     return removed

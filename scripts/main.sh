@@ -8,11 +8,11 @@ OUT="${1:-$ROOT/out}"
 mkdir -p "$OUT"
 rm -rf "$OUT/run"  # the demo always starts a fresh run; `aprtool pretrain --resume latest` continues one
 "$VENV/bin/aprtool" pretrain --run-dir "$OUT/run"
-"$VENV/bin/aprtool" compress "$OUT/run/model.apr" -o "$OUT/model.int6.apr"
+"$VENV/bin/aprtool" compress "$OUT/run/model.apr" -o "$OUT/model.int6.apr" --force
 "$VENV/bin/aprtool" verify "$OUT/run/model.apr" "$OUT/model.int6.apr" --deep --require architecture=LlamaForCausalLM
 "$VENV/bin/aprtool" inspect "$OUT/model.int6.apr"
 # the cost of quantization, in bits per byte of held-out text: float model vs the int6 artifact
 "$VENV/bin/aprtool" eval "$OUT/run/model.apr" --max-tokens 20000
 "$VENV/bin/aprtool" eval "$OUT/model.int6.apr" --max-tokens 20000
-"$VENV/bin/aprtool" export "$OUT/model.int6.apr" -o "$OUT/hf" --to hf        # loads with transformers
-"$VENV/bin/aprtool" export "$OUT/model.int6.apr" -o "$OUT/model.gguf" --to gguf --dtype f16
+"$VENV/bin/aprtool" export "$OUT/model.int6.apr" -o "$OUT/hf" --to hf --force        # loads with transformers
+"$VENV/bin/aprtool" export "$OUT/model.int6.apr" -o "$OUT/model.gguf" --to gguf --dtype f16 --force

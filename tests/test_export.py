@@ -13,7 +13,7 @@ import torch
 from aprtool import open_apr, verify_file, write_apr
 from aprtool.codecs import dequantize
 from aprtool.codecs.compress import CompressOptions, compress_file
-from aprtool.errors import IntegrityError
+from aprtool.errors import IntegrityError, UsageError
 from aprtool.interop.export import export_file
 from aprtool.model.llama import PRESETS, LlamaForCausalLM
 
@@ -206,11 +206,14 @@ def test_name_collisions_fail_with_exit_5(tmp_path, cli):
     _no_output_left(tmp_path, tmp_path / "o.gguf")
 
 
-def test_hf_export_replaces_an_existing_directory_whole(tmp_path):
+def test_hf_export_replaces_an_existing_directory_whole_only_with_force(tmp_path):
     make_model(tmp_path / "m.apr")
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "stale.bin").write_bytes(b"old")
-    export_file(tmp_path / "m.apr", tmp_path / "hf", "hf")
+    with pytest.raises(UsageError, match="--force"):
+        export_file(tmp_path / "m.apr", tmp_path / "hf", "hf")
+    assert (tmp_path / "hf" / "stale.bin").read_bytes() == b"old"
+    export_file(tmp_path / "m.apr", tmp_path / "hf", "hf", force=True)
     assert not (tmp_path / "hf" / "stale.bin").exists()
     assert sorted(os.listdir(tmp_path)) == ["hf", "m.apr"]
     assert verify_file(tmp_path / "m.apr").valid

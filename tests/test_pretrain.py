@@ -156,11 +156,19 @@ def test_retention_keeps_exactly_the_promised_files_and_all_verify(tmp_path, tin
 def test_leftovers_of_a_crash_are_swept_at_start(tmp_path, shards):
     ckpt = tmp_path / "run" / "ckpt"
     ckpt.mkdir(parents=True)
-    leftovers = [ckpt / ".step-000010.apr.tmp-123-abcd", ckpt / ".deleting-step-000005.apr", ckpt / ".latest.tmp-1-2"]
-    for p in leftovers:
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # the temp files of a process that no longer runs are leftovers; a live writer's are not
+    leftovers = [
+        ckpt / f".step-000010.apr.tmp-{dead.pid}-0123abcd",
+        ckpt / ".deleting-step-000005.apr",
+        ckpt / f".latest.tmp-{dead.pid}-89abcdef",
+    ]
+    live = ckpt / f".step-000020.apr.tmp-{os.getpid()}-0123abcd"
+    for p in [*leftovers, live]:
         p.write_bytes(b"half-written")
     pretrain(tmp_path / "run", {**TINY, "corpus": str(shards), "steps": 5})
     assert not any(p.exists() for p in leftovers)
+    assert live.exists()
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, shards):

@@ -69,6 +69,7 @@ def compress_command(
     compare: Annotated[
         bool, typer.Option("--compare/--no-compare", help="Also code with every codec and print the table.")
     ] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists (atomically).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Quantize to int6 and entropy-code an APR or safetensors file, comparing every codec.
@@ -83,6 +84,7 @@ def compress_command(
         min_elements=min_elements,
         passthrough=passthrough,
         compare=compare,
+        force=force,
     )
     report = compress_file(src, out, options)
     emit(report, as_json, _render(report))

@@ -33,6 +33,7 @@ def export_command(
     weights_only: Annotated[
         bool, typer.Option("--weights-only", help="With --to apr: drop training state (__training__.*).")
     ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists (atomically).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Export to safetensors, a Hugging Face model directory, GGUF, or APR; or import safetensors.
@@ -43,5 +44,5 @@ def export_command(
     """
     from aprtool.interop.export import export_file
 
-    report = export_file(src, out, to, dtype=dtype, weights_only=weights_only)
+    report = export_file(src, out, to, dtype=dtype, weights_only=weights_only, force=force)
     emit(report, as_json, _render(report))

@@ -22,7 +22,8 @@ from aprtool.codecs.quant import DEFAULT_MIN_ELEMENTS, Clip, Quantized, quantize
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
-from aprtool.errors import FileAccessError, UsageError
+from aprtool.errors import UsageError
+from aprtool.paths import input_file, output_path
 
 DEFAULT_CLIP = "std:12.85"  # parameter-golf's setting for matrices: ~3.3 bits/weight after coding
 QUANT_MODES = ("int6", "none")
@@ -37,6 +38,7 @@ class CompressOptions:
     min_elements: int = DEFAULT_MIN_ELEMENTS
     passthrough: str = "f16"  # float tensors left unquantized: stored as fp16, or kept as they are
     compare: bool = True  # also code the symbols with every other codec for the comparison table
+    force: bool = False  # replace an existing OUT (atomically); without it an existing OUT is refused
 
     def validate(self) -> Clip:
         enc.coder_for(self.codec)
@@ -95,9 +97,8 @@ def compress_file(
     """Compress `src` (.apr or .safetensors) into `dst`; return the report (the CLI's --json)."""
     options = options or CompressOptions()
     clip = options.validate()
-    src, dst = Path(src), Path(dst)
-    if not src.exists():
-        raise FileAccessError(f"{src}: no such file")
+    src = input_file(src)
+    dst = output_path(dst, force=options.force, inputs=[src])
     source = _Source(src)
     try:
         return _compress(src, dst, source, options, clip)

@@ -25,12 +25,12 @@ from aprtool.container.layout import (
 from aprtool.errors import (
     AprError,
     ChecksumError,
-    FileAccessError,
     FormatError,
     MetadataError,
     NotAprError,
     TruncatedError,
 )
+from aprtool.paths import open_input
 
 _TORCH_DTYPES = {
     "F32": "float32",
@@ -79,14 +79,7 @@ class AprFile:
 
     def __init__(self, path: str | os.PathLike[str], *, check_header_crc: bool = True) -> None:
         self.path = Path(path)
-        try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - owned by this object, closed in close()
-        except FileNotFoundError:
-            raise FileAccessError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise FileAccessError(f"{self.path}: is a directory, not an APR file") from None
-        except OSError as exc:
-            raise FileAccessError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        self._file = open_input(self.path)  # regular files only: a FIFO or device would block or never end
         self._mmap: mmap.mmap | None = None
         self._verified: set[str] = set()
         try:

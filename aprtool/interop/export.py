@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from aprtool.atomic import atomic_path, atomic_write_text, fsync_dir
+from aprtool.atomic import atomic_path, atomic_write_text, fsync_dir, temp_path
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
-from aprtool.errors import FileAccessError, FormatError, IntegrityError, UsageError
+from aprtool.errors import FormatError, IntegrityError, UsageError
 from aprtool.interop.hf_config import apr_metadata_from_hf, hf_config, require_llama
 from aprtool.interop.tokenizer_files import gguf_vocab, tokenizer_json
+from aprtool.paths import input_file, output_path
 
 TARGETS = ("safetensors", "hf", "gguf", "apr")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -31,8 +32,7 @@ META_KEY = "aprtool_metadata"  # safetensors __metadata__ key holding the APR me
 
 def load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every tensor of `src` as torch (int6 tensors dequantized to float32) and its metadata."""
-    if not src.exists():
-        raise FileAccessError(f"{src}: no such file")
+    src = input_file(src)
     if src.suffix == ".safetensors":
         return _load_safetensors(src)
     from aprtool.codecs import dequantize, is_encoded
@@ -93,15 +93,16 @@ def _safetensors_bytes_to(path: Path, tensors: dict[str, torch.Tensor], metadata
 
 
 def _replace_dir(build: Path, out: Path) -> None:
-    """Put the finished directory `build` at `out`; an existing `out` is swapped out, then removed."""
+    """Put the finished directory `build` at `out`. An existing `out` (output_path has checked that it
+    may be replaced) is renamed aside first and removed only once the new one is in place."""
     old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+    if os.path.lexists(out):
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
         out.rename(old)
     build.rename(out)
     fsync_dir(out.parent)
     if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
 def export_file(
@@ -111,16 +112,15 @@ def export_file(
     *,
     dtype: str | None = None,
     weights_only: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
+    """Export `src` to `out`; an existing non-empty `out` is replaced only with `force`."""
     if to not in TARGETS:
         raise UsageError(f"--to {to!r}: choose from {', '.join(TARGETS)}")
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
-    src, out = Path(src), Path(out)
-    if src.resolve() == out.resolve():
-        raise UsageError("OUT must differ from IN")
-    if not out.parent.is_dir():
-        raise FileAccessError(f"{out.parent}: no such directory")
+    src = input_file(src)
+    out = output_path(out, force=force, inputs=[src], directory=to == "hf")
     tensors, metadata = load_source(src)
     files: list[str] = []
 
@@ -153,7 +153,7 @@ def _export_hf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
         raise IntegrityError("--to hf: lm_head.weight is present but the model ties it to the embedding")
     tok = tokenizer_json(metadata, src.parent)
     eos = metadata.get("tokenizer", {}).get("eos_id") if tok else None
-    build = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    build = temp_path(out)  # a killed export leaves this; the next write to the directory sweeps it
     build.mkdir()
     try:
         torch_dtype = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[
