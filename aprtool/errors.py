@@ -59,6 +59,10 @@ class UnknownDTypeError(FormatError):
     pass
 
 
+class LimitError(FormatError):
+    """A size the file declares is beyond what a reader accepts or this process can allocate."""
+
+
 class IntegrityError(AprError):
     """The structure is fine but the content is not what was written (checksums, content gates)."""
 

@@ -241,3 +241,151 @@ def test_temp_files_of_a_killed_write_are_swept_by_the_next_write(cli, model_fil
     assert r.code == 0, r.stderr
     assert not stale_file.exists() and not stale_dir.exists()
     assert live.exists() and lookalike.exists()
+
+
+# ---------------------------------------------------------------- 1, 9, 10. encoded-tensor bombs and defects
+
+
+def leb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def rans_body(lo: int, counts: list[int], words: bytes = b"") -> bytes:
+    """An rANS body by the spec: i8 lowest symbol, u8 alphabet size, LEB128 counts, u32 words."""
+    return np.int8(lo).tobytes() + bytes([len(counts)]) + b"".join(map(leb128, counts)) + words
+
+
+def digest_of_constant(shape: tuple[int, ...], symbol: int, scales: np.ndarray) -> str:
+    """content_xxh3_128 of a tensor whose symbols are all `symbol`, hashed chunk by chunk."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    h.update(json.dumps({"quant": "int6", "shape": list(shape)}).encode())
+    n, chunk = int(np.prod(shape)), np.full(1 << 24, symbol, np.int8).tobytes()
+    for start in range(0, n, 1 << 24):
+        h.update(chunk[: min(1 << 24, n - start)])
+    h.update(scales.astype("<f2").tobytes())
+    return h.hexdigest()
+
+
+def encoded_file(path: Path, dtype: str, shape: tuple[int, ...], body: bytes, *, scales=None, digest=None) -> Path:
+    """A file holding one hand-built encoded tensor (plus model-like metadata), written by aprtool."""
+    from aprtool.container.layout import DTYPES_BY_NAME
+    from aprtool.container.writer import EncodedTensor
+
+    rows = shape[0] if shape else 1
+    scales = np.full(rows, 0.01, np.float16) if scales is None else scales
+    codec = {"INT6_RANS": "rans", "INT6_LZMA": "lzma", "INT6_ZSTD": "zstd", "INT6_RAW": "raw"}[dtype]
+    record = {"codec": codec, "quant": "int6", "rows": rows, "content_xxh3_128": digest or "0" * 32}
+    tensor = EncodedTensor(DTYPES_BY_NAME[dtype], shape, scales.astype("<f2").tobytes() + body, record)
+    aprtool.write_apr(path, {"model.embed_tokens.weight": tensor}, {"architecture": "LlamaForCausalLM"})
+    return path
+
+
+LOAD_COMMANDS = {
+    "verify --deep": lambda src, out: ["verify", "--deep", src],
+    "compress (repack)": lambda src, out: ["compress", src, "-o", out, "--codec", "raw"],
+    "export": lambda src, out: ["export", src, "-o", out, "--to", "safetensors"],
+    "eval": lambda src, out: ["eval", src],
+}
+
+
+def refused(cli, tmp_path, src: Path, code: int, *words: str, commands=LOAD_COMMANDS) -> None:
+    """Every command that decodes refuses `src` with `code`, fast, writing nothing."""
+    before = snapshot(tmp_path)
+    for label, make in commands.items():
+        r = cli(*make(src, tmp_path / "out.apr"), timeout=60)
+        if label.startswith("verify"):
+            assert r.code == code and all(w in r.stdout for w in words), (label, r.code, r.stdout, r.stderr)
+        else:
+            assert r.code in (code, 4), (label, r.code, r.stderr)  # a command may refuse earlier, on metadata
+            one_line_error(r, r.code)
+        assert snapshot(tmp_path) == before, label
+
+
+def test_declared_shape_beyond_the_element_limit_is_refused_before_decoding(cli, tmp_path):
+    body = rans_body(0, [2**40 - 1, 1], b"\0" * 8)  # a table that sums to the claim: only the limit stops it
+    src = encoded_file(tmp_path / "bomb.apr", "INT6_RANS", (1, 2**40), body)
+    assert src.stat().st_size < 1024
+    refused(cli, tmp_path, src, 4, "exceeds 4,294,967,296 elements")
+
+
+def test_rans_stream_too_short_for_its_table_is_refused_without_decoding(cli, tmp_path):
+    # 2^26 symbols split evenly over two values need 2^26 bits; the stream has 32
+    body = rans_body(0, [2**25, 2**25], b"\x01\0\0\0")
+    src = encoded_file(tmp_path / "short.apr", "INT6_RANS", (2**13, 2**13), body)
+    refused(cli, tmp_path, src, 5, "need at least")
+
+
+@pytest.mark.parametrize("dtype", ["INT6_LZMA", "INT6_ZSTD"])
+def test_payload_smaller_than_the_codec_ratio_allows_is_refused(cli, tmp_path, dtype):
+    src = encoded_file(tmp_path / "ratio.apr", dtype, (2**16, 2**15), b"\x00" * 64)
+    refused(cli, tmp_path, src, 5, "cannot hold" if dtype == "INT6_LZMA" else "zstd frame")
+
+
+def test_rans_table_that_does_not_count_the_shape_is_refused(cli, tmp_path):
+    src = encoded_file(tmp_path / "count.apr", "INT6_RANS", (4, 4), rans_body(0, [15]))
+    refused(cli, tmp_path, src, 5, "counts 15 symbols, shape needs 16")
+
+
+def test_zero_dimensional_encoded_tensor_is_refused(cli, tmp_path):
+    src = encoded_file(tmp_path / "scalar.apr", "INT6_RAW", (), b"\x01")
+    refused(cli, tmp_path, src, 5, "at least one dimension")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5])
+def test_deep_verify_fails_an_int6_tensor_with_a_nan_inf_or_negative_scale(cli, tmp_path, bad):
+    scales = np.array([0.5, bad, 0.25, 0.5], np.float16)
+    symbols = np.arange(16, dtype=np.int8).reshape(4, 4) - 8
+    from aprtool.codecs.quant import Quantized
+    from aprtool.codecs.tensor import content_digest
+
+    digest = content_digest(Quantized(symbols, scales, (4, 4)))  # consistent: only the scale is wrong
+    src = encoded_file(tmp_path / "nan.apr", "INT6_RAW", (4, 4), symbols.tobytes(), scales=scales, digest=digest)
+    refused(cli, tmp_path, src, 5, "row scale(s) are NaN, infinite or negative")
+
+
+def peak_rss_mb(*args: str | Path) -> tuple[int, float, str]:
+    """Run the CLI in a child process; its exit code, peak RSS in MB, and stdout."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
+        "print(p.stdout + p.stderr)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, sys.executable, "-m", "aprtool", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    first, _, rest = out.partition("\n")
+    code, rss = first.split()
+    return int(code), float(rss), rest
+
+
+def test_deep_verify_memory_does_not_grow_with_the_decoded_size(tmp_path):
+    import lzma
+
+    shape = (2**14, 2**14)  # 256 Mi symbols (1 GiB once dequantized), legitimately coded in ~40 KB
+    packer = lzma.LZMACompressor(format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 0}])
+    body = b"".join(packer.compress(bytes(1 << 24)) for _ in range(16)) + packer.flush()
+    scales = np.full(shape[0], 0.01, np.float16)
+    big = encoded_file(tmp_path / "big.apr", "INT6_LZMA", shape, body, digest=digest_of_constant(shape, 0, scales))
+    assert big.stat().st_size < 200_000
+    code, rss, out = peak_rss_mb("verify", "--deep", big)
+    assert code == 0, out
+    small = encoded_file(
+        tmp_path / "small.apr", "INT6_RAW", (2, 2), bytes(4), digest=digest_of_constant((2, 2), 0, scales[:2])
+    )
+    code, baseline, out = peak_rss_mb("verify", "--deep", small)
+    assert code == 0, out
+    assert rss < baseline + 100, (rss, baseline)  # 256 MiB of symbols were decoded, in bounded chunks

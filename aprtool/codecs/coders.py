@@ -1,21 +1,27 @@
 """Lossless coders for int6 symbols (int8, -31..31). Each is exact: decode(encode(x)) == x.
 
-Every decoder is told the symbol count from the tensor's declared shape and never produces or
-allocates more than that, whatever the payload says.
+A decoder is told the symbol count n from the tensor's declared shape. Before decoding anything it
+checks that the body can hold n symbols (raw: exactly n bytes; LZMA/zstd: at most MAX_EXPANSION x the
+body; rANS: a table that counts exactly n and a stream long enough for what the table implies); then it
+yields the symbols in chunks of at most CHUNK, so nothing the payload claims is allocated up front.
 """
 
 from __future__ import annotations
 
+import itertools
 import lzma
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from aprtool.container.constants import MAX_EXPANSION
 from aprtool.errors import IntegrityError
 
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 ZSTD_LEVEL = 22
+CHUNK = 1 << 22  # symbols per decoded chunk: bounds a decoder's working memory (~16 MiB for rANS)
 
 
 class DecodeError(IntegrityError):
@@ -51,10 +57,18 @@ def _raw_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes:
     return symbols.astype(np.int8, copy=False).tobytes()
 
 
-def _raw_decode(body: memoryview, n: int) -> np.ndarray:
+def _raw_stream(body: memoryview, n: int) -> Iterator[np.ndarray]:
     if len(body) != n:
         raise DecodeError(f"raw body holds {len(body)} symbols, shape needs {n}")
-    return np.frombuffer(body, dtype=np.int8).copy()
+    for start in range(0, n, CHUNK):
+        yield np.frombuffer(body[start : start + CHUNK], dtype=np.int8)
+
+
+def _check_expansion(dtype_name: str, body: memoryview, n: int, codec: str) -> None:
+    if n > MAX_EXPANSION[dtype_name] * len(body):
+        raise DecodeError(
+            f"{codec} body of {len(body)} bytes cannot hold {n} symbols (at most {MAX_EXPANSION[dtype_name]}x)"
+        )
 
 
 # ---------------------------------------------------------------- lzma
@@ -64,15 +78,22 @@ def _lzma_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes
     return lzma.compress(_raw_encode(symbols), format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
 
 
-def _lzma_decode(body: memoryview, n: int) -> np.ndarray:
+def _lzma_stream(body: memoryview, n: int) -> Iterator[np.ndarray]:
+    _check_expansion("INT6_LZMA", body, n, "lzma")
     d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    pending, produced = bytes(body), 0
     try:
-        out = d.decompress(bytes(body), max_length=n + 1)  # one more than allowed reveals excess
+        while produced < n:
+            out = b"" if d.eof else d.decompress(pending, max_length=min(CHUNK, n - produced))
+            pending = b""
+            if not out:
+                raise DecodeError(f"lzma stream decodes to {produced} symbols, shape needs {n}")
+            produced += len(out)
+            yield np.frombuffer(out, dtype=np.int8)
+        if not d.eof and d.decompress(b"", max_length=1):
+            raise DecodeError(f"lzma stream decodes to more than the {n} symbols the shape holds")
     except lzma.LZMAError as exc:
         raise DecodeError(f"lzma stream is corrupt ({exc})") from None
-    if len(out) != n:
-        raise DecodeError(f"lzma stream decodes to {len(out)} symbols, shape needs {n}")
-    return np.frombuffer(out, dtype=np.int8).copy()
 
 
 # ---------------------------------------------------------------- zstd
@@ -84,7 +105,7 @@ def _zstd_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(_raw_encode(symbols))
 
 
-def _zstd_decode(body: memoryview, n: int) -> np.ndarray:
+def _zstd_stream(body: memoryview, n: int) -> Iterator[np.ndarray]:
     import zstandard
 
     data = bytes(body)
@@ -94,18 +115,28 @@ def _zstd_decode(body: memoryview, n: int) -> np.ndarray:
         raise DecodeError(f"zstd frame is corrupt ({exc})") from None
     if declared != n:
         raise DecodeError(f"zstd frame declares {declared} symbols, shape needs {n}")
+    _check_expansion("INT6_ZSTD", body, n, "zstd")
+    produced = 0
     try:
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=n)
+        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
+        while produced < n:
+            out = reader.read(min(CHUNK, n - produced))
+            if not out:
+                raise DecodeError(f"zstd frame decodes to {produced} symbols, shape needs {n}")
+            produced += len(out)
+            yield np.frombuffer(out, dtype=np.int8)
+        if reader.read(1):
+            raise DecodeError(f"zstd frame decodes to more than the {n} symbols the shape holds")
     except zstandard.ZstdError as exc:
-        raise DecodeError(f"zstd frame is corrupt ({exc})") from None
-    if len(out) != n:
-        raise DecodeError(f"zstd frame decodes to {len(out)} symbols, shape needs {n}")
-    return np.frombuffer(out, dtype=np.int8).copy()
+        raise DecodeError(f"zstd frame is corrupt or has trailing bytes ({exc})") from None
 
 
 # ---------------------------------------------------------------- rANS
 # Body: i8 lowest symbol, u8 alphabet size K, K LEB128 counts, then the ANS words (u32 LE).
 # The exact counts are the model: encoder and decoder build the same Categorical from them.
+
+RANS_PRECISION = 24  # constriction's Categorical: every symbol with a count gets >= 2^-24 of the range
+ANS_STATE_BITS = 64  # the coder's state, flushed into the words: a stream may be this much shorter
 
 
 def _leb128(values: np.ndarray) -> bytes:
@@ -161,7 +192,19 @@ def _rans_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes
     return head + coder.get_compressed().astype("<u4").tobytes()
 
 
-def _rans_decode(body: memoryview, n: int) -> np.ndarray:
+def rans_min_bits(counts: list[int]) -> float:
+    """Fewest bits any rANS stream of these symbols can have: their empirical entropy (no model beats
+    it), and at least 2^-24 of the range held by each other used symbol (the leaky model's floor)."""
+    n = sum(counts)
+    used = [c for c in counts if c]
+    if len(used) < 2:
+        return 0.0
+    entropy = -sum(c * math.log2(c / n) for c in used)
+    top = max(used) * -math.log2(1 - (len(used) - 1) * 2.0**-RANS_PRECISION)
+    return max(entropy, top)
+
+
+def _rans_stream(body: memoryview, n: int) -> Iterator[np.ndarray]:
     import constriction
 
     if len(body) < 2:
@@ -169,9 +212,9 @@ def _rans_decode(body: memoryview, n: int) -> np.ndarray:
     lo = int(np.frombuffer(body[:1], dtype=np.int8)[0])
     k = body[1]
     if n == 0:
-        if k:
+        if k or len(body) != 2:
             raise DecodeError("rANS body has a table but the shape holds no symbols")
-        return np.zeros(0, np.int8)
+        return
     if k == 0 or lo + k - 1 > 127:
         raise DecodeError(f"rANS alphabet [{lo}, {lo + k - 1}] is invalid")
     counts, pos = _read_leb128(body, 2, k)
@@ -180,18 +223,25 @@ def _rans_decode(body: memoryview, n: int) -> np.ndarray:
     if k == 1:
         if pos != len(body):
             raise DecodeError("rANS body has data after a single-symbol table")
-        return np.full(n, lo, dtype=np.int8)
+        for start in range(0, n, CHUNK):
+            yield np.full(min(CHUNK, n - start), lo, dtype=np.int8)
+        return
     words = body[pos:]
     if len(words) % 4 or not words:
         raise DecodeError("rANS word stream is not a whole number of 32-bit words")
+    need = rans_min_bits(counts) - ANS_STATE_BITS
+    if 8 * len(words) < need:
+        raise DecodeError(f"rANS stream has {8 * len(words)} bits; its table's {n} symbols need at least {need:.0f}")
     coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
-    try:
-        flat = coder.decode(_model(np.asarray(counts)), n)
-    except Exception as exc:  # constriction raises plain exceptions on impossible streams
-        raise DecodeError(f"rANS stream is corrupt ({exc})") from None
+    model = _model(np.asarray(counts))
+    for start in range(0, n, CHUNK):
+        try:
+            flat = coder.decode(model, min(CHUNK, n - start))
+        except Exception as exc:  # constriction raises plain exceptions on impossible streams
+            raise DecodeError(f"rANS stream is corrupt ({exc})") from None
+        yield (flat + lo).astype(np.int8)
     if not coder.is_empty():
         raise DecodeError("rANS stream has words left after the declared symbols")
-    return (flat + lo).astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -199,12 +249,27 @@ class Coder:
     name: str
     dtype_name: str  # the APR dtype this codec's tensors are stored under
     encode: Callable[..., bytes]  # (symbols, counts=None): counts from symbol_counts, if already known
-    decode: Callable[[memoryview, int], np.ndarray]
+    stream: Callable[[memoryview, int], Iterator[np.ndarray]]  # (body, n): checked first, then chunks
+
+    def decode(self, body: memoryview, n: int) -> np.ndarray:
+        """All n symbols in one int8 array (allocated once the body has been checked)."""
+        chunks = self.stream(body, n)
+        first = next(chunks, None)  # the stream's own checks run before the first chunk
+        out = np.empty(n, dtype=np.int8)
+        pos = 0
+        for chunk in itertools.chain([first] if first is not None else [], chunks):
+            if pos + len(chunk) > n:
+                raise DecodeError(f"{self.name} body decodes to more than the {n} symbols the shape holds")
+            out[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        if pos != n:
+            raise DecodeError(f"{self.name} body decodes to {pos} symbols, shape needs {n}")
+        return out
 
 
 CODERS: dict[str, Coder] = {
-    "rans": Coder("rans", "INT6_RANS", _rans_encode, _rans_decode),
-    "lzma": Coder("lzma", "INT6_LZMA", _lzma_encode, _lzma_decode),
-    "zstd": Coder("zstd", "INT6_ZSTD", _zstd_encode, _zstd_decode),
-    "raw": Coder("raw", "INT6_RAW", _raw_encode, _raw_decode),
+    "rans": Coder("rans", "INT6_RANS", _rans_encode, _rans_stream),
+    "lzma": Coder("lzma", "INT6_LZMA", _lzma_encode, _lzma_stream),
+    "zstd": Coder("zstd", "INT6_ZSTD", _zstd_encode, _zstd_stream),
+    "raw": Coder("raw", "INT6_RAW", _raw_encode, _raw_stream),
 }

@@ -16,11 +16,13 @@ import numpy as np
 import xxhash
 
 from aprtool.codecs.coders import CODERS, DecodeError
-from aprtool.codecs.quant import Quantized, as_rows
+from aprtool.codecs.quant import LEVELS, Quantized, as_rows
+from aprtool.container import constants as C
 from aprtool.container.layout import DTYPES_BY_NAME, TensorInfo
 from aprtool.container.reader import AprFile
 from aprtool.container.writer import EncodedTensor
-from aprtool.errors import UsageError
+from aprtool.errors import LimitError, UsageError
+from aprtool.memory import ensure_allocatable
 
 QUANT_NAME = "int6"
 CODEC_BY_DTYPE = {c.dtype_name: name for name, c in CODERS.items()}
@@ -69,9 +71,22 @@ def is_encoded(info: TensorInfo) -> bool:
     return info.dtype.name in CODEC_BY_DTYPE
 
 
-def decode(f: AprFile, name: str, *, verify: bool = True) -> Quantized:
-    """Decode an encoded tensor to symbols + scales. The stored checksum is checked first, so a
-    flipped byte is caught before any decoding is attempted; then the content digest is checked."""
+@dataclass(frozen=True)
+class _Plan:
+    """An encoded tensor whose claims have been checked: it can be decoded without surprises."""
+
+    codec: str
+    rows: int
+    cols: int
+    scales: np.ndarray
+    body: memoryview
+    record: dict[str, Any]
+
+
+def _plan(f: AprFile, name: str, verify: bool) -> _Plan:
+    """Every check that needs no decoding: the record, the declared shape against the reader's limits
+    and the payload, and the scales. The stored checksum is checked first, so a flipped byte is caught
+    before anything is interpreted."""
     info = f.info(name)
     if not is_encoded(info):
         raise UsageError(f"tensor {name!r}: {info.dtype.name} is not an encoded tensor")
@@ -79,28 +94,71 @@ def decode(f: AprFile, name: str, *, verify: bool = True) -> Quantized:
     codec = CODEC_BY_DTYPE[info.dtype.name]
     if record.get("codec") != codec or record.get("quant") != QUANT_NAME:
         raise DecodeError(f"tensor {name!r}: record says {record.get('codec')!r}, dtype says {codec!r}")
+    if not info.shape:
+        raise DecodeError(f"tensor {name!r}: an encoded tensor needs at least one dimension (rows)")
+    if info.numel > C.MAX_DECODED_ELEMENTS:
+        raise LimitError(f"tensor {name!r}: shape {list(info.shape)} exceeds {C.MAX_DECODED_ELEMENTS:,} elements")
     payload = f.raw(name, verify=verify)
     rows, cols = as_rows(info.shape)
     if record.get("rows") != rows or len(payload) < 2 * rows:
-        raise DecodeError(f"tensor {name!r}: payload too short for {rows} row scales")
+        raise DecodeError(f"tensor {name!r}: payload of {len(payload)} bytes is too short for {rows} row scales")
     scales = np.frombuffer(payload[: 2 * rows], dtype="<f2").astype(np.float16)
+    bad = int(np.count_nonzero(~np.isfinite(scales) | (scales < 0)))
+    if bad:
+        raise DecodeError(f"tensor {name!r}: {bad} row scale(s) are NaN, infinite or negative")
+    return _Plan(codec, rows, cols, scales, payload[2 * rows :], record)
+
+
+def _symbols_in_range(name: str, chunk: np.ndarray) -> None:
+    if chunk.size and (chunk.min() < -LEVELS or chunk.max() > LEVELS):
+        raise DecodeError(f"tensor {name!r}: symbols outside -{LEVELS}..{LEVELS}")
+
+
+def decode(f: AprFile, name: str, *, verify: bool = True) -> Quantized:
+    """Decode an encoded tensor to symbols + scales, checking its content digest."""
+    plan = _plan(f, name, verify)
+    n = plan.rows * plan.cols
+    ensure_allocatable(n, f"tensor {name!r} ({n:,} int6 symbols)")
     try:
-        symbols = CODERS[codec].decode(payload[2 * rows :], rows * cols)
+        symbols = CODERS[plan.codec].decode(plan.body, n)
     except DecodeError as exc:
         raise DecodeError(f"tensor {name!r}: {exc}") from None
-    if symbols.size and (symbols.min() < -31 or symbols.max() > 31):
-        raise DecodeError(f"tensor {name!r}: symbols outside -31..31")
-    q = Quantized(symbols.reshape(rows, cols), scales, tuple(info.shape))
-    if verify and content_digest(q) != record.get("content_xxh3_128"):
+    _symbols_in_range(name, symbols)
+    q = Quantized(symbols.reshape(plan.rows, plan.cols), plan.scales, tuple(f.info(name).shape))
+    if verify and content_digest(q) != plan.record.get("content_xxh3_128"):
         raise DecodeError(f"tensor {name!r}: decoded content digest differs from content_xxh3_128")
     return q
+
+
+def check_encoded(f: AprFile, name: str) -> None:
+    """verify --deep for one encoded tensor: decode it chunk by chunk and compare the content digest.
+    Memory stays at a few chunks whatever the tensor's size; raises DecodeError/LimitError on failure."""
+    plan = _plan(f, name, verify=True)
+    n = plan.rows * plan.cols
+    h = xxhash.xxh3_128()
+    h.update(json.dumps({"quant": QUANT_NAME, "shape": list(f.info(name).shape)}).encode())
+    produced = 0
+    try:
+        for chunk in CODERS[plan.codec].stream(plan.body, n):
+            _symbols_in_range(name, chunk)
+            h.update(chunk)
+            produced += chunk.size
+    except DecodeError as exc:
+        raise DecodeError(f"tensor {name!r}: {exc}") from None
+    if produced != n:
+        raise DecodeError(f"tensor {name!r}: decodes to {produced} symbols, shape needs {n}")
+    h.update(plan.scales.astype("<f2", copy=False).tobytes())
+    if h.hexdigest() != plan.record.get("content_xxh3_128"):
+        raise DecodeError(f"tensor {name!r}: decoded content digest differs from content_xxh3_128")
 
 
 def dequantize(f: AprFile, name: str, dtype: Any = np.float32) -> np.ndarray:
     """Any tensor as a float array: encoded tensors decoded and dequantized, plain ones copied."""
     info = f.info(name)
     if is_encoded(info):
-        return decode(f, name).dequantize(dtype)
+        q = decode(f, name)
+        ensure_allocatable(info.numel * (4 + np.dtype(dtype).itemsize), f"tensor {name!r} (dequantized)")
+        return q.dequantize(dtype)
     values = f.numpy(name)
     if info.dtype.name == "BF16":  # stored as raw bits: widen to float32 exactly
         values = (values.astype(np.uint32) << 16).view(np.float32)

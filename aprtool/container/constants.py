@@ -62,6 +62,15 @@ PLAIN_DTYPES: tuple[DType, ...] = (
 
 ENCODED_DTYPE_MIN = 160
 
+# Limits on what an encoded tensor may claim, checked before anything is decoded or allocated
+# (formats/APR.md section 5.2). The largest tensor of any published LLM has ~2.1e9 elements.
+MAX_DECODED_ELEMENTS = 2**32
+# Most symbols one payload byte can decode to, per codec: raw stores one byte per symbol; LZMA's 11-bit
+# probabilities cost >= 0.022 bits per coded bit, so a 273-byte match costs >= ~0.26 bits (< 8,300x,
+# measured 6,870x on zeros); a zstd RLE block is 4 bytes for at most 128 KiB (< 32,768x). rANS has no
+# ratio (a one-symbol table costs 0 bits): its table must count exactly the declared symbols instead.
+MAX_EXPANSION = {"INT6_RAW": 1, "INT6_LZMA": 10_000, "INT6_ZSTD": 32_768}
+
 # aprtool's encoded dtypes: int6 symbols (one per weight, -31..31) with fp16 per-row scales, coded
 # losslessly by one of the codecs. The payload layout per codec is in formats/APR.md section 5.1.
 ENCODED_DTYPES: tuple[DType, ...] = (

@@ -22,7 +22,7 @@ from aprtool.errors import (
 )
 
 # Deep checks for encoded tensors: filled in by aprtool.codecs (decode + content digest).
-DeepCheck = Callable[[AprFile], list[str]]
+DeepCheck = Callable[[AprFile], list[AprError]]
 _deep_checks: list[DeepCheck] = []
 
 
@@ -151,9 +151,9 @@ def verify_file(
             problems = [p for check in _deep_checks for p in check(f)]
             encoded = sum(t.dtype.code >= C.ENCODED_DTYPE_MIN for t in f.tensors.values())
             detail = f"{encoded} encoded tensors decoded" if encoded else "no encoded tensors"
-            report.add("deep", not problems, "; ".join(problems) or detail)
+            report.add("deep", not problems, "; ".join(map(str, problems)) or detail)
             for p in problems:
-                report.fail(p)
+                report.fail(str(p), p.exit_code)
     return report
 
 
