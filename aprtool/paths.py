@@ -121,3 +121,13 @@ def output_path(
 
     sweep_temp_files(parent)
     return out
+
+
+def recorded_path_hint(what: str, recorded: str, flag: str) -> UsageError:
+    """The error for a path a file records: shown to the user, who may pass it; never opened."""
+    from aprtool.text import printable
+
+    return UsageError(
+        f"{what} {printable(recorded)!r} (recorded in a file; aprtool never opens a path found inside a file): "
+        f"pass {flag} {printable(recorded)} to use it"
+    )

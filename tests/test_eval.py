@@ -11,7 +11,8 @@ import pytest
 
 from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.data.tokenizer import load_tokenizer
-from aprtool.evaluate.bpb import evaluate_bpb, held_out_tokens, load_float_model
+from aprtool.evaluate.bpb import evaluate_bpb, held_out_tokens
+from aprtool.model.io import load_model
 from aprtool.train.loop import pretrain
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -38,7 +39,7 @@ def model(request, tmp_path_factory, corpus) -> Path:
 
 def test_byte_total_equals_the_utf8_length_of_the_decoded_scored_text(model, corpus):
     result = evaluate_bpb(model, corpus=corpus, seq_len=32)
-    _, metadata, _ = load_float_model(model)
+    metadata = load_model(model)[1].metadata
     tokenizer = load_tokenizer(metadata["tokenizer"], model.parent)
     tokens = held_out_tokens(corpus, tokenizer, metadata)
     windows = (len(tokens) - 1) // 32
@@ -50,7 +51,7 @@ def test_byte_total_equals_the_utf8_length_of_the_decoded_scored_text(model, cor
 
 
 def test_held_out_split_is_the_one_pretrain_used(model, corpus):
-    _, metadata, _ = load_float_model(model)
+    metadata = load_model(model)[1].metadata
     tokenizer = load_tokenizer(metadata["tokenizer"], model.parent)
     from_text = held_out_tokens(corpus, tokenizer, metadata)
     from_shards = held_out_tokens(model.parent / "data", tokenizer, metadata)

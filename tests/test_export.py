@@ -13,7 +13,7 @@ import torch
 from aprtool import open_apr, verify_file, write_apr
 from aprtool.codecs import dequantize
 from aprtool.codecs.compress import CompressOptions, compress_file
-from aprtool.errors import IntegrityError, UsageError
+from aprtool.errors import MetadataError, UsageError
 from aprtool.interop.export import export_file
 from aprtool.model.llama import PRESETS, LlamaForCausalLM
 
@@ -191,15 +191,15 @@ def test_missing_architecture_fields_are_named(tmp_path, cli):
         _no_output_left(tmp_path, out)
 
 
-def test_name_collisions_fail_with_exit_5(tmp_path, cli):
+def test_tensors_that_do_not_match_the_architecture_fail_with_exit_4(tmp_path, cli):
     model = make_model(tmp_path / "m.apr", tie=True)
     tensors = {**tensors_of(tmp_path / "m.apr"), "lm_head.weight": model.lm_head.weight.detach().numpy()}
     with open_apr(tmp_path / "m.apr") as f:
         write_apr(tmp_path / "dup.apr", tensors, {k: v for k, v in f.metadata.items() if k != "aprtool"})
     result = cli("export", tmp_path / "dup.apr", "-o", tmp_path / "hf", "--to", "hf")
-    assert result.code == 5 and "lm_head.weight" in result.stderr
+    assert result.code == 4 and "lm_head.weight" in result.stderr  # a tied model has no lm_head
     _no_output_left(tmp_path, tmp_path / "hf")
-    with pytest.raises(IntegrityError, match="no llama.cpp name"):
+    with pytest.raises(MetadataError, match="unexpected 'extra.bias'"):
         write_apr(tmp_path / "odd.apr", {**tensors, "extra.bias": np.ones(2, np.float32)},
                   {k: v for k, v in f.metadata.items() if k != "aprtool"} | {"tie_word_embeddings": False})  # fmt: skip
         export_file(tmp_path / "odd.apr", tmp_path / "o.gguf", "gguf")

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aprtool.atomic import atomic_write_text
+from aprtool.atomic import atomic_write_text, temp_path
 from aprtool.data.corpus import (
     default_corpus_files,
     default_corpus_root,
@@ -27,10 +30,19 @@ from aprtool.data.corpus import (
     text_files,
 )
 from aprtool.data.shards import read_shard, write_shard
-from aprtool.data.tokenizer import BpeTokenizer, ByteTokenizer, file_sha256, load_tokenizer
+from aprtool.data.tokenizer import (
+    TOKENIZER_FILE,
+    BpeTokenizer,
+    ByteTokenizer,
+    check_tokenizer_info,
+    file_sha256,
+    load_tokenizer,
+)
 from aprtool.errors import FileAccessError, FormatError, UsageError
+from aprtool.paths import read_input
 
 MANIFEST = "manifest.json"
+SHARD_NAME = re.compile(r"(train|val)-\d{4,}\.tok")
 SHARD_TOKENS = 4 * 1024 * 1024
 FORMAT = "aprtool-shards"
 
@@ -64,21 +76,66 @@ def _source_fingerprint(files: list[Path], root: Path, settings: dict[str, Any])
     return h.hexdigest()
 
 
+def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """Types, the tokenizer entry, and shard names: only `train-NNNN.tok` / `val-NNNN.tok` in the same
+    directory, so a manifest can never point the reader at another file."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FormatError(f"{path}: not an aprtool shard manifest")
+    if not isinstance(manifest.get("fingerprint"), str):
+        raise FormatError(f"{path}: fingerprint is missing or not a string")
+    check_tokenizer_info(manifest.get("tokenizer"), f"{path}: tokenizer")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        raise FormatError(f"{path}: splits is missing or not an object")
+    for split in ("train", "val"):
+        shards = splits.get(split)
+        if not isinstance(shards, list):
+            raise FormatError(f"{path}: splits.{split} is missing or not a list")
+        for shard in shards:
+            name = shard.get("file") if isinstance(shard, dict) else None
+            if not isinstance(name, str) or not SHARD_NAME.fullmatch(name) or not name.startswith(split):
+                raise FormatError(f"{path}: splits.{split}: {str(name)[:60]!r} is not a {split}-NNNN.tok shard name")
+    return manifest
+
+
 def load_prepared(directory: Path) -> PreparedCorpus:
     path = directory / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileAccessError(f"{path}: no such file") from None
+        manifest = json.loads(read_input(path))
     except ValueError as exc:
-        raise FormatError(f"{path}: invalid JSON ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise FormatError(f"{path}: not an aprtool shard manifest")
-    corpus = PreparedCorpus(directory, manifest)
+        raise FormatError(f"{path}: invalid JSON ({str(exc)[:120]})") from None
+    corpus = PreparedCorpus(directory, _check_manifest(manifest, path))
+    vocab = manifest["tokenizer"]["vocab_size"]
     for split in ("train", "val"):
         for p in corpus.shard_paths(split):
-            read_shard(p)  # header and size checks
+            tokens, shard_vocab = read_shard(p)  # header and size checks
+            if shard_vocab != vocab or (tokens.size and int(tokens.max()) >= vocab):
+                raise FormatError(f"{p}: holds token ids outside the manifest's vocabulary of {vocab}")
     return corpus
+
+
+def _link_prepared(corpus: PreparedCorpus, out_dir: Path) -> PreparedCorpus:
+    """`corpus` in `out_dir` as well: hard links where the file system allows, copies otherwise; each
+    file replaced atomically and the manifest written last, so a crash leaves no half-linked corpus."""
+    if out_dir.resolve() == corpus.directory.resolve():
+        return corpus
+    if (out_dir / MANIFEST).is_file():
+        existing = load_prepared(out_dir)
+        if existing.fingerprint == corpus.fingerprint:
+            return existing
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [p.name for split in ("train", "val") for p in corpus.shard_paths(split)]
+    if corpus.manifest["tokenizer"]["kind"] == "bpe":
+        names.append(TOKENIZER_FILE)
+    for name in names:
+        tmp = temp_path(out_dir / name)
+        try:
+            os.link(corpus.directory / name, tmp)
+        except OSError:
+            shutil.copyfile(corpus.directory / name, tmp)
+        os.replace(tmp, out_dir / name)
+    atomic_write_text(out_dir / MANIFEST, json.dumps(corpus.manifest, indent=1) + "\n")
+    return load_prepared(out_dir)
 
 
 def _write_split(directory: Path, split: str, docs: list[Any], eos: int, vocab: int) -> list[dict]:
@@ -102,9 +159,10 @@ def prepare_corpus(
     val_fraction: float = 0.05,
     log: Any = None,
 ) -> PreparedCorpus:
-    """Prepare `source` (None: the default corpus) into `out_dir`, or reuse what is there."""
+    """Prepare `source` (None: the default corpus) into `out_dir`, or reuse what is there. A prepared
+    `source` is linked into `out_dir`, so a run directory holds its own data (resume needs no path)."""
     if source is not None and (source / MANIFEST).is_file():
-        return load_prepared(source)
+        return _link_prepared(load_prepared(source), out_dir)
     if source is not None and not source.is_dir():
         raise FileAccessError(f"--corpus {source}: not a directory")
     if tokenizer not in ("bpe", "bytes"):

@@ -6,6 +6,7 @@ u32 vocab_size, u32 reserved (0), u64 token count. Tokens follow, nothing after 
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from aprtool.atomic import atomic_writer
 from aprtool.errors import FormatError, TruncatedError
+from aprtool.paths import open_input
 
 MAGIC = b"APRTOKS\0"
 VERSION = 1
@@ -28,8 +30,8 @@ def write_shard(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
 
 def read_shard(path: Path) -> tuple[np.ndarray, int]:
     """(tokens as a read-only memmap, vocab_size), after checking the header against the file."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open_input(path) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(HEADER.size)
     if len(head) < HEADER.size:
         raise TruncatedError(f"{path}: shard header is {len(head)} bytes, needs {HEADER.size}")

@@ -16,6 +16,7 @@ from aprtool.errors import FormatError, UsageError
 
 EOS = "<|endoftext|>"
 KINDS = ("bpe", "bytes")
+TOKENIZER_FILE = "tokenizer.json"  # the one name a BPE tokenizer has beside a model or in a prepared corpus
 
 
 class ByteTokenizer:
@@ -68,12 +69,21 @@ class BpeTokenizer:
 
     @classmethod
     def load(cls, path: Path) -> BpeTokenizer:
+        from aprtool.paths import read_input
+
+        return cls.from_json(read_input(path).decode("utf-8", errors="replace"), str(path))
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> BpeTokenizer:
         from tokenizers import Tokenizer
 
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            tok = cls(Tokenizer.from_str(text))
         except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
-            raise FormatError(f"{path}: not a tokenizers JSON file ({exc})") from None
+            raise FormatError(f"{where}: not a tokenizers JSON file ({str(exc)[:200]})") from None
+        if tok.eos_id is None:
+            raise FormatError(f"{where}: the tokenizer has no {EOS} token")
+        return tok
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
@@ -97,16 +107,46 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def check_tokenizer_info(info: Any, where: str, max_vocab: int = 1 << 21) -> dict[str, Any]:
+    """A tokenizer entry (a model's metadata, a corpus manifest): kind, vocab_size and eos_id checked."""
+    from aprtool.errors import MetadataError
+
+    if not isinstance(info, dict):
+        raise MetadataError(f"{where}: must be an object, found {type(info).__name__}")
+    if info.get("kind") not in KINDS:
+        raise MetadataError(f"{where}.kind: {info.get('kind')!r:.40} is not one of {', '.join(KINDS)}")
+    size, eos = info.get("vocab_size"), info.get("eos_id")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= max_vocab:
+        raise MetadataError(f"{where}.vocab_size: {size!r:.40} is not an integer in 1..{max_vocab:,}")
+    if eos is not None and (not isinstance(eos, int) or isinstance(eos, bool) or not 0 <= eos < size):
+        raise MetadataError(f"{where}.eos_id: {eos!r:.40} is not a token id below {size}")
+    return info
+
+
+def bpe_json(info: dict[str, Any], directory: Path) -> str:
+    """The text of the BPE tokenizer `info` describes: DIRECTORY/tokenizer.json, whatever name `info`
+    gives (a path inside a file is never opened), checked against the sha256 `info` must record."""
+    from aprtool.errors import FileAccessError
+    from aprtool.paths import read_input
+
+    digest = info.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise FormatError("tokenizer.sha256: a BPE tokenizer entry must record the sha256 of its tokenizer.json")
+    path = directory / TOKENIZER_FILE
+    try:
+        data = read_input(path)
+    except FileAccessError as exc:
+        raise FileAccessError(f"tokenizer: {exc}; the BPE tokenizer is looked for beside the file") from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise FormatError(f"tokenizer: {path} does not match the sha256 recorded for it")
+    return data.decode("utf-8", errors="replace")
+
+
 def load_tokenizer(info: dict[str, Any], directory: Path) -> ByteTokenizer | BpeTokenizer:
-    """The tokenizer a manifest or a model's metadata describes; BPE files are checked by sha256."""
+    """The tokenizer a manifest or a model's metadata describes (see `bpe_json` for BPE)."""
     kind = info.get("kind")
     if kind == "bytes":
         return ByteTokenizer()
     if kind == "bpe":
-        path = directory / info["file"]
-        if not path.is_file():
-            raise FormatError(f"tokenizer: {path} is missing")
-        if info.get("sha256") and file_sha256(path) != info["sha256"]:
-            raise FormatError(f"tokenizer: {path} does not match the sha256 recorded for it")
-        return BpeTokenizer.load(path)
-    raise FormatError(f"tokenizer: unknown kind {kind!r}")
+        return BpeTokenizer.from_json(bpe_json(info, directory), str(directory / TOKENIZER_FILE))
+    raise FormatError(f"tokenizer.kind: {str(kind)[:40]!r} is not one of {', '.join(KINDS)}")

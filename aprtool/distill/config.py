@@ -103,9 +103,11 @@ class DistillConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict[str, Any], where: str = "training.config") -> DistillConfig:
+        """From a checkpoint's JSON: every field's type is checked (exit 4 naming it)."""
+        from aprtool.schema import from_json
+
+        return from_json(cls, data, where)
 
     def merged(self, overrides: dict[str, Any]) -> DistillConfig:
         unknown = sorted(set(overrides) - {f.name for f in fields(self)})

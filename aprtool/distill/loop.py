@@ -21,15 +21,23 @@ from typing import Any
 
 import torch
 
-from aprtool.atomic import atomic_write_bytes
+from aprtool.atomic import atomic_write_text
 from aprtool.data.loader import BatchLoader, eval_windows
+from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json
 from aprtool.distill.config import DistillConfig, parse_keys, resume_differences
 from aprtool.distill.final import check_saved_model, export_student, start_digests
 from aprtool.distill.losses import block_losses, logit_kd_loss, teacher_hidden_states
 from aprtool.distill.models import LoadedModel, block_parameters, build_student, freeze, load_llama, plan_student
-from aprtool.distill.run import before_fresh_run, fingerprint, read_state, teacher_corpus, write_state
-from aprtool.errors import FileAccessError, IntegrityError, UsageError
+from aprtool.distill.run import (
+    before_fresh_run,
+    fingerprint,
+    read_state,
+    teacher_corpus,
+    write_state,
+)
+from aprtool.errors import FileAccessError, IntegrityError, MetadataError, UsageError
 from aprtool.model.llama import LlamaForCausalLM
+from aprtool.paths import recorded_path_hint
 from aprtool.train.checkpoint import CheckpointDir, load_checkpoint, restore_training
 from aprtool.train.loop import (
     RunState,
@@ -62,7 +70,7 @@ class DistillState(RunState):
 
 def resolve(cfg: DistillConfig, teacher: LoadedModel) -> DistillConfig:
     """Fill the defaults that depend on the teacher, so the stored config says exactly what ran."""
-    trained_seq_len = teacher.training_config.get("seq_len") or 256
+    trained_seq_len = teacher.trained_with.seq_len or 256
     seq_len = cfg.seq_len or min(trained_seq_len, teacher.cfg.max_position_embeddings)
     init = cfg.init
     if cfg.student is None and init is None:
@@ -100,7 +108,11 @@ def distill(
         ckpt = load_checkpoint(ckpts.resolve(resume))
         if "fingerprint" not in ckpt.training:
             raise UsageError(f"--resume {ckpt.path}: not a distill checkpoint")
+        if not isinstance(ckpt.training.get("teacher_sha256"), str):
+            raise MetadataError(f"{ckpt.path}: training.teacher_sha256 is missing or not a string")
         saved = DistillConfig.from_dict(ckpt.training["config"])
+        if saved.student is not None and "student" not in options:
+            raise recorded_path_hint("this run started from student", saved.student, "--student")
         cfg = resolve(saved.merged(options).validate(), teach)
         differences = resume_differences(saved, cfg)
         if ckpt.training["teacher_sha256"] != teach.sha256:
@@ -115,14 +127,13 @@ def distill(
 
     # --- data: the teacher's tokens
     out.mkdir(parents=True, exist_ok=True)
-    corpus, corpus_origin = teacher_corpus(cfg, teach, out / "data", log)
+    resuming_data = (ckpt.training.get("data_fingerprint"), saved.corpus) if ckpt is not None else None
+    corpus, corpus_origin = teacher_corpus(options.get("corpus"), teach, out / "data", log, resume=resuming_data)
     if ckpt is not None and ckpt.training.get("data_fingerprint") != corpus.fingerprint:
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(teach.tokenizer)
-    if tok_info.get("file"):
-        atomic_write_bytes(
-            out / "tokenizer.json", (corpus.directory / corpus.manifest["tokenizer"]["file"]).read_bytes()
-        )
+    if tok_info["kind"] == "bpe":  # the corpus's tokenizer.json, whose sha256 is the teacher's (checked above)
+        atomic_write_text(out / TOKENIZER_FILE, bpe_json(corpus.manifest["tokenizer"], corpus.directory))
         tok_info["file"] = "tokenizer.json"
 
     # --- the student's plan and the run's identity: skip a completed run, refuse to mix two runs

@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from aprtool.container import constants as C
-from aprtool.container import open_apr, verify_file
+from aprtool.container import verify_file
 from aprtool.distill.config import DistillConfig
 from aprtool.errors import (
     EXIT_INVALID,
@@ -34,7 +33,10 @@ from aprtool.errors import (
     IntegrityError,
     UsageError,
 )
+from aprtool.model.io import load_model, tokenizer_info
 from aprtool.model.llama import PRESETS, LlamaConfig, LlamaForCausalLM
+from aprtool.paths import open_input
+from aprtool.schema import from_json
 
 # --keys-to-learn: the parameters of each decoder layer that each key trains
 KEY_PARTS = {
@@ -61,10 +63,12 @@ class LoadedModel:
         return self.metadata["tokenizer"]
 
     @property
-    def training_config(self) -> dict[str, Any]:
-        """The pretrain config it was trained with (a model's training_summary, a checkpoint's training)."""
+    def trained_with(self) -> TrainedWith:
+        """What the training recorded (a model's training_summary, a checkpoint's training), type-checked."""
         training = self.metadata.get("training_summary") or self.metadata.get("training") or {}
-        return training.get("config") or {}
+        config = training.get("config") if isinstance(training, dict) else None
+        where = "metadata.training_summary.config"
+        return from_json(TrainedWith, config, where) if isinstance(config, dict) else TrainedWith()
 
     @property
     def run_dir(self) -> Path:
@@ -72,37 +76,34 @@ class LoadedModel:
         return self.path.parent.parent if self.path.parent.name == "ckpt" else self.path.parent
 
 
+@dataclass(frozen=True)
+class TrainedWith:
+    """The few facts of a teacher's training that distill uses as defaults."""
+
+    seq_len: int | None = None
+    val_fraction: float = 0.05
+    corpus: str | None = None  # shown to the user, never opened: they pass it as --corpus
+
+
 def file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_llama(path: str | Path, role: str) -> LoadedModel:
     """An aprtool LlamaForCausalLM file (a `pretrain` model or checkpoint), verified, as float32."""
     path = Path(path)
-    if not path.is_file():
-        raise FileAccessError(f"--{role} {path}: no such file")
     report = verify_file(path)
     if not report.valid:
         kind = {EXIT_NOT_FOUND: FileAccessError, EXIT_INVALID: FormatError}.get(report.exit_code, IntegrityError)
         raise kind(f"--{role} {path}: does not verify: {'; '.join(report.errors)}")
-    with open_apr(path) as f:
-        metadata = dict(f.metadata)
-        if metadata.get("architecture") != "LlamaForCausalLM":
-            raise UsageError(
-                f"--{role} {path}: architecture {metadata.get('architecture')!r}; distill needs an aprtool "
-                "LlamaForCausalLM (pretrain's model.apr)"
-            )
-        if not isinstance(metadata.get("tokenizer"), dict):
-            raise UsageError(f"--{role} {path}: no tokenizer in its metadata (not written by aprtool pretrain?)")
-        try:
-            cfg = LlamaConfig.from_metadata(metadata)
-            tensors = {n: f.torch(n).float() for n in f.names() if not n.startswith(C.TRAINING_PREFIX)}
-            model = LlamaForCausalLM(cfg)
-            model.load_weights(tensors)
-        except AprError as exc:
-            raise type(exc)(f"--{role} {path}: {exc}") from None
-    return LoadedModel(path, model, metadata, file_digest(path))
+    try:
+        model, info = load_model(path)
+        if tokenizer_info(info.metadata, info.config) is None:
+            raise UsageError("no tokenizer in its metadata (not written by aprtool pretrain?)")
+    except AprError as exc:
+        raise type(exc)(f"--{role} {path}: {exc}") from None
+    return LoadedModel(path, model, info.metadata, file_digest(path))
 
 
 def tokenizer_differences(teacher: dict[str, Any], other: dict[str, Any], other_role: str) -> list[str]:

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from aprtool.atomic import atomic_write_text
-from aprtool.data.prepare import MANIFEST, PreparedCorpus, prepare_corpus
+from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
 from aprtool.distill.config import DistillConfig, identity
 from aprtool.distill.models import LoadedModel, StudentPlan, tokenizer_differences
 from aprtool.errors import FormatError, UsageError
+from aprtool.paths import recorded_path_hint
 from aprtool.train.checkpoint import CheckpointDir
 
 STATE = "state.json"
@@ -125,29 +126,42 @@ def before_fresh_run(
     return "train"
 
 
-def teacher_corpus(cfg: DistillConfig, teacher: LoadedModel, out_dir: Path, log: Any) -> tuple[PreparedCorpus, str]:
+def teacher_corpus(
+    corpus_arg: str | None,
+    teacher: LoadedModel,
+    out_dir: Path,
+    log: Any,
+    *,
+    resume: tuple[str, str | None] | None = None,
+) -> tuple[PreparedCorpus, str]:
     """The prepared corpus and a description of where it came from; its tokenizer must be the teacher's.
 
-    Default (no --corpus): the teacher run's prepared `data/` (beside the teacher file), else the corpus the
-    teacher's training recorded, else the default corpus, prepared with the teacher's tokenizer settings."""
+    `corpus_arg` is --corpus as the user gave it. Without it: on resume (`resume` = the checkpoint's data
+    fingerprint and recorded corpus) the run's own prepared OUT/data; else the teacher run's prepared `data/`
+    (beside the teacher file); else the default corpus, unless the teacher's training recorded another
+    corpus, which is named for the user to pass (a path inside a file is never opened)."""
     tok = teacher.tokenizer
-    trained = teacher.training_config
-    if cfg.corpus is not None:
-        source, origin = Path(cfg.corpus), cfg.corpus
+    trained = teacher.trained_with
+    if corpus_arg is None and resume is not None:
+        if (out_dir / MANIFEST).is_file() and load_prepared(out_dir).fingerprint == resume[0]:
+            return load_prepared(out_dir), str(out_dir)
+        if resume[1] is not None:
+            raise recorded_path_hint("this run was trained on corpus", resume[1], "--corpus")
+    if corpus_arg is not None:
+        source, origin = Path(corpus_arg), corpus_arg
     elif (teacher.run_dir / "data" / MANIFEST).is_file():
         source = teacher.run_dir / "data"
         origin = str(source)
-    elif trained.get("corpus") and Path(trained["corpus"]).is_dir():
-        source = Path(trained["corpus"])
-        origin = str(source)
+    elif trained.corpus is not None:
+        raise recorded_path_hint("the teacher was trained on corpus", trained.corpus, "--corpus")
     else:
         source, origin = None, "python-stdlib"
     corpus = prepare_corpus(
         source,
         out_dir,
-        tokenizer=tok.get("kind", "bpe"),
-        vocab_size=tok.get("vocab_size", 4096),
-        val_fraction=trained.get("val_fraction", 0.05),
+        tokenizer=tok["kind"],
+        vocab_size=tok["vocab_size"],
+        val_fraction=trained.val_fraction,
         log=log,
     )
     differences = tokenizer_differences(tok, corpus.manifest["tokenizer"], "corpus")

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aprtool.container import open_apr
 from aprtool.data.corpus import default_corpus_files, default_corpus_root, read_text, split_by_file, text_files
 from aprtool.data.prepare import MANIFEST, load_prepared
-from aprtool.data.tokenizer import BpeTokenizer, ByteTokenizer, load_tokenizer
+from aprtool.data.tokenizer import BpeTokenizer, ByteTokenizer
 from aprtool.errors import FileAccessError, UsageError
-from aprtool.model.llama import LlamaConfig, LlamaForCausalLM
+from aprtool.model.io import load_model, load_tokenizer_for, training_val_fraction
 
 
 def token_byte_lengths(tokenizer: ByteTokenizer | BpeTokenizer) -> np.ndarray:
@@ -44,19 +43,6 @@ def token_byte_lengths(tokenizer: ByteTokenizer | BpeTokenizer) -> np.ndarray:
     return lengths
 
 
-def load_float_model(path: Path) -> tuple[LlamaForCausalLM, dict[str, Any], bool]:
-    """The model with every tensor as float32 (int6 dequantized); metadata; whether it was int6."""
-    from aprtool.codecs import dequantize, is_encoded
-
-    with open_apr(path) as f:
-        quantized = any(is_encoded(f.info(n)) for n in f.names())
-        weights = {n: torch.from_numpy(dequantize(f, n)) for n in f.names() if not n.startswith("__training__.")}
-        metadata = dict(f.metadata)
-    model = LlamaForCausalLM(LlamaConfig.from_metadata(metadata))
-    model.load_weights(weights)
-    return model.eval(), metadata, quantized
-
-
 def held_out_tokens(corpus: Path | None, tokenizer: Any, metadata: dict[str, Any]) -> np.ndarray:
     """The held-out split's tokens: the prepared val shards, or the file-level split of a text corpus
     (the same split pretrain made, by the same rule) tokenized with the model's tokenizer."""
@@ -71,8 +57,7 @@ def held_out_tokens(corpus: Path | None, tokenizer: Any, metadata: dict[str, Any
         raise FileAccessError(f"--corpus {corpus}: not a directory")
     root = default_corpus_root() if corpus is None else corpus
     files = default_corpus_files() if corpus is None else text_files(corpus)
-    config = (metadata.get("training_summary") or {}).get("config") or {}
-    _, val = split_by_file(files, root, float(config.get("val_fraction", 0.05)))
+    _, val = split_by_file(files, root, training_val_fraction(metadata))
     docs = [t for p in val if (t := read_text(p))]
     ids: list[int] = []
     for doc in tokenizer.encode_batch(docs):
@@ -90,11 +75,9 @@ def evaluate_bpb(
     batch_size: int = 8,
 ) -> dict[str, Any]:
     model_path = Path(model_path)
-    model, metadata, quantized = load_float_model(model_path)
-    info = metadata.get("tokenizer")
-    if not isinstance(info, dict):
-        raise UsageError(f"{model_path}: the model names no tokenizer; bits per byte need one")
-    tokenizer = load_tokenizer(info, model_path.parent)
+    model, info = load_model(model_path)
+    metadata, quantized = info.metadata, info.quantized
+    tokenizer = load_tokenizer_for(metadata, model_path, info.config)
     tokens = held_out_tokens(Path(corpus) if corpus else None, tokenizer, metadata)
     seq_len = seq_len or min(model.cfg.max_position_embeddings, 256)
     if max_tokens is not None:

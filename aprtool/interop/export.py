@@ -23,6 +23,7 @@ from aprtool.container import open_apr, write_apr
 from aprtool.errors import FormatError, IntegrityError, UsageError
 from aprtool.interop.hf_config import apr_metadata_from_hf, hf_config, require_llama
 from aprtool.interop.tokenizer_files import gguf_vocab, tokenizer_json
+from aprtool.model.io import check_tensors, llama_config
 from aprtool.paths import input_file, output_path
 
 TARGETS = ("safetensors", "hf", "gguf", "apr")
@@ -146,12 +147,22 @@ def export_file(
     return {"input": str(src), "output": str(out), "to": to, "tensors": count, "bytes": size, "files": files}
 
 
+def checked_llama(metadata: dict[str, Any], tensors: dict[str, torch.Tensor], target: str) -> dict[str, Any]:
+    """The metadata with its architecture fields checked (missing: exit 5; malformed: exit 4) and every
+    model tensor checked against them by name and shape, before anything is converted."""
+    require_llama(metadata, target)
+    config = llama_config(metadata)
+    model = {n: t for n, t in tensors.items() if not n.startswith(C.TRAINING_PREFIX)}
+    check_tensors(
+        config, {n: tuple(t.shape) for n, t in model.items()}, {n for n, t in model.items() if t.is_floating_point()}
+    )
+    return {**metadata, **config.to_metadata()}
+
+
 def _export_hf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
-    require_llama(metadata, "hf")
+    metadata = checked_llama(metadata, tensors, "hf")
     model = _model_tensors(tensors, dtype or "f32")
-    if metadata.get("tie_word_embeddings") and "lm_head.weight" in model:
-        raise IntegrityError("--to hf: lm_head.weight is present but the model ties it to the embedding")
-    tok = tokenizer_json(metadata, src.parent)
+    tok = tokenizer_json(metadata, src)
     eos = metadata.get("tokenizer", {}).get("eos_id") if tok else None
     build = temp_path(out)  # a killed export leaves this; the next write to the directory sweeps it
     build.mkdir()
@@ -177,10 +188,10 @@ def _export_hf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
 def _export_gguf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
     from aprtool.interop.gguf_io import write_gguf
 
-    require_llama(metadata, "gguf")
     if dtype == "bf16":
         raise UsageError("--to gguf writes f32 or f16 tensors; use --dtype f32 or f16")
-    tok = tokenizer_json(metadata, src.parent)
+    metadata = checked_llama(metadata, tensors, "gguf")
+    tok = tokenizer_json(metadata, src)
     if tok is None:
         raise IntegrityError("--to gguf: the model names no tokenizer, and llama.cpp needs one")
     model = _model_tensors(tensors, "f32")

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aprtool.data.tokenizer import EOS, file_sha256
-from aprtool.errors import FileAccessError, IntegrityError
+from aprtool.data.tokenizer import EOS
+from aprtool.errors import IntegrityError
 
 
 def byte_to_unicode() -> dict[int, str]:
@@ -36,21 +36,18 @@ def bytes_tokenizer_json() -> str:
     return tok.to_str()
 
 
-def tokenizer_json(metadata: dict[str, Any], model_dir: Path) -> str | None:
-    """tokenizer.json text for the model's tokenizer, or None if the model names none."""
-    info = metadata.get("tokenizer")
-    if not isinstance(info, dict):
+def tokenizer_json(metadata: dict[str, Any], model_path: Path) -> str | None:
+    """tokenizer.json text for the model's tokenizer, or None if the model names none. A BPE tokenizer
+    is `tokenizer.json` beside the model, checked by sha256 (model.io's rule)."""
+    from aprtool.data.tokenizer import bpe_json
+    from aprtool.model.io import tokenizer_info
+
+    info = tokenizer_info(metadata)
+    if info is None:
         return None
-    if info.get("kind") == "bytes":
+    if info["kind"] == "bytes":
         return bytes_tokenizer_json()
-    if info.get("kind") == "bpe":
-        path = model_dir / str(info.get("file") or "tokenizer.json")
-        if not path.is_file():
-            raise FileAccessError(f"tokenizer: {path} (named by the model's metadata) is missing")
-        if info.get("sha256") and file_sha256(path) != info["sha256"]:
-            raise IntegrityError(f"tokenizer: {path} does not match the sha256 in the model's metadata")
-        return path.read_text(encoding="utf-8")
-    raise IntegrityError(f"tokenizer: unknown kind {info.get('kind')!r}")
+    return bpe_json(info, model_path.parent)
 
 
 def gguf_vocab(text: str) -> dict[str, Any]:

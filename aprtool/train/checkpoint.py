@@ -28,7 +28,15 @@ import torch
 from aprtool.atomic import atomic_write_text, sweep_temp_files
 from aprtool.container import constants as C
 from aprtool.container import open_apr, verify_file, write_apr
-from aprtool.errors import AprError, FileAccessError, FormatError, IntegrityError
+from aprtool.errors import (
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    AprError,
+    FileAccessError,
+    FormatError,
+    IntegrityError,
+    MetadataError,
+)
 
 P = C.TRAINING_PREFIX
 STEP_PREFIX = "step-"
@@ -142,23 +150,68 @@ def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint fully (checksums verified); weights and training state split apart."""
     report = verify_file(path)
     if not report.valid:
-        raise IntegrityError(f"{path}: checkpoint does not verify: {'; '.join(report.errors)}")
+        kind = {EXIT_NOT_FOUND: FileAccessError, EXIT_INVALID: FormatError}.get(report.exit_code, IntegrityError)
+        raise kind(f"{path}: checkpoint does not verify: {'; '.join(report.errors)}")
     with open_apr(path) as f:
         tensors = {n: np.array(f.numpy(n)) for n in f.names()}
         metadata = dict(f.metadata)
     training = metadata.get("training")
     if not isinstance(training, dict) or "step" not in training:
         raise FormatError(f"{path}: not a training checkpoint (no 'training' metadata)")
+    for part in ("config", "state", "optimizer", "rng"):
+        if not isinstance(training.get(part), dict):
+            raise MetadataError(f"{path}: training.{part} is missing or not an object")
     weights = {k: v for k, v in tensors.items() if not k.startswith(P)}
     state = {k: v for k, v in tensors.items() if k.startswith(P)}
     return Checkpoint(path, weights, {"tensors": state}, training, metadata)
 
 
+def _expected_state_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """Every `__training__.*` tensor a checkpoint of this model may hold, with its shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, param in model.named_parameters():
+        shape = tuple(param.shape)
+        shapes |= {f"{P}optim.{name}.exp_avg": shape, f"{P}optim.{name}.exp_avg_sq": shape, f"{P}optim.{name}.step": ()}
+    for name, weight in model.weights().items():
+        shapes[f"{P}average.{name}"] = tuple(weight.shape)
+    shapes[P + "rng.python"] = (625,)
+    shapes[P + "rng.numpy"] = (624,)
+    shapes[P + "rng.torch"] = tuple(torch.get_rng_state().shape)
+    return shapes
+
+
+def check_state(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Everything a restore reads fits this model, before anything is restored (MetadataError, exit 4):
+    the weights and every training tensor by name and shape, and the metadata parts by type."""
+    where = ckpt.path.name
+    weights = {n: tuple(w.shape) for n, w in model.weights().items()}
+    got = {n: tuple(a.shape) for n, a in ckpt.weights.items()}
+    for name in sorted(set(weights) | set(got)):
+        if weights.get(name) != got.get(name):
+            raise MetadataError(f"{where}: tensor {name!r} is {got.get(name)}, the model's is {weights.get(name)}")
+    expected = _expected_state_shapes(model)
+    for name, array in ckpt.optimizer["tensors"].items():
+        if name.startswith(P + "rng.cuda."):
+            continue
+        if name not in expected or tuple(array.shape) != expected[name]:
+            raise MetadataError(f"{where}: training tensor {name!r} {tuple(array.shape)} does not fit the model")
+    groups = ckpt.training["optimizer"].get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+        raise MetadataError(f"{where}: training.optimizer.param_groups does not match the model's parameter groups")
+
+
 def restore_training(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, names: list[str]) -> dict:
-    """Put a checkpoint's weights, optimizer state and RNG states back; returns its loop state dict."""
-    model.load_weights(ckpt.weights)
-    optimizer.load_state_dict(optimizer_state(ckpt.optimizer["tensors"], ckpt.training["optimizer"], names))
-    restore_rng(ckpt.optimizer["tensors"], ckpt.training["rng"])
+    """Put a checkpoint's weights, optimizer state and RNG states back; returns its loop state dict.
+    Everything is checked against the model first; what the libraries still refuse is exit 4 too."""
+    check_state(ckpt, model, optimizer)
+    try:
+        model.load_weights(ckpt.weights)
+        optimizer.load_state_dict(optimizer_state(ckpt.optimizer["tensors"], ckpt.training["optimizer"], names))
+        restore_rng(ckpt.optimizer["tensors"], ckpt.training["rng"])
+    except (AprError, KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise MetadataError(
+            f"{ckpt.path.name}: training state cannot be restored ({type(exc).__name__}: {exc})"
+        ) from None
     return ckpt.training["state"]
 
 

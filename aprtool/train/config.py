@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from aprtool.errors import UsageError
@@ -122,9 +122,11 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict[str, Any], where: str = "training.config") -> TrainConfig:
+        """From a checkpoint's JSON: every field's type is checked (exit 4 naming it)."""
+        from aprtool.schema import from_json
+
+        return from_json(cls, data, where)
 
     def merged(self, overrides: dict[str, Any]) -> TrainConfig:
         return replace(self, **overrides)

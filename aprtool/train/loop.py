@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import random
-import shutil
 import signal
 import sys
 import time
@@ -32,9 +31,12 @@ from aprtool.codecs.quant import Clip
 from aprtool.container import verify_file, write_apr
 from aprtool.container.verify import VerifyReport
 from aprtool.data.loader import BatchLoader, LoaderState, eval_windows
-from aprtool.data.prepare import PreparedCorpus, prepare_corpus
+from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
+from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json
 from aprtool.errors import AprError, FileAccessError, IntegrityError, UsageError
 from aprtool.model.llama import LlamaForCausalLM
+from aprtool.paths import recorded_path_hint
+from aprtool.schema import from_json
 from aprtool.text import printable
 from aprtool.train.checkpoint import (
     CheckpointDir,
@@ -118,9 +120,8 @@ class RunState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunState:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        known["loader"] = LoaderState(**d["loader"])
-        return cls(**known)
+        """From a checkpoint's JSON: every field's type is checked (exit 4 naming it)."""
+        return from_json(cls, d, "training.state")
 
 
 def _stderr_log(message: str) -> None:
@@ -281,21 +282,22 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
         raise UsageError("--device cuda: no CUDA device is available")
     ckpts.keep_last = cfg.keep_last
     d.barrier()  # every rank has checked the run directory before rank 0 touches it
+    resuming = ckpt.training.get("data_fingerprint") if ckpt is not None else None
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpts.prepare()
-        _prepare_data(cfg, run_dir, log)
+        _prepare_data(cfg, run_dir, log, overrides.get("corpus"), resuming)
     d.barrier()
 
     # --- data (prepared by rank 0 above; every rank opens the same shards)
-    corpus = _prepare_data(cfg, run_dir, log)
-    if ckpt is not None and ckpt.training.get("data_fingerprint") != corpus.fingerprint:
+    corpus = _prepare_data(cfg, run_dir, log, overrides.get("corpus"), resuming)
+    if ckpt is not None and resuming != corpus.fingerprint:
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(corpus.manifest["tokenizer"])
-    if tok_info.get("file"):
+    if tok_info["kind"] == "bpe":
         if d.main:
-            shutil.copyfile(corpus.directory / tok_info["file"], run_dir / "tokenizer.json")
-        tok_info["file"] = "tokenizer.json"
+            atomic_write_text(run_dir / TOKENIZER_FILE, bpe_json(tok_info, corpus.directory))
+        tok_info["file"] = TOKENIZER_FILE
     val_windows = eval_windows(corpus.tokens("val"), cfg.seq_len, cfg.eval_tokens)
 
     # --- model, optimizer, state
@@ -529,8 +531,19 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
     }
 
 
-def _prepare_data(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]) -> PreparedCorpus:
-    """Tokenize the corpus into RUN_DIR/data, or reuse what is there (same source and settings)."""
+def _prepare_data(
+    cfg: TrainConfig, run_dir: Path, log: Callable[[str], None], corpus_arg: str | None, resuming: str | None
+) -> PreparedCorpus:
+    """Tokenize the corpus into RUN_DIR/data, or reuse what is there (same source and settings).
+
+    On resume (`resuming`: the checkpoint's data fingerprint) without --corpus, the run's own RUN_DIR/data
+    is used; a corpus path the checkpoint records is named for the user to pass, never opened."""
+    if resuming is not None and corpus_arg is None:
+        data = run_dir / "data"
+        if (data / MANIFEST).is_file() and load_prepared(data).fingerprint == resuming:
+            return load_prepared(data)
+        if cfg.corpus is not None:
+            raise recorded_path_hint("the checkpoint was trained on corpus", cfg.corpus, "--corpus")
     return prepare_corpus(
         Path(cfg.corpus) if cfg.corpus else None,
         run_dir / "data",
