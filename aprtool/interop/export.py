@@ -23,7 +23,7 @@ from aprtool.container import open_apr, write_apr
 from aprtool.errors import FormatError, IntegrityError, UsageError
 from aprtool.interop.hf_config import apr_metadata_from_hf, hf_config, require_llama
 from aprtool.interop.tokenizer_files import gguf_vocab, tokenizer_json
-from aprtool.model.io import check_tensors, llama_config
+from aprtool.model.io import check_tensors, llama_config, tokenizer_info
 from aprtool.paths import input_file, output_path
 
 TARGETS = ("safetensors", "hf", "gguf", "apr")
@@ -152,6 +152,7 @@ def checked_llama(metadata: dict[str, Any], tensors: dict[str, torch.Tensor], ta
     model tensor checked against them by name and shape, before anything is converted."""
     require_llama(metadata, target)
     config = llama_config(metadata)
+    tokenizer_info(metadata, config)
     model = {n: t for n, t in tensors.items() if not n.startswith(C.TRAINING_PREFIX)}
     check_tensors(
         config, {n: tuple(t.shape) for n, t in model.items()}, {n for n, t in model.items() if t.is_floating_point()}

@@ -204,14 +204,20 @@ def restore_training(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimi
     """Put a checkpoint's weights, optimizer state and RNG states back; returns its loop state dict.
     Everything is checked against the model first; what the libraries still refuse is exit 4 too."""
     check_state(ckpt, model, optimizer)
-    try:
-        model.load_weights(ckpt.weights)
-        optimizer.load_state_dict(optimizer_state(ckpt.optimizer["tensors"], ckpt.training["optimizer"], names))
-        restore_rng(ckpt.optimizer["tensors"], ckpt.training["rng"])
-    except (AprError, KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
-        raise MetadataError(
-            f"{ckpt.path.name}: training state cannot be restored ({type(exc).__name__}: {exc})"
-        ) from None
+    tensors = ckpt.optimizer["tensors"]
+    stages = {
+        "weights": lambda: model.load_weights(ckpt.weights),
+        "training.optimizer": lambda: optimizer.load_state_dict(
+            optimizer_state(tensors, ckpt.training["optimizer"], names)
+        ),
+        "training.rng": lambda: restore_rng(tensors, ckpt.training["rng"]),
+    }
+    for part, restore in stages.items():
+        try:
+            restore()
+        except (AprError, KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+            detail = f"{type(exc).__name__}: {str(exc)[:120]}"
+            raise MetadataError(f"{ckpt.path.name}: {part} cannot be restored ({detail})") from None
     return ckpt.training["state"]
 
 
