@@ -20,15 +20,15 @@ import torch
 from aprtool.atomic import atomic_path, atomic_write_text, fsync_dir, temp_path
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
-from aprtool.errors import FormatError, IntegrityError, UsageError
-from aprtool.interop.hf_config import apr_metadata_from_hf, hf_config, require_llama
+from aprtool.errors import IntegrityError, UsageError
+from aprtool.interop.hf_config import hf_config, require_llama
+from aprtool.interop.safetensors_io import META_KEY, SafetensorsFile, imported_metadata
 from aprtool.interop.tokenizer_files import gguf_vocab, tokenizer_json
 from aprtool.model.io import check_tensors, llama_config, tokenizer_info
 from aprtool.paths import input_file, output_path
 
 TARGETS = ("safetensors", "hf", "gguf", "apr")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-META_KEY = "aprtool_metadata"  # safetensors __metadata__ key holding the APR metadata as JSON
 
 
 def load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -50,30 +50,16 @@ def load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, metadata
 
 
-def _load_safetensors(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import SafetensorError, safe_open
+def _torch_tensor(f: SafetensorsFile, name: str) -> torch.Tensor:
+    """BF16 stays BF16 (so apr -> safetensors -> apr is bit-exact); F8 is widened exactly to float32."""
+    if f.entries[name].dtype == "BF16":
+        return torch.from_numpy(np.array(f.array(name))).view(torch.bfloat16)
+    return torch.from_numpy(np.array(f.float32_or_stored(name)))
 
-    try:
-        with safe_open(str(src), framework="pt") as f:
-            raw_meta = dict(f.metadata() or {})
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FormatError(f"{src}: not a valid safetensors file ({exc})") from None
-    if META_KEY in raw_meta:
-        try:
-            metadata = json.loads(raw_meta[META_KEY])
-        except ValueError:
-            raise FormatError(f"{src}: __metadata__[{META_KEY!r}] is not valid JSON") from None
-    else:
-        metadata = {k: v for k, v in raw_meta.items() if k != "format"}
-    config = src.with_name("config.json")
-    if config.is_file():
-        try:
-            hf = json.loads(config.read_text(encoding="utf-8"))
-        except ValueError:
-            raise FormatError(f"{config}: not valid JSON") from None
-        metadata = {**apr_metadata_from_hf(hf), **metadata, "hf_config": hf}
-    return tensors, metadata
+
+def _load_safetensors(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    f = SafetensorsFile(src)
+    return {name: _torch_tensor(f, name) for name in f.entries}, imported_metadata(f)
 
 
 def _model_tensors(tensors: dict[str, torch.Tensor], dtype: str | None) -> dict[str, torch.Tensor]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from aprtool.errors import IntegrityError
+from aprtool.errors import IntegrityError, MetadataError
 
 # APR metadata key -> config.json key
 APR_TO_HF = {
@@ -53,17 +54,37 @@ def hf_config(metadata: dict[str, Any], eos_id: int | None, torch_dtype: str) ->
     return config
 
 
-def apr_metadata_from_hf(config: dict[str, Any]) -> dict[str, Any]:
-    """Model shape keys from a config.json (for safetensors import)."""
+FLOAT_KEYS = ("rms_norm_eps", "rope_theta")
+
+
+def _number(value: Any, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) if integer else math.isfinite(value)
+
+
+def apr_metadata_from_hf(config: Any, where: str = "config.json") -> dict[str, Any]:
+    """Model shape keys from a config.json (for safetensors import), each type-checked (exit 4)."""
+    if not isinstance(config, dict):
+        raise MetadataError(f"{where}: must be a JSON object, found {type(config).__name__}")
     out: dict[str, Any] = {}
     archs = config.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise MetadataError(f"{where}: architectures must be a list of strings")
     if archs:
         out["architecture"] = archs[0]
     if "model_type" in config:
+        if not isinstance(config["model_type"], str):
+            raise MetadataError(f"{where}: model_type must be a string")
         out["model_type"] = config["model_type"]
     for apr, hf in APR_TO_HF.items():
-        if hf in config:
+        if hf in config and config[hf] is not None:
+            if not _number(config[hf], integer=apr not in FLOAT_KEYS):
+                kind = "a number" if apr in FLOAT_KEYS else "an integer"
+                raise MetadataError(f"{where}: {hf} {config[hf]!r:.40} is not {kind}")
             out[apr] = config[hf]
     if "tie_word_embeddings" in config:
-        out["tie_word_embeddings"] = bool(config["tie_word_embeddings"])
+        if not isinstance(config["tie_word_embeddings"], bool):
+            raise MetadataError(f"{where}: tie_word_embeddings must be true or false")
+        out["tie_word_embeddings"] = config["tie_word_embeddings"]
     return out
