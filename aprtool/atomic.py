@@ -8,6 +8,7 @@ removes once process PID is gone (a live process may still be writing it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -16,8 +17,37 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from aprtool.errors import FileAccessError
+
 TEMP_MARK = ".tmp-"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = ("no space left", "os error 28", "disk quota")
 _TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")  # exactly what temp_path makes
+
+
+def _disk_full(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1024 * 1024
+
+
+def write_error(path: Path, exc: BaseException) -> FileAccessError | None:
+    """The one-line error (exit 3) for a failed write, or None if `exc` is not an I/O failure. Libraries
+    report a full disk in their own ways (safetensors: a SafetensorError quoting os error 28; numpy's
+    tofile: "N requested and M written", no errno), so the file system itself is asked when in doubt."""
+    text = str(exc).lower()
+    io_like = isinstance(exc, OSError) or "i/o error" in text or "written" in text or "os error" in text
+    if not io_like:
+        return None
+    code = getattr(exc, "errno", None)
+    if code in _NO_SPACE or any(t in text for t in _NO_SPACE_TEXT) or _disk_full(path.parent):
+        return FileAccessError(f"{path}: cannot write: no space left on device (disk full)")
+    if code == errno.EFBIG:
+        return FileAccessError(f"{path}: cannot write: file too large (a file size limit was reached)")
+    detail = getattr(exc, "strerror", None) or str(exc)[:200]
+    return FileAccessError(f"{path}: cannot write ({detail})")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -62,8 +92,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent if str(path.parent) else Path("."))
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        failure = write_error(path, exc) if isinstance(exc, Exception) else None
+        if failure is not None:
+            raise failure from None
         raise
 
 

@@ -389,3 +389,65 @@ def test_deep_verify_memory_does_not_grow_with_the_decoded_size(tmp_path):
     code, baseline, out = peak_rss_mb("verify", "--deep", small)
     assert code == 0, out
     assert rss < baseline + 100, (rss, baseline)  # 256 MiB of symbols were decoded, in bounded chunks
+
+
+# ---------------------------------------------------------------- 8. disk full during export
+
+
+def _private_tmpfs_works() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare"):
+        return False
+    probe = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _private_tmpfs_works(), reason="needs user+mount namespaces to mount a small tmpfs")
+@pytest.mark.parametrize("to", ["safetensors", "hf", "gguf", "apr"])
+def test_export_onto_a_full_disk_says_so_and_leaves_nothing(tmp_path, to):
+    """A real ENOSPC: a 64 KiB tmpfs in a private mount namespace, too small for the model."""
+    import shlex
+    import subprocess
+    import sys
+
+    from test_model_files import write_model
+
+    model = write_model(tmp_path / "m")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    export = [sys.executable, "-m", "aprtool", "export", model, "-o", mnt / f"out.{to}", "--to", to]
+    script = (
+        f"mount -t tmpfs -o size=64k none {shlex.quote(str(mnt))} || exit 99; "
+        f'{shlex.join(map(str, export))}; echo "exit=$?"; ls -A {shlex.quote(str(mnt))}'
+    )
+    r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = r.stdout.split()
+    assert lines[:1] == ["exit=3"] and lines[1:] == [], (r.stdout, r.stderr)  # nothing left in the directory
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "no space left on device (disk full)" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_export_past_a_file_size_limit_says_so(tmp_path):
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from test_model_files import write_model
+
+    model = write_model(tmp_path / "m")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024))
+
+    for to in ("safetensors", "gguf"):
+        out = tmp_path / f"out.{to}"
+        r = subprocess.run([sys.executable, "-m", "aprtool", "export", model, "-o", out, "--to", to],
+                           capture_output=True, text=True, preexec_fn=limit, timeout=120)  # fmt: skip
+        assert r.returncode == 3 and "cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from aprtool.atomic import atomic_writer
+from aprtool.atomic import atomic_writer, write_error
 from aprtool.container import constants as C
 from aprtool.container.layout import (
     DTYPES_BY_NAME,
@@ -182,5 +182,5 @@ def write_apr(
             f.write(crc.to_bytes(4, "little"))
             size = f.tell()
     except OSError as exc:
-        raise FileAccessError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise write_error(path, exc) or FileAccessError(f"{path}: cannot write ({exc})") from None
     return WriteResult(path, size, len(entries), crc)
