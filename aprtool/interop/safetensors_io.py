@@ -90,6 +90,8 @@ def _entry(name: str, spec: Any, buffer_start: int, buffer_len: int) -> Entry:
     if not isinstance(spec, dict):
         raise FormatError(f"{where}: header entry is not an object")
     dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise FormatError(f"{where}: dtype must be a string")
     if dtype in NO_APR_TYPE:
         raise FormatError(f"{where}: dtype {dtype} has no APR counterpart; convert it to F32, F16 or BF16 first")
     if dtype not in STORED:

@@ -1,0 +1,311 @@
+"""Fuzz targets for every reader, run under an address-space limit (issue #11).
+
+    python tests/fuzz_harness.py TARGET --cases N [--seed S] [--limit-mb 1024]
+
+TARGET is `apr` (structure, encoded payloads, verify --deep, decoding), `model` (Llama metadata and
+tensors as eval/export/distill open them) or `safetensors` (the import reader). Each case mutates a
+valid seed file; after the mutation both CRCs and every per-tensor checksum are recomputed, so the case
+reaches the deep checks and decoders instead of stopping at a checksum. A case passes when the reader
+returns or raises an AprError; any other exception is what the CLI would report as exit 1 (a bug), and
+a case slower than 2 s is a failure too. The process runs under RLIMIT_AS, so an allocation sized by a
+file's claim fails as MemoryError (a bug) or kills the process (a signal death): both are caught by the
+caller. Prints one JSON summary line; exit 0 only if every case passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import struct
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _builders import (  # noqa: E402
+    ENTRY_FIELD_CODES,
+    HEADER_FIELDS,
+    NUMERIC_HEADER_FIELDS,
+    entries,
+    fix_crcs,
+    metadata_bytes,
+    replace_metadata,
+    set_entry,
+    set_header,
+)
+
+SLOW_SECONDS = 2.0
+INTERESTING = [0, 1, 2, 3, 7, 31, 32, 63, 64, 127, 128, 255, 256, 4095, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1,
+               2**32, 2**40, 2**48, 2**62, 2**63 - 1, 2**63, 2**64 - 1]  # fmt: skip
+JSON_VALUES = [0, -1, 1, 2.5, 1e300, 2**40, 2**64, True, None, "", "x", "../../etc/passwd", [], [1], {}, {"a": 1}]
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def _apr_seeds(d: Path) -> list[bytes]:
+    import aprtool
+    from aprtool.codecs.compress import CompressOptions, compress_file
+
+    rng = np.random.default_rng(0)
+    plain = d / "plain.apr"
+    aprtool.write_apr(
+        plain,
+        {
+            "w": rng.normal(size=(48, 40)).astype(np.float32),
+            "b": np.arange(5, dtype=np.int32),
+            "h": np.ones(3, np.float16),
+        },
+        {"name": "seed", "n": 3},
+    )
+    seeds = [plain.read_bytes()]
+    for codec in ("rans", "lzma", "zstd", "raw"):
+        out = d / f"{codec}.apr"
+        compress_file(plain, out, CompressOptions(codec=codec, min_elements=16, compare=False))
+        seeds.append(out.read_bytes())
+    vectors = Path(__file__).resolve().parents[1] / "formats" / "vectors"
+    seeds += [p.read_bytes() for p in sorted(vectors.glob("*.apr"))]
+    return seeds
+
+
+def _model_seeds(d: Path) -> list[bytes]:
+    import torch
+
+    import aprtool
+    from aprtool.model.llama import PRESETS, LlamaForCausalLM
+
+    cfg = PRESETS["tiny"].with_overrides(vocab_size=64, num_layers=1)
+    torch.manual_seed(0)
+    meta = {"architecture": "LlamaForCausalLM", **cfg.to_metadata(),
+            "tokenizer": {"kind": "bytes", "vocab_size": 64, "eos_id": 63}}  # fmt: skip
+    aprtool.write_apr(d / "model.apr", LlamaForCausalLM(cfg).weights(), meta)
+    from aprtool.codecs.compress import CompressOptions, compress_file
+
+    compress_file(d / "model.apr", d / "model.int6.apr", CompressOptions(min_elements=1024, compare=False))
+    return [(d / "model.apr").read_bytes(), (d / "model.int6.apr").read_bytes()]
+
+
+def _safetensors_seeds(d: Path) -> list[bytes]:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"a": torch.randn(8, 4), "b": torch.arange(6, dtype=torch.int32), "c": torch.randn(3).bfloat16()}
+    save_file(tensors, str(d / "s.safetensors"), metadata={"k": "v"})
+    return [(d / "s.safetensors").read_bytes()]
+
+
+# ---------------------------------------------------------------- APR mutations (checksums re-sealed)
+
+
+def reseal(buf: bytearray) -> bytearray:
+    """Recompute every per-tensor xxh3_64 record and both CRCs, so only the planted defect remains."""
+    try:
+        meta = json.loads(metadata_bytes(buf))
+        records = meta["aprtool"]["tensors"]
+        data = struct.unpack_from("<Q", buf, 32)[0]
+        for e in entries(buf):
+            name = e.name.decode()
+            if isinstance(records.get(name), dict):
+                records[name]["xxh3_64"] = xxhash.xxh3_64_hexdigest(
+                    bytes(buf[data + e.offset : data + e.offset + e.size])
+                )
+        buf = replace_metadata(buf, json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode())
+    except Exception:  # the mutation broke what reseal needs: the file still gets fresh CRCs
+        pass
+    return fix_crcs(buf)
+
+
+def _mutate_bytes(buf: bytearray, rnd: random.Random) -> None:
+    for _ in range(rnd.randint(1, 8)):
+        pos = rnd.randrange(len(buf))
+        buf[pos] = rnd.choice([0, 0xFF, 0x7F, 0x80, rnd.randrange(256), buf[pos] ^ (1 << rnd.randrange(8))])
+
+
+def _mutate_payload(buf: bytearray, rnd: random.Random) -> None:
+    data = struct.unpack_from("<Q", buf, 32)[0]
+    stored = [e for e in entries(buf) if e.size]
+    if stored:
+        e = rnd.choice(stored)
+        for _ in range(rnd.randint(1, 4)):
+            buf[data + e.offset + rnd.randrange(e.size)] = rnd.randrange(256)
+
+
+def _mutate_header(buf: bytearray, rnd: random.Random) -> None:
+    name = rnd.choice(NUMERIC_HEADER_FIELDS)
+    bits = struct.calcsize("<" + HEADER_FIELDS[name][1]) * 8
+    set_header(buf, name, rnd.choice([v for v in INTERESTING if v < 2**bits]))
+
+
+def _mutate_index(buf: bytearray, rnd: random.Random) -> None:
+    e = rnd.choice(entries(buf))
+    field = rnd.choice([f for f in ENTRY_FIELD_CODES if f != "name_len" and (f != "dim" or e.ndim)])
+    bits = struct.calcsize("<" + ENTRY_FIELD_CODES[field]) * 8
+    set_entry(
+        buf, e.name.decode(), field, rnd.choice([v for v in INTERESTING if v < 2**bits]), rnd.randrange(max(e.ndim, 1))
+    )
+
+
+def _mutate_metadata(buf: bytearray, rnd: random.Random) -> bytearray:
+    meta = json.loads(metadata_bytes(buf))
+
+    def walk(node, depth=0):
+        keys = list(node) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
+        if not keys or depth > 4:
+            return
+        key = rnd.choice(keys)
+        if rnd.random() < 0.5 and isinstance(node[key], dict | list):
+            walk(node[key], depth + 1)
+        else:
+            node[key] = rnd.choice(JSON_VALUES + [rnd.choice(INTERESTING)])
+
+    walk(meta)
+    return replace_metadata(buf, json.dumps(meta, separators=(",", ":")).encode())
+
+
+def mutate_apr(seed: bytes, rnd: random.Random) -> bytes:
+    buf = bytearray(seed)
+    kind = rnd.choice(["bytes", "payload", "payload", "header", "index", "index", "metadata", "metadata", "cut"])
+    try:
+        if kind == "bytes":
+            _mutate_bytes(buf, rnd)
+        elif kind == "payload":
+            _mutate_payload(buf, rnd)
+        elif kind == "header":
+            _mutate_header(buf, rnd)
+        elif kind == "index":
+            _mutate_index(buf, rnd)
+        elif kind == "metadata":
+            buf = _mutate_metadata(buf, rnd)
+        else:
+            buf = buf[: rnd.randrange(len(buf))] if rnd.random() < 0.5 else buf + bytes(rnd.randrange(1, 200))
+    except Exception:  # a seed part the mutation needs is missing (e.g. no tensors): mutate bytes instead
+        _mutate_bytes(buf, rnd)
+    return bytes(reseal(buf) if rnd.random() < 0.9 else buf)
+
+
+def mutate_safetensors(seed: bytes, rnd: random.Random) -> bytes:
+    (n,) = struct.unpack_from("<Q", seed, 0)
+    header = json.loads(seed[8 : 8 + n])
+    data = bytearray(seed[8 + n :])
+    kind = rnd.choice(["value", "value", "bytes", "length", "cut"])
+    if kind == "value":
+        name = rnd.choice(list(header))
+        entry = header[name]
+        key = rnd.choice(list(entry)) if isinstance(entry, dict) and entry else None
+        if key is not None and rnd.random() < 0.5 and isinstance(entry[key], list) and entry[key]:
+            entry[key][rnd.randrange(len(entry[key]))] = rnd.choice(INTERESTING + JSON_VALUES)
+        elif key is not None:
+            entry[key] = rnd.choice(JSON_VALUES + ["F8_E4M3", "BF16", "I16", "U64", "F64"] + INTERESTING)
+        else:
+            header[name] = rnd.choice(JSON_VALUES)
+    text = json.dumps(header).encode()
+    out = bytearray(struct.pack("<Q", len(text)) + text + data)
+    if kind == "bytes":
+        _mutate_bytes(out, rnd)
+    elif kind == "length":
+        struct.pack_into("<Q", out, 0, rnd.choice(INTERESTING))
+    elif kind == "cut":
+        out = out[: rnd.randrange(len(out))]
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- targets
+
+
+def read_apr(path: Path) -> None:
+    """What inspect, verify --deep, compress (repack) and export do with a file."""
+    import aprtool
+    from aprtool.codecs import dequantize
+
+    aprtool.inspect_file(path)
+    aprtool.verify_file(path, deep=True)
+    with aprtool.open_apr(path) as f:
+        for name in f.names():
+            dequantize(f, name)
+
+
+def read_model(path: Path) -> None:
+    from aprtool.model.io import load_model
+
+    read_apr(path)
+    model, info = load_model(path)
+    import torch
+
+    with torch.no_grad():
+        model(torch.zeros(1, 4, dtype=torch.long))
+
+
+def read_safetensors_file(path: Path) -> None:
+    from aprtool.interop.safetensors_io import read_safetensors
+
+    read_safetensors(path)
+
+
+TARGETS = {
+    "apr": (_apr_seeds, mutate_apr, read_apr, ".apr"),
+    "model": (_model_seeds, mutate_apr, read_model, ".apr"),
+    "safetensors": (_safetensors_seeds, mutate_safetensors, read_safetensors_file, ".safetensors"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("target", choices=sorted(TARGETS))
+    parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit-mb", type=int, default=1024)
+    parser.add_argument("--keep", type=Path, help="write each failing input here")
+    parser.add_argument("--sample", type=Path, help="also write every 100th input here (for CLI checks)")
+    args = parser.parse_args()
+    make_seeds, mutate, read, suffix = TARGETS[args.target]
+    from aprtool.errors import AprError
+
+    failures, slowest, rejected, accepted = [], 0.0, 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        seeds = make_seeds(d)
+        warm = d / f"warm{suffix}"
+        warm.write_bytes(seeds[0])
+        read(warm)  # lazy imports and first-call setup are not the case's time
+        limit = args.limit_mb * 1024 * 1024  # set after the imports and seeds: the readers run under it
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        rnd = random.Random(args.seed)
+        for case in range(args.cases):
+            data = mutate(rnd.choice(seeds), rnd)
+            path = d / f"case{suffix}"
+            path.unlink(missing_ok=True)
+            path.write_bytes(data)
+            if args.sample and case % 100 == 0:
+                args.sample.mkdir(parents=True, exist_ok=True)
+                (args.sample / f"{args.target}-{case}{suffix}").write_bytes(data)
+            start = time.perf_counter()
+            try:
+                read(path)
+                accepted += 1
+            except AprError:
+                rejected += 1
+            except BaseException as exc:  # noqa: BLE001 - anything else is a bug, MemoryError included
+                failures.append({"case": case, "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+                                 "where": traceback.format_exc().splitlines()[-3:]})  # fmt: skip
+                if args.keep:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    (args.keep / f"{args.target}-{case}{suffix}").write_bytes(data)
+            seconds = time.perf_counter() - start
+            slowest = max(slowest, seconds)
+            if seconds > SLOW_SECONDS:
+                failures.append({"case": case, "error": f"took {seconds:.2f} s"})
+    summary = {"target": args.target, "cases": args.cases, "accepted": accepted, "rejected": rejected,
+               "slowest_s": round(slowest, 3), "failures": failures[:20]}  # fmt: skip
+    print(json.dumps(summary))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
