@@ -1,5 +1,6 @@
 """Every reader fuzzed under a 1 GiB address-space limit (issue #11): no exit 1, no signal death, no case
-over 2 s. The harness (tests/fuzz_harness.py) runs in a child process, so a crash or an allocation the
+over 2 s, no warning (run with -W error: a warning is a stray stderr line). The harness
+(tests/fuzz_harness.py) runs in a child process, so a crash or an allocation the
 limit refuses cannot take pytest down with it; longer runs: `python tests/fuzz_harness.py apr --cases 100000`.
 """
 
@@ -25,7 +26,19 @@ def _address_space_limit() -> None:
 @pytest.mark.parametrize("target", sorted(CASES))
 def test_reader_survives_mutated_inputs_under_a_memory_limit(tmp_path, target):
     proc = subprocess.run(
-        [sys.executable, HARNESS, target, "--cases", str(CASES[target]), "--seed", "11", "--sample", tmp_path],
+        [
+            sys.executable,
+            "-W",
+            "error",
+            HARNESS,
+            target,
+            "--cases",
+            str(CASES[target]),
+            "--seed",
+            "11",
+            "--sample",
+            tmp_path,
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -451,3 +451,30 @@ def test_export_past_a_file_size_limit_says_so(tmp_path):
                            capture_output=True, text=True, preexec_fn=limit, timeout=120)  # fmt: skip
         assert r.returncode == 3 and "cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+# ---------------------------------------------------------------- what the long fuzz campaigns found
+
+
+def test_rans_stream_ending_in_a_zero_word_is_a_decode_error(cli, tmp_path):
+    body = rans_body(0, [8, 8], b"\x01\0\0\0\0\0\0\0")  # constriction refuses such a stream outright
+    src = encoded_file(tmp_path / "zero.apr", "INT6_RANS", (4, 4), body)
+    refused(cli, tmp_path, src, 5, "rANS stream is invalid")
+
+
+def test_float64_beyond_float32_range_is_an_error_not_inf(tmp_path):
+    from aprtool.codecs import dequantize
+    from aprtool.errors import IntegrityError
+
+    path = tmp_path / "wide.apr"
+    aprtool.write_apr(path, {"w": np.array([1e300, 1.0])})
+    with aprtool.open_apr(path) as f, pytest.raises(IntegrityError, match="beyond the range of float32"):
+        dequantize(f, "w")
+
+
+def test_signaling_nan_is_counted_without_a_warning(cli, tmp_path):
+    path = tmp_path / "snan.apr"
+    aprtool.write_apr(path, {"h": np.array([0x7C01, 0x3C00], np.uint16).view(np.float16)})  # sNaN, 1.0
+    r = cli("verify", path, "--json")
+    assert r.code == 5 and r.stderr == "", r.stderr
+    assert "1 NaN/Inf" in r.json()["errors"][0]

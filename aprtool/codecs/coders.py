@@ -232,7 +232,10 @@ def _rans_stream(body: memoryview, n: int) -> Iterator[np.ndarray]:
     need = rans_min_bits(counts) - ANS_STATE_BITS
     if 8 * len(words) < need:
         raise DecodeError(f"rANS stream has {8 * len(words)} bits; its table's {n} symbols need at least {need:.0f}")
-    coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+    try:
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+    except ValueError as exc:  # e.g. a stream that ends in a zero word cannot come from an encoder
+        raise DecodeError(f"rANS stream is invalid ({exc})") from None
     model = _model(np.asarray(counts))
     for start in range(0, n, CHUNK):
         try:

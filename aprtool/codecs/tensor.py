@@ -21,7 +21,7 @@ from aprtool.container import constants as C
 from aprtool.container.layout import DTYPES_BY_NAME, TensorInfo
 from aprtool.container.reader import AprFile
 from aprtool.container.writer import EncodedTensor
-from aprtool.errors import LimitError, UsageError
+from aprtool.errors import IntegrityError, LimitError, UsageError
 from aprtool.memory import ensure_allocatable
 
 QUANT_NAME = "int6"
@@ -162,4 +162,9 @@ def dequantize(f: AprFile, name: str, dtype: Any = np.float32) -> np.ndarray:
     values = f.numpy(name)
     if info.dtype.name == "BF16":  # stored as raw bits: widen to float32 exactly
         values = (values.astype(np.uint32) << 16).view(np.float32)
-    return np.array(values, dtype=dtype)
+    try:
+        with np.errstate(over="raise", invalid="ignore"):  # NaN stays NaN; finite must stay finite
+            return np.array(values, dtype=dtype)
+    except FloatingPointError:
+        wide = f"{info.dtype.name} values beyond the range of {np.dtype(dtype)}"
+        raise IntegrityError(f"tensor {name!r}: {wide}") from None
