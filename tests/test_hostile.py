@@ -478,3 +478,38 @@ def test_signaling_nan_is_counted_without_a_warning(cli, tmp_path):
     r = cli("verify", path, "--json")
     assert r.code == 5 and r.stderr == "", r.stderr
     assert "1 NaN/Inf" in r.json()["errors"][0]
+
+
+def test_a_real_kill_9_mid_export_leaves_a_temp_that_the_next_export_sweeps(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "big.apr"
+    aprtool.write_apr(src, {"w": np.ones((4096, 4096), np.float32)})  # 64 MiB: the write takes a moment
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for _attempt in range(5):
+        args = ["export", src, "-o", out_dir / "big.safetensors", "--to", "safetensors"]
+        proc = subprocess.Popen([sys.executable, "-m", "aprtool", *args], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(".tmp-" in p.name for p in out_dir.iterdir()):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.001)
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            break
+        (out_dir / "big.safetensors").unlink(missing_ok=True)
+    else:
+        pytest.fail("never caught the export mid-write")
+    leftovers = [p for p in out_dir.iterdir() if ".tmp-" in p.name]
+    assert leftovers and not (out_dir / "big.safetensors").exists()  # killed: no output, one temp file
+    small = tmp_path / "small.apr"
+    aprtool.write_apr(small, {"w": np.ones(4, np.float32)})
+    r = subprocess.run([sys.executable, "-m", "aprtool", "export", small, "-o", out_dir / "small.safetensors",
+                        "--to", "safetensors"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["small.safetensors"]
