@@ -112,23 +112,24 @@ def encode_metadata(metadata: dict[str, Any]) -> bytes:
     return text.encode("utf-8")
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json `object_pairs_hook`: a JSON object may not give a key twice (readers disagree on which wins)."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise MetadataError(f"metadata: duplicate key {key!r}")
+            raise MetadataError(f"duplicate key {key[:60]!r}")
         out[key] = value
     return out
 
 
 def _reject_constant(name: str) -> Any:
-    raise MetadataError(f"metadata: non-finite number {name} is not valid JSON")
+    raise MetadataError(f"non-finite number {name} is not valid JSON")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise MetadataError(f"metadata: number {text[:40]} overflows to infinity")
+        raise MetadataError(f"number {text[:40]} overflows to infinity")
     return value
 
 
@@ -155,12 +156,12 @@ def parse_metadata(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(
             text,
-            object_pairs_hook=_reject_duplicates,
+            object_pairs_hook=reject_duplicate_keys,
             parse_constant=_reject_constant,
             parse_float=_finite_float,
         )
-    except MetadataError:
-        raise
+    except MetadataError as exc:
+        raise MetadataError(f"metadata: {exc}") from None
     except RecursionError:
         raise MetadataError("metadata: JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, over-long integers

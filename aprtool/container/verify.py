@@ -18,6 +18,8 @@ from aprtool.errors import (
     EXIT_OK,
     AprError,
     FileAccessError,
+    FormatError,
+    IntegrityError,
     UsageError,
 )
 
@@ -54,6 +56,11 @@ class VerifyReport:
         self.valid = False
         self.errors.append(message)
         self.exit_code = max(self.exit_code, exit_code)
+
+    def error(self, what: str) -> AprError:
+        """The report as one exception of the class its exit code stands for (3, 4 or 5)."""
+        kind = {EXIT_NOT_FOUND: FileAccessError, EXIT_INVALID: FormatError}.get(self.exit_code, IntegrityError)
+        return kind(f"{what}: does not verify: {'; '.join(self.errors)}")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -25,12 +25,7 @@ import torch
 from aprtool.container import verify_file
 from aprtool.distill.config import DistillConfig
 from aprtool.errors import (
-    EXIT_INVALID,
-    EXIT_NOT_FOUND,
     AprError,
-    FileAccessError,
-    FormatError,
-    IntegrityError,
     UsageError,
 )
 from aprtool.model.io import load_model, tokenizer_info
@@ -95,8 +90,7 @@ def load_llama(path: str | Path, role: str) -> LoadedModel:
     path = Path(path)
     report = verify_file(path)
     if not report.valid:
-        kind = {EXIT_NOT_FOUND: FileAccessError, EXIT_INVALID: FormatError}.get(report.exit_code, IntegrityError)
-        raise kind(f"--{role} {path}: does not verify: {'; '.join(report.errors)}")
+        raise report.error(f"--{role} {path}")
     try:
         model, info = load_model(path)
         if tokenizer_info(info.metadata, info.config) is None:

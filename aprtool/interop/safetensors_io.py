@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from aprtool.container import constants as C
+from aprtool.container.layout import reject_duplicate_keys
 from aprtool.errors import FormatError, MetadataError, TruncatedError
 from aprtool.paths import open_input
 
@@ -66,15 +67,6 @@ class Entry:
     shape: tuple[int, ...]
     start: int  # absolute file offsets
     end: int
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise MetadataError(f"header: duplicate key {str(key)[:60]!r}")
-        out[key] = value
-    return out
 
 
 def _int_list(value: Any) -> bool:
@@ -132,7 +124,7 @@ class SafetensorsFile:
             raw = f.read(n)
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates)
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
         except MetadataError as exc:
             raise MetadataError(f"{self.path}: {exc}") from None
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:

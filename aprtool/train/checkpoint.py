@@ -29,8 +29,6 @@ from aprtool.atomic import atomic_write_text, sweep_temp_files
 from aprtool.container import constants as C
 from aprtool.container import open_apr, verify_file, write_apr
 from aprtool.errors import (
-    EXIT_INVALID,
-    EXIT_NOT_FOUND,
     AprError,
     FileAccessError,
     FormatError,
@@ -150,8 +148,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint fully (checksums verified); weights and training state split apart."""
     report = verify_file(path)
     if not report.valid:
-        kind = {EXIT_NOT_FOUND: FileAccessError, EXIT_INVALID: FormatError}.get(report.exit_code, IntegrityError)
-        raise kind(f"{path}: checkpoint does not verify: {'; '.join(report.errors)}")
+        raise report.error(f"checkpoint {path}")
     with open_apr(path) as f:
         tensors = {n: np.array(f.numpy(n)) for n in f.names()}
         metadata = dict(f.metadata)
