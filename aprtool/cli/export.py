@@ -18,6 +18,8 @@ def _render(report: dict[str, Any]):
         console.print(f"{out}: {report['to']}, {report['tensors']} tensors, {report['bytes']:,} bytes")
         for path in report["files"]:
             console.print(f"  {markup_safe(path)}")
+        for warning in report["warnings"]:
+            console.print(f"[yellow]warning[/]: {markup_safe(warning)}")
 
     return render
 

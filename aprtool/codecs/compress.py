@@ -15,15 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from aprtool.atomic import atomic_write_text
 from aprtool.codecs import tensor as enc
 from aprtool.codecs.coders import CODERS, order0_entropy_bits
 from aprtool.codecs.quant import DEFAULT_MIN_ELEMENTS, Clip, Quantized, quantize, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
-from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json
-from aprtool.errors import AprError, UsageError
+from aprtool.data.tokenizer import embed_tokenizer
+from aprtool.errors import UsageError
 from aprtool.paths import input_file, output_path
 
 DEFAULT_CLIP = "std:12.85"  # parameter-golf's setting for matrices: ~3.3 bits/weight after coding
@@ -184,8 +183,9 @@ def _compress(src: Path, dst: Path, source: _Source, options: CompressOptions, c
                 rows[name]["stored_bytes"] = len(payload)
 
     # 4. write, and report
-    result = write_apr(dst, {n: out[n] for n in source.names}, source.metadata)
-    warnings = _carry_tokenizer(src, dst, source.metadata)
+    metadata, warning = embed_tokenizer(source.metadata, src)
+    result = write_apr(dst, {n: out[n] for n in source.names}, metadata)
+    warnings = [warning] if warning else []
     table = {}
     for codec, s in stats.items():
         mb = weights / 1e6
@@ -212,22 +212,3 @@ def _compress(src: Path, dst: Path, source: _Source, options: CompressOptions, c
         "tensors": [rows[n] for n in source.names],
         "warnings": warnings,
     }
-
-
-def _carry_tokenizer(src: Path, dst: Path, metadata: dict[str, Any]) -> list[str]:
-    """A BPE model's `tokenizer.json` beside the input (checked by the sha256 its metadata records) is
-    copied beside the output, so eval and export work on the artifact. Nothing there is replaced."""
-    info = metadata.get("tokenizer")
-    if not isinstance(info, dict) or info.get("kind") != "bpe" or src.parent.resolve() == dst.parent.resolve():
-        return []
-    try:
-        text = bpe_json(info, src.parent)
-    except AprError as exc:
-        return [f"{exc}; {dst.name} has no tokenizer beside it"]
-    target = dst.parent / TOKENIZER_FILE
-    if os.path.lexists(target):
-        if target.is_file() and not target.is_symlink() and target.read_bytes() == text.encode("utf-8"):
-            return []
-        return [f"{target} exists and differs from the input's tokenizer; it was left as it is"]
-    atomic_write_text(target, text)
-    return []

@@ -18,8 +18,10 @@ HEADER_CRC_OFFSET = 40
 HEADER_CRC_END = 44
 
 FLAG_QUANTIZED = 0x0020  # at least one tensor uses an encoded (code >= 160) dtype
+FLAG_HAS_VOCAB = 0x0200  # aprender's "contains vocabulary/tokenizer": set when metadata.tokenizer is complete
 FLAG_ROW_MAJOR = 0x0400  # always set: aprender's reader assumes it
-KNOWN_FLAGS = {FLAG_QUANTIZED: "quantized", FLAG_ROW_MAJOR: "row_major"}
+KNOWN_FLAGS = {FLAG_QUANTIZED: "quantized", FLAG_HAS_VOCAB: "has_vocab", FLAG_ROW_MAJOR: "row_major"}
+TOKENIZER_KEY = "tokenizer"  # metadata object: kind, vocab_size, eos_id, sha256 and, for BPE, "json"
 
 # Hostile-input limits, checked before anything is allocated.
 MAX_METADATA_SIZE = 64 * 1024 * 1024

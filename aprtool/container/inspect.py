@@ -33,6 +33,12 @@ def inspect_file(path: str | os.PathLike[str], *, checksums: bool = True) -> dic
         metadata = dict(f.metadata)
         if isinstance(metadata.get(C.APRTOOL_KEY), dict):  # per-tensor records go in "tensors"
             metadata[C.APRTOOL_KEY] = {k: v for k, v in metadata[C.APRTOOL_KEY].items() if k != "tensors"}
+        tok = metadata.get(C.TOKENIZER_KEY)
+        if isinstance(tok, dict) and isinstance(tok.get("json"), str):  # 100 KB+ of vocabulary: summarised
+            metadata[C.TOKENIZER_KEY] = {
+                **tok,
+                "json": f"<embedded tokenizer.json, {len(tok['json'].encode()):,} bytes>",
+            }
         return {
             "file": str(path),
             "format": "APR v2",
@@ -45,6 +51,7 @@ def inspect_file(path: str | os.PathLike[str], *, checksums: bool = True) -> dic
                 "value": h.flags,
                 "row_major": bool(h.flags & C.FLAG_ROW_MAJOR),
                 "quantized": bool(h.flags & C.FLAG_QUANTIZED),
+                "has_vocab": bool(h.flags & C.FLAG_HAS_VOCAB),
                 "unknown_bits": h.flags & ~sum(C.KNOWN_FLAGS),
             },
             "header_checksum_valid": f.header_crc_valid,

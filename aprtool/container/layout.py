@@ -104,6 +104,12 @@ def unpack_header(raw: bytes) -> Header:
 # ---------------------------------------------------------------- metadata
 
 
+def carries_tokenizer(metadata: dict[str, Any]) -> bool:
+    """The metadata holds a complete tokenizer: aprtool's bytes tokenizer, or a BPE with its JSON."""
+    tok = metadata.get(C.TOKENIZER_KEY)
+    return isinstance(tok, dict) and (tok.get("kind") == "bytes" or isinstance(tok.get("json"), str))
+
+
 def encode_metadata(metadata: dict[str, Any]) -> bytes:
     try:
         text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -16,6 +16,7 @@ from aprtool.atomic import atomic_writer, write_error
 from aprtool.container import constants as C
 from aprtool.container.layout import (
     DTYPES_BY_NAME,
+    carries_tokenizer,
     encode_index_entry,
     encode_metadata,
     pack_header,
@@ -156,6 +157,8 @@ def write_apr(
     flags = C.FLAG_ROW_MAJOR
     if any(e.dtype.code >= C.ENCODED_DTYPE_MIN for e in entries):
         flags |= C.FLAG_QUANTIZED
+    if carries_tokenizer(meta):
+        flags |= C.FLAG_HAS_VOCAB
     header = pack_header(
         flags=flags,
         tensor_count=len(entries),

@@ -124,19 +124,28 @@ def check_tokenizer_info(info: Any, where: str, max_vocab: int = 1 << 21) -> dic
 
 
 def bpe_json(info: dict[str, Any], directory: Path) -> str:
-    """The text of the BPE tokenizer `info` describes: DIRECTORY/tokenizer.json, whatever name `info`
-    gives (a path inside a file is never opened), checked against the sha256 `info` must record."""
+    """The text of the BPE tokenizer `info` describes, checked against the sha256 `info` must record: the
+    copy embedded in `info["json"]` (files written by aprtool since the tokenizer travels inside them),
+    else DIRECTORY/tokenizer.json, whatever name `info` gives (a path inside a file is never opened)."""
     from aprtool.errors import FileAccessError
     from aprtool.paths import read_input
 
     digest = info.get("sha256")
     if not isinstance(digest, str) or len(digest) != 64:
         raise FormatError("tokenizer.sha256: a BPE tokenizer entry must record the sha256 of its tokenizer.json")
+    embedded = info.get("json")
+    if embedded is not None:
+        if not isinstance(embedded, str) or hashlib.sha256(embedded.encode("utf-8")).hexdigest() != digest:
+            raise FormatError("tokenizer.json: the embedded tokenizer does not match the sha256 recorded for it")
+        return embedded
     path = directory / TOKENIZER_FILE
     try:
         data = read_input(path)
     except FileAccessError as exc:
-        raise FileAccessError(f"tokenizer: {exc}; the BPE tokenizer is looked for beside the file") from None
+        raise FileAccessError(
+            f"tokenizer: the file does not embed its BPE tokenizer and {exc}; put the training run's "
+            f"{TOKENIZER_FILE} beside it (`aprtool export FILE -o NEW.apr --to apr` then embeds it)"
+        ) from None
     if hashlib.sha256(data).hexdigest() != digest:
         raise FormatError(f"tokenizer: {path} does not match the sha256 recorded for it")
     return data.decode("utf-8", errors="replace")
@@ -150,3 +159,24 @@ def load_tokenizer(info: dict[str, Any], directory: Path) -> ByteTokenizer | Bpe
     if kind == "bpe":
         return BpeTokenizer.from_json(bpe_json(info, directory), str(directory / TOKENIZER_FILE))
     raise FormatError(f"tokenizer.kind: {str(kind)[:40]!r} is not one of {', '.join(KINDS)}")
+
+
+def embed_tokenizer(metadata: dict[str, Any], path: Path) -> tuple[dict[str, Any], str | None]:
+    """`metadata` with its BPE tokenizer embedded (read from the file itself, else the sidecar beside
+    `path`), and a warning when there is none to embed. Files without a tokenizer entry pass unchanged."""
+    from aprtool.container.constants import TOKENIZER_KEY
+    from aprtool.errors import AprError
+
+    info = metadata.get(TOKENIZER_KEY)
+    if not isinstance(info, dict) or info.get("kind") != "bpe" or isinstance(info.get("json"), str):
+        return metadata, None
+    try:
+        text = bpe_json(info, path.parent)
+    except AprError as exc:
+        return metadata, f"{exc}; the output has no tokenizer"
+    return {**metadata, TOKENIZER_KEY: {**info, "json": text}}, None
+
+
+def without_tokenizer_text(info: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer entry without the embedded JSON (for records that only need to identify it)."""
+    return {k: v for k, v in info.items() if k != "json"}

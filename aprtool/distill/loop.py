@@ -23,7 +23,7 @@ import torch
 
 from aprtool.atomic import atomic_write_text
 from aprtool.data.loader import BatchLoader, eval_windows
-from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json
+from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json, without_tokenizer_text
 from aprtool.distill.config import DistillConfig, parse_keys, resume_differences
 from aprtool.distill.final import check_saved_model, export_student, start_digests
 from aprtool.distill.losses import block_losses, logit_kd_loss, teacher_hidden_states
@@ -133,8 +133,8 @@ def distill(
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(teach.tokenizer)
     if tok_info["kind"] == "bpe":  # the corpus's tokenizer.json, whose sha256 is the teacher's (checked above)
-        atomic_write_text(out / TOKENIZER_FILE, bpe_json(corpus.manifest["tokenizer"], corpus.directory))
-        tok_info["file"] = "tokenizer.json"
+        tok_info |= {"file": TOKENIZER_FILE, "json": bpe_json(corpus.manifest["tokenizer"], corpus.directory)}
+        atomic_write_text(out / TOKENIZER_FILE, tok_info["json"])
 
     # --- the student's plan and the run's identity: skip a completed run, refuse to mix two runs
     plan = plan_student(cfg, teach)
@@ -208,7 +208,7 @@ def distill(
             "fingerprint": run_id,
             "teacher_sha256": teach.sha256,
             "data_fingerprint": corpus.fingerprint,
-            "tokenizer": tok_info,
+            "tokenizer": without_tokenizer_text(tok_info),
             "code_version": _code_version(),
             "state": state.to_dict(),
         }

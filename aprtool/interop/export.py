@@ -20,6 +20,7 @@ import torch
 from aprtool.atomic import atomic_path, atomic_write_text, fsync_dir, temp_path
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
+from aprtool.data.tokenizer import embed_tokenizer
 from aprtool.errors import IntegrityError, UsageError
 from aprtool.interop.hf_config import hf_config, require_llama
 from aprtool.interop.safetensors_io import META_KEY, SafetensorsFile, imported_metadata
@@ -110,8 +111,10 @@ def export_file(
     out = output_path(out, force=force, inputs=[src], directory=to == "hf")
     tensors, metadata = load_source(src)
     files: list[str] = []
+    warning = None
 
     if to == "apr":
+        metadata, warning = embed_tokenizer(metadata, src)
         kept = tensors if not weights_only else _model_tensors(tensors, None)
         training = {n: t for n, t in kept.items() if n.startswith(C.TRAINING_PREFIX)}
         model = _model_tensors(kept, dtype)
@@ -130,7 +133,15 @@ def export_file(
         count, size = _export_hf(src, out, tensors, metadata, dtype, files)
     else:
         count, size = _export_gguf(src, out, tensors, metadata, dtype, files)
-    return {"input": str(src), "output": str(out), "to": to, "tensors": count, "bytes": size, "files": files}
+    return {
+        "input": str(src),
+        "output": str(out),
+        "to": to,
+        "tensors": count,
+        "bytes": size,
+        "files": files,
+        "warnings": [warning] if warning else [],
+    }
 
 
 def checked_llama(metadata: dict[str, Any], tensors: dict[str, torch.Tensor], target: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from aprtool.container import verify_file, write_apr
 from aprtool.container.verify import VerifyReport
 from aprtool.data.loader import BatchLoader, LoaderState, eval_windows
 from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
-from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json
+from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json, without_tokenizer_text
 from aprtool.errors import AprError, FileAccessError, IntegrityError, UsageError
 from aprtool.model.llama import LlamaForCausalLM
 from aprtool.paths import recorded_path_hint
@@ -294,10 +294,10 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
     if ckpt is not None and resuming != corpus.fingerprint:
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(corpus.manifest["tokenizer"])
-    if tok_info["kind"] == "bpe":
+    if tok_info["kind"] == "bpe":  # embedded in every file the run writes; the sidecar is for other tools
+        tok_info |= {"file": TOKENIZER_FILE, "json": bpe_json(tok_info, corpus.directory)}
         if d.main:
-            atomic_write_text(run_dir / TOKENIZER_FILE, bpe_json(tok_info, corpus.directory))
-        tok_info["file"] = TOKENIZER_FILE
+            atomic_write_text(run_dir / TOKENIZER_FILE, tok_info["json"])
     val_windows = eval_windows(corpus.tokens("val"), cfg.seq_len, cfg.eval_tokens)
 
     # --- model, optimizer, state
@@ -327,7 +327,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
             "val_loss": state.val_loss,
             "config": cfg.to_dict(),
             "data_fingerprint": corpus.fingerprint,
-            "tokenizer": tok_info,
+            "tokenizer": without_tokenizer_text(tok_info),  # the text itself is in the model metadata
             "code_version": _code_version(),
             "state": state.to_dict(),
         }
