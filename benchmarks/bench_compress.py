@@ -90,7 +90,7 @@ def decode_rate(path: Path) -> float:
 
 def bench(path: Path, clip: str) -> dict:
     out = WORK / (path.stem + ".int6.apr")
-    report = compress_file(path, out, CompressOptions(clip=clip))  # every codec on the same symbols
+    report = compress_file(path, out, CompressOptions(clip=clip, compare=True, workers=1))  # every codec, one thread: clean timings
     timings = {}
     for codec, repeats in (("rans", 5), ("lzma", 1)):  # median of 5 for the fast one: timer noise
         runs = []

@@ -118,7 +118,7 @@ def _float_model(path, seed=0):
 
 def test_compress_quantizes_large_matrices_and_passes_through_the_rest(tmp_path):
     tensors = _float_model(tmp_path / "f.apr")
-    report = compress_file(tmp_path / "f.apr", tmp_path / "c.apr")
+    report = compress_file(tmp_path / "f.apr", tmp_path / "c.apr", CompressOptions(compare=True))
     actions = {r["name"]: r["action"] for r in report["tensors"]}
     assert actions == {
         "model.embed_tokens.weight": "int6",
@@ -244,7 +244,7 @@ def test_safetensors_input(tmp_path):
 
 def test_compress_cli_json_fields_and_usage_errors(cli, tmp_path):
     _float_model(tmp_path / "f.apr")
-    result = cli("compress", tmp_path / "f.apr", "-o", tmp_path / "c.apr", "--json")
+    result = cli("compress", tmp_path / "f.apr", "-o", tmp_path / "c.apr", "--json", "--compare")
     assert result.code == 0, result.stderr
     report = result.json()
     for key in ["input_bytes", "output_bytes", "params", "entropy_bound_bytes", "codecs", "tensors"]:
@@ -254,7 +254,7 @@ def test_compress_cli_json_fields_and_usage_errors(cli, tmp_path):
             "bytes", "bits_per_weight", "over_entropy_pct", "encode_mb_s", "decode_mb_s",
         }  # fmt: skip
     assert report["output_bytes"] == (tmp_path / "c.apr").stat().st_size
-    text = cli("compress", tmp_path / "f.apr", "-o", tmp_path / "d.apr")
+    text = cli("compress", tmp_path / "f.apr", "-o", tmp_path / "d.apr", "--compare")
     assert text.code == 0 and "rans" in text.stdout and "lzma" in text.stdout
     assert cli("verify", "--deep", tmp_path / "c.apr").code == 0
     assert cli("compress", tmp_path / "f.apr", "-o", tmp_path / "x.apr", "--codec", "nope").code == 2

@@ -1,10 +1,20 @@
-"""The `aprtool` command line: thin Typer wrappers over library functions."""
+"""The `aprtool` command line: thin Typer wrappers over library functions.
+
+`main()` runs the app without click's standalone mode, so usage errors are ours to print: one line and
+the hint (not a box), exit 2, and with `--json` also a JSON object on stdout.
+"""
 
 from __future__ import annotations
 
-import typer
+import sys
+from typing import Annotated
 
-from aprtool.cli._common import EXIT_CODES_HELP
+import typer
+from typer.exceptions import TyperException
+
+from aprtool import __version__
+from aprtool.cli._common import EXIT_CODES_HELP, error, fail
+from aprtool.cli.compress import EXAMPLES as COMPRESS_EXAMPLES
 from aprtool.cli.compress import compress_command
 from aprtool.cli.distill import distill_command
 from aprtool.cli.eval import eval_command
@@ -12,6 +22,7 @@ from aprtool.cli.export import export_command
 from aprtool.cli.inspect import inspect_command
 from aprtool.cli.pretrain import pretrain_command
 from aprtool.cli.verify import verify_command
+from aprtool.errors import EXIT_USAGE
 
 app = typer.Typer(
     name="aprtool",
@@ -20,17 +31,53 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.command("pretrain", epilog=EXIT_CODES_HELP)(pretrain_command)
-app.command("distill", epilog=EXIT_CODES_HELP)(distill_command)
-app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
-app.command("verify", epilog=EXIT_CODES_HELP)(verify_command)
-app.command("compress", epilog=EXIT_CODES_HELP)(compress_command)
-app.command("export", epilog=EXIT_CODES_HELP)(export_command)
-app.command("eval", epilog=EXIT_CODES_HELP)(eval_command)
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"aprtool {__version__}\n")
+        raise typer.Exit(0)
 
 
-def main() -> None:
-    app(prog_name="aprtool")
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Train small language models and keep their weights in one checksummed APR container."""
+
+
+def _epilog(examples: str = "") -> str:
+    return f"{examples}\n{EXIT_CODES_HELP}" if examples else EXIT_CODES_HELP
+
+
+app.command("pretrain", epilog=_epilog())(pretrain_command)
+app.command("distill", epilog=_epilog())(distill_command)
+app.command("inspect", epilog=_epilog())(inspect_command)
+app.command("verify", epilog=_epilog())(verify_command)
+app.command("compress", epilog=_epilog(COMPRESS_EXAMPLES))(compress_command)
+app.command("export", epilog=_epilog())(export_command)
+app.command("eval", epilog=_epilog())(eval_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = app(args=args, prog_name="aprtool", standalone_mode=False)
+    except TyperException as exc:  # click's usage errors, as vendored by typer
+        message = exc.format_message()
+        if not message:  # `aprtool` alone: the help was printed
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "aprtool"
+        if "--json" in args:
+            fail(message, EXIT_USAGE, True)
+        else:
+            error(message)
+        sys.stderr.write(f"Try '{command} --help' for help.\n")
+        sys.exit(EXIT_USAGE)
+    sys.exit(code if isinstance(code, int) else 0)

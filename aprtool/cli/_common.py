@@ -16,7 +16,8 @@ from rich.console import Console
 from aprtool.errors import EXIT_INTERNAL, EXIT_NOT_FOUND, AprError
 from aprtool.text import printable
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text (errors too).")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists (atomically).")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,30 +49,37 @@ def to_json(data: Any) -> str:
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def fail(message: str, exit_code: int, as_json: bool) -> typer.Exit:
+    """Report an error: one line on stderr and, with --json, `{"error", "exit_code"}` on stdout, so a
+    script that parses the output parses every outcome."""
+    error(message)
+    if as_json:
+        sys.stdout.write(to_json({"error": printable(message), "exit_code": exit_code}) + "\n")
+    return typer.Exit(exit_code)
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors into their documented exit codes with a one-line message."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
         except AprError as exc:
-            error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
+            raise fail(str(exc), exc.exit_code, as_json) from None
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
-            error(f"{where}{exc.strerror or exc}")
-            raise typer.Exit(EXIT_NOT_FOUND) from None
+            raise fail(f"{where}{exc.strerror or exc}", EXIT_NOT_FOUND, as_json) from None
         except KeyboardInterrupt:
-            error("interrupted")
-            raise typer.Exit(130) from None
+            raise fail("interrupted", 130, as_json) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug in aprtool: say so in one line; APRTOOL_DEBUG=1 shows it all
             if os.environ.get("APRTOOL_DEBUG"):
                 raise
-            error(f"internal error: {type(exc).__name__}: {exc} (set APRTOOL_DEBUG=1 for the traceback)")
-            raise typer.Exit(EXIT_INTERNAL) from None
+            message = f"internal error: {type(exc).__name__}: {exc} (set APRTOOL_DEBUG=1 for the traceback)"
+            raise fail(message, EXIT_INTERNAL, as_json) from None
 
     return wrapper  # type: ignore[return-value]
 

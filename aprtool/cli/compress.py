@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,82 +10,143 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aprtool.cli._common import JsonOption, emit, handle_errors
-from aprtool.codecs.compress import DEFAULT_CLIP, CompressOptions, compress_file
-from aprtool.codecs.quant import DEFAULT_MIN_ELEMENTS
+from aprtool.cli._common import ForceOption, JsonOption, emit, handle_errors
+from aprtool.cli.choices import Codec, Passthrough, Quant
+from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.text import markup_safe
+
+_DEFAULTS = CompressOptions()
+
+EXAMPLES = """\b
+Examples:
+  aprtool compress run/model.apr              # writes run/model.int6.apr (int6 + rANS)
+  aprtool compress model.apr --dry-run --compare    # every codec's size; nothing written
+"""
+
+
+def _speed(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _headline(report: dict[str, Any]) -> str:
+    where = "dry run, nothing written" if report["dry_run"] else f"{markup_safe(report['output'])}"
+    size = "" if report["output_bytes"] is None else f": {report['output_bytes']:,} bytes"
+    return f"{where}{size} (input {report['input_bytes']:,} bytes; {report['mode']}, codec {report['codec']})"
+
+
+def _codec_summary(report: dict[str, Any]) -> str:
+    """The chosen codec's line, always printed: size, bits/weight, distance to the order-0 bound."""
+    c = report["codecs"][report["codec"]]
+    return (
+        f"{report['codec']}: {c['bytes']:,} bytes for {report['quantized_params']:,} int6 weights, "
+        f"{c['bits_per_weight']:.4f} bits/weight, {c['over_entropy_pct']:+.3f}% over the order-0 bound "
+        f"({report['entropy_bound_bytes']:,} bytes)"
+    )
+
+
+def _table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"{report['quantized_params']:,} quantized weights, same symbols for every codec")
+    for col in ("codec", "bytes", "bits/weight", "over entropy", "encode MB/s", "decode MB/s"):
+        table.add_column(col, justify="left" if col == "codec" else "right")
+    table.add_row("f32", f"{report['raw_float_bytes']:,}", "32.0000", "", "", "")
+    for name, c in sorted(report["codecs"].items(), key=lambda kv: kv[1]["bytes"]):
+        mark = " *" if name == report["codec"] else ""
+        table.add_row(
+            name + mark,
+            f"{c['bytes']:,}",
+            f"{c['bits_per_weight']:.4f}",
+            f"{c['over_entropy_pct']:+.3f}%",
+            _speed(c["encode_mb_s"]),
+            _speed(c["decode_mb_s"]),
+        )
+    bound = report["entropy_bound_bytes"]
+    table.add_row("order-0 bound", f"{bound:,}", f"{bound * 8 / report['quantized_params']:.4f}", "", "", "")
+    return table
 
 
 def _render(report: dict[str, Any]):
     def render(console: Console) -> None:
-        console.print(
-            f"{markup_safe(report['output'])}: {report['output_bytes']:,} bytes "
-            f"(input {report['input_bytes']:,} bytes; {report['mode']}, codec {report['codec']})"
-        )
+        console.print(_headline(report))
         for warning in report["warnings"]:
             console.print(f"[yellow]warning[/]: {markup_safe(warning)}")
         if not report["quantized_params"]:
-            console.print("no tensor was quantized: nothing to compare")
+            console.print("no tensor was quantized")
             return
-        table = Table(title=f"{report['quantized_params']:,} quantized weights, same symbols for every codec")
-        for col in ("codec", "bytes", "bits/weight", "over entropy", "encode MB/s", "decode MB/s"):
-            table.add_column(col, justify="left" if col == "codec" else "right")
-        table.add_row("f32", f"{report['raw_float_bytes']:,}", "32.0000", "", "", "")
-        for name, c in sorted(report["codecs"].items(), key=lambda kv: kv[1]["bytes"]):
-            mark = " *" if name == report["codec"] else ""
-            table.add_row(
-                name + mark,
-                f"{c['bytes']:,}",
-                f"{c['bits_per_weight']:.4f}",
-                f"{c['over_entropy_pct']:+.3f}%",
-                f"{c['encode_mb_s'] or 0:.1f}",
-                f"{c['decode_mb_s'] or 0:.1f}",
-            )
-        bound = report["entropy_bound_bytes"]
-        bits = bound * 8 / report["quantized_params"]
-        table.add_row("order-0 bound", f"{bound:,}", f"{bits:.4f}", "", "", "")
-        console.print(table)
+        console.print(_codec_summary(report))
+        if len(report["codecs"]) > 1:
+            console.print(_table(report))
 
     return render
+
+
+def _progress():
+    """A progress bar on stderr when it is a terminal (large models take a while); None otherwise."""
+    if not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=True,
+                   console=Console(stderr=True))  # fmt: skip
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done)
+
+    return bar, update
 
 
 @handle_errors
 def compress_command(
     src: Annotated[Path, typer.Argument(metavar="IN", help=".apr or .safetensors input.", show_default=False)],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output .apr path.", show_default=False)],
-    codec: Annotated[str, typer.Option(help="Lossless coder: rans, lzma, zstd or raw.")] = "rans",
+    out: Annotated[
+        Path | None,
+        typer.Option("-o", "--out", help="Output .apr (default: IN renamed, e.g. model.int6.apr).", show_default=False),
+    ] = None,
+    codec: Annotated[Codec, typer.Option(help="Lossless coder for the int6 symbols.")] = Codec(_DEFAULTS.codec),
     quant: Annotated[
-        str, typer.Option(help="int6: quantize float matrices once; none: keep floats as they are.")
-    ] = "int6",
+        Quant, typer.Option(help="int6: quantize float matrices once; none: keep floats as they are.")
+    ] = Quant(_DEFAULTS.quant),
     clip: Annotated[
         str,
         typer.Option(help="Row scale: absmax (max|row|/31) or std:K (K*std(row)/31, larger values clipped)."),
-    ] = DEFAULT_CLIP,
+    ] = _DEFAULTS.clip,
     min_elements: Annotated[
         int, typer.Option(help="Tensors with fewer elements (and every 1-D tensor) are not quantized.")
-    ] = DEFAULT_MIN_ELEMENTS,
+    ] = _DEFAULTS.min_elements,
     passthrough: Annotated[
-        str, typer.Option(help="Unquantized float tensors: f16 (store as fp16) or keep (unchanged).")
-    ] = "f16",
+        Passthrough, typer.Option(help="Unquantized float tensors: f16 (store as fp16) or keep (unchanged).")
+    ] = Passthrough(_DEFAULTS.passthrough),
     compare: Annotated[
-        bool, typer.Option("--compare/--no-compare", help="Also code with every codec and print the table.")
-    ] = True,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists (atomically).")] = False,
+        bool,
+        typer.Option("--compare/--no-compare", help="Also code with every codec (on every core) and print the table."),
+    ] = _DEFAULTS.compare,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Quantize and code, print the report, write nothing.")] = (
+        False
+    ),
+    force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Quantize to int6 and entropy-code an APR or safetensors file, comparing every codec.
+    """Quantize to int6 and entropy-code an APR or safetensors file.
 
     If IN is already quantized, compress repacks it with the new codec without re-quantizing;
     `aprtool verify --deep OUT` then proves the decoded content is unchanged.
     """
     options = CompressOptions(
-        codec=codec,
-        quant=quant,
+        codec=codec.value,
+        quant=quant.value,
         clip=clip,
         min_elements=min_elements,
-        passthrough=passthrough,
+        passthrough=passthrough.value,
         compare=compare,
         force=force,
+        dry_run=dry_run,
     )
-    report = compress_file(src, out, options)
+    bar, update = _progress() if not as_json else (None, None)
+    if bar is not None:
+        with bar:
+            report = compress_file(src, out, options, progress=update)
+    else:
+        report = compress_file(src, out, options)
     emit(report, as_json, _render(report))

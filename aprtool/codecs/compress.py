@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ class CompressOptions:
     clip: str = DEFAULT_CLIP
     min_elements: int = DEFAULT_MIN_ELEMENTS
     passthrough: str = "f16"  # float tensors left unquantized: stored as fp16, or kept as they are
-    compare: bool = True  # also code the symbols with every other codec for the comparison table
+    compare: bool = False  # also code the symbols with every other codec, for the comparison table
     force: bool = False  # replace an existing OUT (atomically); without it an existing OUT is refused
+    dry_run: bool = False  # everything but writing OUT
+    workers: int = 0  # threads for quantizing and coding (0: every core); 1 for clean per-codec timings
 
     def validate(self) -> Clip:
         enc.coder_for(self.codec)
@@ -48,6 +51,8 @@ class CompressOptions:
             raise UsageError(f"--passthrough {self.passthrough!r}: choose from f16, keep")
         if self.min_elements < 0:
             raise UsageError("--min-elements must be >= 0")
+        if self.workers < 0:
+            raise UsageError("workers must be >= 0")
         return Clip.parse(self.clip)
 
 
@@ -91,19 +96,87 @@ _NUMPY_NAMES = {"float32": "F32", "float16": "F16", "float64": "F64"}
 FLOATS = ("F32", "F16", "F64", "BF16")
 
 
+def default_output(src: Path, options: CompressOptions) -> Path:
+    """OUT when none is given: beside IN, named by what compress does (model.apr -> model.int6.apr, or
+    model.int6-lzma.apr for another codec; a repacked model.int6.apr -> model.int6-zstd.apr)."""
+    stem = src.name.removesuffix(".apr").removesuffix(".safetensors").removesuffix(".int6")
+    tag = options.quant + ("" if options.codec == "rans" else f"-{options.codec}")
+    return src.with_name(f"{stem}.{tag}.apr")
+
+
 def compress_file(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], options: CompressOptions | None = None
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    options: CompressOptions | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Compress `src` (.apr or .safetensors) into `dst`; return the report (the CLI's --json)."""
+    """Compress `src` (.apr or .safetensors) into `dst` (default: `default_output`); return the report
+    (the CLI's --json). `progress(stage, done, total)` is called as tensors are quantized and coded."""
     options = options or CompressOptions()
     clip = options.validate()
     src = input_file(src)
-    dst = output_path(dst, force=options.force, inputs=[src])
+    dst = Path(dst) if dst is not None else default_output(src, options)
+    if not options.dry_run:
+        dst = output_path(dst, force=options.force, inputs=[src])
     source = _Source(src)
     try:
-        return _compress(src, dst, source, options, clip)
+        plan = _plan(source, options)
+        _quantize_all(source, plan, clip, options, progress or _quiet)
+        stats = _code_all(plan, options, progress or _quiet)
+        warnings: list[str] = []
+        size = None
+        if not options.dry_run:
+            metadata, warning = embed_tokenizer(source.metadata, src)
+            warnings += [warning] if warning else []
+            size = write_apr(dst, {n: plan.out[n] for n in source.names}, metadata).size_bytes
+        return _report(src, dst, size, source, plan, stats, options, clip, warnings)
     finally:
         source.close()
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class _Plan:
+    repack: bool
+    out: dict[str, Any] = field(default_factory=dict)  # what gets written: arrays and EncodedTensors
+    quantized: dict[str, tuple[Quantized, dict[str, Any]]] = field(default_factory=dict)  # symbols + record
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # the report's per-tensor lines
+    to_quantize: list[str] = field(default_factory=list)
+
+
+def _plan(source: _Source, options: CompressOptions) -> _Plan:
+    """Per tensor: repack (decode the old codec, never re-quantize), quantize later, or pass through."""
+    plan = _Plan(repack=any(source.encoded(n) for n in source.names))
+    quantizing = not plan.repack and options.quant == "int6"
+    for name in source.names:
+        if source.encoded(name):
+            q = enc.decode(source.file, name)
+            kept = ("clip", "rel_rmse", "source_dtype")
+            record = {k: v for k, v in source.file.info(name).record.items() if k in kept}
+            plan.quantized[name] = (q, record)
+            plan.rows[name] = {"name": name, "shape": list(q.shape), "action": "repack", **record}
+            continue
+        array, dtype_name = source.array(name), source.dtype_name(name)
+        if quantizing and array.ndim >= 2 and array.size >= max(options.min_elements, 1):
+            if dtype_name not in FLOATS:
+                raise UsageError(f"tensor {name!r}: {dtype_name} is an integer tensor and cannot be int6-quantized")
+            plan.to_quantize.append(name)
+            continue
+        stored = array
+        if quantizing and options.passthrough == "f16" and dtype_name in FLOATS[:3]:
+            stored = np.asarray(array).astype(np.float16)
+        plan.out[name] = stored
+        err = relative_rmse(array, stored) if dtype_name in FLOATS[:3] else 0.0
+        plan.rows[name] = {
+            "name": name,
+            "shape": list(np.shape(array)),
+            "action": "passthrough",
+            "rel_rmse": round(err, 6),
+        }
+    return plan
 
 
 def _quantize_one(weights: np.ndarray, clip: Clip, dtype_name: str) -> tuple[Quantized, dict[str, Any]]:
@@ -117,98 +190,93 @@ def _quantize_one(weights: np.ndarray, clip: Clip, dtype_name: str) -> tuple[Qua
     return q, record
 
 
-def _compress(src: Path, dst: Path, source: _Source, options: CompressOptions, clip: Clip) -> dict[str, Any]:
-    out: dict[str, Any] = {}  # what gets written: arrays and EncodedTensors
-    quantized: dict[str, tuple[Quantized, dict[str, Any]]] = {}  # symbols + record, per quantized tensor
-    rows: dict[str, dict[str, Any]] = {}  # the report's per-tensor lines
-    repack = any(source.encoded(n) for n in source.names)
-    to_quantize: list[str] = []
+def _workers(options: CompressOptions) -> int:
+    return options.workers or os.cpu_count() or 1
 
-    # 1. decide, per tensor: repack (decode the old codec), quantize, or pass through
-    for name in source.names:
-        if source.encoded(name):
-            q = enc.decode(source.file, name)
-            record = {
-                k: v for k, v in source.file.info(name).record.items() if k in ("clip", "rel_rmse", "source_dtype")
-            }
-            quantized[name] = (q, record)
-            rows[name] = {"name": name, "shape": list(q.shape), "action": "repack", **record}
-            continue
-        array, dtype_name = source.array(name), source.dtype_name(name)
-        is_float = dtype_name in FLOATS
-        min_size = max(options.min_elements, 1)
-        if not repack and options.quant == "int6" and array.ndim >= 2 and array.size >= min_size:
-            if not is_float:
-                raise UsageError(f"tensor {name!r}: {dtype_name} is an integer tensor and cannot be int6-quantized")
-            to_quantize.append(name)
-            continue
-        stored = array
-        if not repack and options.quant == "int6" and options.passthrough == "f16" and dtype_name in FLOATS[:3]:
-            stored = np.asarray(array).astype(np.float16)
-        out[name] = stored
-        err = relative_rmse(array, stored) if dtype_name in FLOATS[:3] else 0.0
-        rows[name] = {"name": name, "shape": list(np.shape(array)), "action": "passthrough", "rel_rmse": round(err, 6)}
 
-    # 2. quantize (numpy releases the GIL: one thread per core)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        jobs = {n: pool.submit(_quantize_one, source.as_float32(n), clip, source.dtype_name(n)) for n in to_quantize}
-        for name, job in jobs.items():
+def _quantize_all(
+    source: _Source, plan: _Plan, clip: Clip, options: CompressOptions, progress: Callable[[str, int, int], None]
+) -> None:
+    """numpy releases the GIL: one thread per core."""
+    with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
+        jobs = {
+            n: pool.submit(_quantize_one, source.as_float32(n), clip, source.dtype_name(n)) for n in plan.to_quantize
+        }
+        for done, (name, job) in enumerate(jobs.items(), 1):
             q, record = job.result()
-            quantized[name] = (q, record)
-            rows[name] = {"name": name, "shape": list(q.shape), "action": "int6", **record}
+            plan.quantized[name] = (q, record)
+            plan.rows[name] = {"name": name, "shape": list(q.shape), "action": "int6", **record}
+            progress("quantize", done, len(jobs))
 
-    # 3. code the same symbols with the chosen codec (and, to compare, every other one)
+
+def _code_one(q: Quantized, record: dict[str, Any], codec: str, timed_decode: bool) -> tuple[Any, float, float]:
+    encoded = enc.encode(q, codec, record)
+    decode_s = 0.0
+    if timed_decode:  # time the decoder, and prove the round trip while at it
+        start = time.perf_counter()
+        decoded = CODERS[codec].decode(memoryview(encoded.tensor.payload)[2 * q.symbols.shape[0] :], q.symbols.size)
+        decode_s = time.perf_counter() - start
+        if not np.array_equal(decoded, q.symbols.reshape(-1)):
+            raise AssertionError(f"codec {codec} failed to round-trip")
+    return encoded.tensor, encoded.encode_seconds, decode_s
+
+
+def _code_all(plan: _Plan, options: CompressOptions, progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+    """Code every quantized tensor with the chosen codec (with --compare, with every codec, on every core:
+    LZMA and zstd release the GIL). Returns per-codec sizes and timings."""
     codecs = list(CODERS) if options.compare else [options.codec]
     stats = {c: {"bytes": 0, "encode_s": 0.0, "decode_s": 0.0} for c in codecs}
+    with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
+        jobs = {
+            (name, codec): pool.submit(_code_one, q, record, codec, options.compare)
+            for name, (q, record) in plan.quantized.items()
+            for codec in codecs
+        }
+        for done, ((name, codec), job) in enumerate(jobs.items(), 1):
+            tensor, encode_s, decode_s = job.result()
+            stats[codec]["bytes"] += len(tensor.payload)
+            stats[codec]["encode_s"] += encode_s
+            stats[codec]["decode_s"] += decode_s
+            if codec == options.codec:
+                plan.out[name] = tensor
+                plan.rows[name]["stored_bytes"] = len(tensor.payload)
+            progress("code", done, len(jobs))
+    return stats
+
+
+def _codec_line(s: dict[str, Any], weights: int, entropy_bytes: float) -> dict[str, Any]:
+    mb = weights / 1e6
+    return {
+        "bytes": s["bytes"],
+        "bits_per_weight": round(s["bytes"] * 8 / weights, 4) if weights else 0.0,
+        "over_entropy_pct": round((s["bytes"] / entropy_bytes - 1) * 100, 4) if entropy_bytes else 0.0,
+        "encode_mb_s": round(mb / s["encode_s"], 3) if s["encode_s"] else None,
+        "decode_mb_s": round(mb / s["decode_s"], 3) if s["decode_s"] else None,
+    }
+
+
+def _report(src, dst, size, source, plan, stats, options, clip, warnings) -> dict[str, Any]:
     entropy_bytes, weights = 0.0, 0
-    for name, (q, record) in quantized.items():
+    for name, (q, _) in plan.quantized.items():
         n = q.symbols.size
         weights += n
         bits = order0_entropy_bits(q.symbols, q.counts)
         entropy_bytes += bits / 8 + 2 * q.symbols.shape[0]
-        rows[name]["entropy_bits_per_weight"] = round(bits / n, 4) if n else 0.0
-        for codec in codecs:
-            encoded = enc.encode(q, codec, record)
-            payload = encoded.tensor.payload
-            stats[codec]["bytes"] += len(payload)
-            stats[codec]["encode_s"] += encoded.encode_seconds
-            if options.compare:  # time the decoder, and prove the round trip while at it
-                start = time.perf_counter()
-                decoded = CODERS[codec].decode(memoryview(payload)[2 * q.symbols.shape[0] :], n)
-                stats[codec]["decode_s"] += time.perf_counter() - start
-                if not np.array_equal(decoded, q.symbols.reshape(-1)):
-                    raise AssertionError(f"codec {codec} failed to round-trip tensor {name!r}")
-            if codec == options.codec:
-                out[name] = encoded.tensor
-                rows[name]["stored_bytes"] = len(payload)
-
-    # 4. write, and report
-    metadata, warning = embed_tokenizer(source.metadata, src)
-    result = write_apr(dst, {n: out[n] for n in source.names}, metadata)
-    warnings = [warning] if warning else []
-    table = {}
-    for codec, s in stats.items():
-        mb = weights / 1e6
-        table[codec] = {
-            "bytes": s["bytes"],
-            "bits_per_weight": round(s["bytes"] * 8 / weights, 4) if weights else 0.0,
-            "over_entropy_pct": round((s["bytes"] / entropy_bytes - 1) * 100, 4) if entropy_bytes else 0.0,
-            "encode_mb_s": round(mb / s["encode_s"], 2) if s["encode_s"] else None,
-            "decode_mb_s": round(mb / s["decode_s"], 2) if s["decode_s"] else None,
-        }
+        plan.rows[name]["entropy_bits_per_weight"] = round(bits / n, 4) if n else 0.0
     return {
         "input": str(src),
-        "output": str(dst),
+        "output": None if options.dry_run else str(dst),
+        "dry_run": options.dry_run,
         "input_bytes": src.stat().st_size,
-        "output_bytes": result.size_bytes,
-        "mode": "repack" if repack else options.quant,
+        "output_bytes": size,
+        "mode": "repack" if plan.repack else options.quant,
         "codec": options.codec,
-        "clip": None if repack else str(clip),
-        "params": sum(int(np.prod(r["shape"])) for r in rows.values()),
+        "clip": None if plan.repack else str(clip),
+        "params": sum(int(np.prod(r["shape"])) for r in plan.rows.values()),
         "quantized_params": weights,
         "raw_float_bytes": 4 * weights,
         "entropy_bound_bytes": round(entropy_bytes),
-        "codecs": table,
-        "tensors": [rows[n] for n in source.names],
+        "codecs": {c: _codec_line(s, weights, entropy_bytes) for c, s in stats.items()},
+        "tensors": [plan.rows[n] for n in source.names],
         "warnings": warnings,
     }

@@ -24,12 +24,12 @@ from aprtool.data.tokenizer import embed_tokenizer
 from aprtool.errors import IntegrityError, UsageError
 from aprtool.interop.hf_config import hf_config, require_llama
 from aprtool.interop.safetensors_io import META_KEY, SafetensorsFile, imported_metadata
+from aprtool.interop.targets import DTYPE_NAMES, TARGETS
 from aprtool.interop.tokenizer_files import gguf_vocab, tokenizer_json
 from aprtool.model.io import check_tensors, llama_config, tokenizer_info
 from aprtool.paths import input_file, output_path
 
-TARGETS = ("safetensors", "hf", "gguf", "apr")
-DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 def load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

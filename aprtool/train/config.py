@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aprtool.errors import UsageError
 
 if TYPE_CHECKING:  # the model module imports torch; the CLI reads this file just for defaults
-    from aprtool.model.llama import LlamaConfig
+    from aprtool.model.config import LlamaConfig
 
 MODEL_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "rope_theta")
 
@@ -66,7 +66,7 @@ class TrainConfig:
     log_every: int = 10
 
     def validate(self) -> TrainConfig:
-        from aprtool.model.llama import PRESETS
+        from aprtool.model.config import PRESETS
 
         if self.size not in PRESETS:
             raise UsageError(f"--size {self.size!r}: choose from {', '.join(PRESETS)}")
@@ -107,7 +107,7 @@ class TrainConfig:
         return self
 
     def model_config(self, vocab_size: int) -> LlamaConfig:
-        from aprtool.model.llama import PRESETS
+        from aprtool.model.config import PRESETS
 
         base = PRESETS[self.size]
         overrides = {name: getattr(self, name) for name in MODEL_FIELDS}
