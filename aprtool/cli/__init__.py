@@ -13,15 +13,8 @@ import typer
 from typer.exceptions import TyperException
 
 from aprtool import __version__
+from aprtool.cli import compress, distill, eval, export, inspect, pretrain, verify
 from aprtool.cli._common import EXIT_CODES_HELP, error, fail
-from aprtool.cli.compress import EXAMPLES as COMPRESS_EXAMPLES
-from aprtool.cli.compress import compress_command
-from aprtool.cli.distill import distill_command
-from aprtool.cli.eval import eval_command
-from aprtool.cli.export import export_command
-from aprtool.cli.inspect import inspect_command
-from aprtool.cli.pretrain import pretrain_command
-from aprtool.cli.verify import verify_command
 from aprtool.errors import EXIT_USAGE
 
 app = typer.Typer(
@@ -51,17 +44,10 @@ def _root(
     """Train small language models and keep their weights in one checksummed APR container."""
 
 
-def _epilog(examples: str = "") -> str:
-    return f"{examples}\n{EXIT_CODES_HELP}" if examples else EXIT_CODES_HELP
-
-
-app.command("pretrain", epilog=_epilog())(pretrain_command)
-app.command("distill", epilog=_epilog())(distill_command)
-app.command("inspect", epilog=_epilog())(inspect_command)
-app.command("verify", epilog=_epilog())(verify_command)
-app.command("compress", epilog=_epilog(COMPRESS_EXAMPLES))(compress_command)
-app.command("export", epilog=_epilog())(export_command)
-app.command("eval", epilog=_epilog())(eval_command)
+# One module per command: its function is `NAME_command`, its help ends with its EXAMPLES.
+for module in (pretrain, distill, inspect, verify, compress, export, eval):
+    name = module.__name__.rsplit(".", 1)[1]
+    app.command(name, epilog=f"{module.EXAMPLES}\n{EXIT_CODES_HELP}")(getattr(module, f"{name}_command"))
 
 
 def main(argv: list[str] | None = None) -> None:

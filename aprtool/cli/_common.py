@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -26,6 +27,18 @@ EXIT_CODES_HELP = (
     "4 not an APR file or structurally invalid; 5 verification or content check failed; "
     "9 feature not available yet."
 )
+
+
+def given_options(ctx: typer.Context, values: dict[str, Any], names: Any) -> dict[str, Any]:
+    """The options the user actually gave (command line or environment), by name, Enums as their values.
+    A resumed run keeps its checkpoint's value for every option not given, whatever the default."""
+    out = {}
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            value = values[name]
+            out[name] = value.value if isinstance(value, Enum) else value
+    return out
 
 
 def console() -> Console:

@@ -9,7 +9,11 @@ from enum import StrEnum
 
 from aprtool.codecs.coders import CODERS
 from aprtool.codecs.compress import PASSTHROUGH_MODES, QUANT_MODES
+from aprtool.data.tokenizer import KINDS
+from aprtool.distill.config import INITS, MODES
 from aprtool.interop.targets import DTYPE_NAMES, TARGETS
+from aprtool.model.config import PRESETS
+from aprtool.train.config import DEVICES, SCHEDULES
 
 
 def _choices(name: str, values: tuple[str, ...] | list[str]) -> type[StrEnum]:
@@ -21,3 +25,9 @@ Quant = _choices("Quant", QUANT_MODES)
 Passthrough = _choices("Passthrough", PASSTHROUGH_MODES)
 ExportTarget = _choices("ExportTarget", TARGETS)
 ExportDtype = _choices("ExportDtype", DTYPE_NAMES)
+Size = _choices("Size", list(PRESETS))
+TokenizerKind = _choices("TokenizerKind", KINDS)
+Schedule = _choices("Schedule", SCHEDULES)
+Device = _choices("Device", DEVICES)
+Mode = _choices("Mode", MODES)
+Init = _choices("Init", INITS)

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aprtool.cli._common import JsonOption, emit, handle_errors
+from aprtool.cli._common import JsonOption, emit, given_options, handle_errors
+from aprtool.cli.choices import Device, Init, Mode, Schedule, Size
 from aprtool.cli.pretrain import _progress_printer
 from aprtool.distill.config import DistillConfig
 from aprtool.text import markup_safe
@@ -25,11 +26,20 @@ _AUTO = {  # defaults decided at run time
 }
 
 
+EXAMPLES = """\b
+Examples:
+  aprtool distill --teacher runs/small/model.apr --out runs/student --student-layers 2
+  aprtool distill --teacher runs/small/model.apr --out runs/bw --mode blockwise --student-intermediate-size 344
+"""
+
+
 def opt(name: str, help: str) -> Any:
-    """An option whose default lives in DistillConfig (so a resumed run keeps its own values)."""
+    """An option named after its DistillConfig field, whose default it shows; defaults decided at run time
+    are said in the help text. On resume only the options given override the checkpoint."""
     default = _DEFAULTS[name]
-    shown = _AUTO.get(name, "teacher's" if default is None else default)
-    return typer.Option(f"--{name.replace('_', '-')}", help=help, show_default=str(shown))
+    if default is None:
+        help = f"{help} Default: {_AUTO.get(name, 'the teacher' + chr(39) + 's')}."
+    return typer.Option(f"--{name.replace('_', '-')}", help=help, show_default=default is not None)
 
 
 def _render(summary: dict[str, Any]):
@@ -58,11 +68,12 @@ def _render(summary: dict[str, Any]):
 
 @handle_errors
 def distill_command(
+    ctx: typer.Context,
     teacher: Annotated[Path, typer.Option("--teacher", help="The teacher: an aprtool Llama .apr (pretrain output).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoints, state.json, model.apr.")],
     student: Annotated[str | None, opt("student", "Start from this student .apr (same tokenizer) as it is.")] = None,
-    student_size: Annotated[str | None, opt("student_size", "A preset student trained from scratch.")] = None,
-    init: Annotated[str | None, opt("init", "teacher (copy what fits) or scratch.")] = None,
+    student_size: Annotated[Size | None, opt("student_size", "A preset student trained from scratch.")] = None,
+    init: Annotated[Init | None, opt("init", "teacher (copy what fits) or scratch.")] = None,
     student_layers: Annotated[
         int | None, opt("student_layers", "Student layers; from the teacher: layer i takes teacher layer i*L//N.")
     ] = None,
@@ -73,35 +84,49 @@ def distill_command(
     student_kv_heads: Annotated[
         int | None, opt("student_kv_heads", "Student KV heads; from the teacher: adjacent heads mean-pooled.")
     ] = None,
-    mode: Annotated[str | None, opt("mode", "logits (whole-model KD) or blockwise (per-block local).")] = None,
+    mode: Annotated[Mode, opt("mode", "logits (whole-model KD) or blockwise (per-block local).")] = Mode(
+        _DEFAULTS["mode"]
+    ),
     corpus: Annotated[
         str | None, opt("corpus", "Text directory or prepared shards; must use the teacher's tokenizer.")
     ] = None,
-    steps: Annotated[int | None, opt("steps", "Optimizer steps.")] = None,
-    temperature: Annotated[float | None, opt("temperature", "Logit KD temperature T.")] = None,
-    alpha: Annotated[float | None, opt("alpha", "Logit KD weight: alpha*KD*T^2 + (1-alpha)*CE.")] = None,
+    steps: Annotated[int, opt("steps", "Optimizer steps.")] = _DEFAULTS["steps"],
+    temperature: Annotated[float, opt("temperature", "Logit KD temperature T.")] = _DEFAULTS["temperature"],
+    alpha: Annotated[float, opt("alpha", "Logit KD weight: alpha*KD*T^2 + (1-alpha)*CE.")] = _DEFAULTS["alpha"],
     keys_to_learn: Annotated[
         str | None,
         opt("keys_to_learn", "entire_block, or attention and/or ffn (comma-separated): what trains in each block."),
     ] = None,
     seq_len: Annotated[int | None, opt("seq_len", "Tokens per sequence.")] = None,
-    batch_size: Annotated[int | None, opt("batch_size", "Sequences per micro-batch.")] = None,
-    grad_accum: Annotated[int | None, opt("grad_accum", "Micro-batches per optimizer step.")] = None,
-    lr: Annotated[float | None, opt("lr", "Peak learning rate.")] = None,
-    min_lr_ratio: Annotated[float | None, opt("min_lr_ratio", "Decay floor as a fraction of --lr.")] = None,
-    warmup_steps: Annotated[int | None, opt("warmup_steps", "Linear warmup steps.")] = None,
-    schedule: Annotated[str | None, opt("schedule", "Decay after warmup: cosine or linear.")] = None,
-    weight_decay: Annotated[float | None, opt("weight_decay", "AdamW weight decay (matrices only).")] = None,
-    grad_clip: Annotated[float | None, opt("grad_clip", "Gradient norm clip (per block in blockwise mode).")] = None,
-    seed: Annotated[int | None, opt("seed", "Seed for initialization and data order.")] = None,
-    device: Annotated[str | None, opt("device", "cpu or cuda (bf16 autocast on cuda).")] = None,
-    eval_every: Annotated[int | None, opt("eval_every", "Steps between held-out evaluations of the student.")] = None,
-    eval_tokens: Annotated[int | None, opt("eval_tokens", "Held-out tokens per evaluation (fixed set).")] = None,
+    batch_size: Annotated[int, opt("batch_size", "Sequences per micro-batch.")] = _DEFAULTS["batch_size"],
+    grad_accum: Annotated[int, opt("grad_accum", "Micro-batches per optimizer step.")] = _DEFAULTS["grad_accum"],
+    lr: Annotated[float, opt("lr", "Peak learning rate.")] = _DEFAULTS["lr"],
+    min_lr_ratio: Annotated[float, opt("min_lr_ratio", "Decay floor as a fraction of --lr.")] = _DEFAULTS[
+        "min_lr_ratio"
+    ],
+    warmup_steps: Annotated[int, opt("warmup_steps", "Linear warmup steps.")] = _DEFAULTS["warmup_steps"],
+    schedule: Annotated[Schedule, opt("schedule", "Decay after warmup: cosine or linear.")] = Schedule(
+        _DEFAULTS["schedule"]
+    ),
+    weight_decay: Annotated[float, opt("weight_decay", "AdamW weight decay (matrices only).")] = _DEFAULTS[
+        "weight_decay"
+    ],
+    grad_clip: Annotated[float, opt("grad_clip", "Gradient norm clip (per block in blockwise mode).")] = _DEFAULTS[
+        "grad_clip"
+    ],
+    seed: Annotated[int, opt("seed", "Seed for initialization and data order.")] = _DEFAULTS["seed"],
+    device: Annotated[Device, opt("device", "cpu or cuda (bf16 autocast on cuda).")] = Device(_DEFAULTS["device"]),
+    eval_every: Annotated[int, opt("eval_every", "Steps between held-out evaluations of the student.")] = _DEFAULTS[
+        "eval_every"
+    ],
+    eval_tokens: Annotated[int, opt("eval_tokens", "Held-out tokens per evaluation (fixed set).")] = _DEFAULTS[
+        "eval_tokens"
+    ],
     checkpoint_every: Annotated[
-        int | None, opt("checkpoint_every", "Steps between ckpt-step-NNNNNN.apr checkpoints; 0: none.")
-    ] = None,
-    keep_last: Annotated[int | None, opt("keep_last", "Step checkpoints to keep.")] = None,
-    log_every: Annotated[int | None, opt("log_every", "Steps per metrics.jsonl line.")] = None,
+        int, opt("checkpoint_every", "Steps between ckpt-step-NNNNNN.apr checkpoints; 0: none.")
+    ] = _DEFAULTS["checkpoint_every"],
+    keep_last: Annotated[int, opt("keep_last", "Step checkpoints to keep.")] = _DEFAULTS["keep_last"],
+    log_every: Annotated[int, opt("log_every", "Steps per metrics.jsonl line.")] = _DEFAULTS["log_every"],
     resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint path: continue that run exactly.")] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Re-run a completed run, or replace another run in --out.")
@@ -116,8 +141,7 @@ def distill_command(
     """
     from aprtool.distill import distill
 
-    given = locals()
-    options = {k: given[k] for k in _DEFAULTS if given.get(k) is not None}
+    options = given_options(ctx, locals(), _DEFAULTS)
     bar, update = _progress_printer(options.get("steps", _DEFAULTS["steps"]))
     if bar is not None and not as_json:
         with bar:

@@ -11,6 +11,12 @@ from rich.console import Console
 from aprtool.cli._common import JsonOption, emit, handle_errors
 from aprtool.text import markup_safe
 
+EXAMPLES = """\b
+Examples:
+  aprtool eval run/model.apr --max-tokens 20000
+  aprtool eval model.int6.apr --corpus run/data --json    # the same held-out tokens as training
+"""
+
 
 def _render(r: dict[str, Any]):
     def render(console: Console) -> None:

@@ -8,8 +8,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from aprtool.cli._common import JsonOption, emit, handle_errors
+from aprtool.cli._common import ForceOption, JsonOption, emit, handle_errors
+from aprtool.cli.choices import ExportDtype, ExportTarget
 from aprtool.text import markup_safe
+
+EXAMPLES = """\b
+Examples:
+  aprtool export model.int6.apr -o hf/ --to hf        # loads with AutoModelForCausalLM
+  aprtool export model.apr -o model.gguf --to gguf --dtype f16
+"""
 
 
 def _render(report: dict[str, Any]):
@@ -28,14 +35,14 @@ def _render(report: dict[str, Any]):
 def export_command(
     src: Annotated[Path, typer.Argument(metavar="IN", help=".apr (float or int6) or .safetensors input.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output file (a directory for --to hf).")],
-    to: Annotated[str, typer.Option("--to", help="safetensors, hf, gguf or apr.")],
+    to: Annotated[ExportTarget, typer.Option("--to", help="The format to write.")],
     dtype: Annotated[
-        str | None, typer.Option(help="f32, f16 or bf16 for float tensors (default: as stored; int6 -> f32).")
+        ExportDtype | None, typer.Option(help="Float tensors' dtype (default: as stored; int6 -> f32).")
     ] = None,
     weights_only: Annotated[
         bool, typer.Option("--weights-only", help="With --to apr: drop training state (__training__.*).")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists (atomically).")] = False,
+    force: ForceOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Export to safetensors, a Hugging Face model directory, GGUF, or APR; or import safetensors.
@@ -46,5 +53,7 @@ def export_command(
     """
     from aprtool.interop.export import export_file
 
-    report = export_file(src, out, to, dtype=dtype, weights_only=weights_only, force=force)
+    report = export_file(
+        src, out, to.value, dtype=dtype.value if dtype else None, weights_only=weights_only, force=force
+    )
     emit(report, as_json, _render(report))

@@ -14,6 +14,12 @@ from aprtool.container import inspect_file
 from aprtool.errors import EXIT_FAILED
 from aprtool.text import markup_safe
 
+EXAMPLES = """\b
+Examples:
+  aprtool inspect model.int6.apr --tensors
+  aprtool inspect model.apr --json | jq .param_count
+"""
+
 
 def _mark(value: bool | None) -> str:
     return {True: "[green]valid[/]", False: "[red]INVALID[/]", None: "unchecked"}[value]

@@ -12,18 +12,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aprtool.cli._common import JsonOption, emit, handle_errors
+from aprtool.cli._common import JsonOption, emit, given_options, handle_errors
+from aprtool.cli.choices import Device, Schedule, Size, TokenizerKind
 from aprtool.text import markup_safe
 from aprtool.train.config import TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
+EXAMPLES = """\b
+Examples:
+  aprtool pretrain --run-dir runs/tiny --size tiny --steps 200
+  aprtool pretrain --run-dir runs/tiny --resume latest      # continue it exactly
+  torchrun --nproc_per_node=2 -m aprtool pretrain --run-dir runs/ddp --time-budget 600
+"""
+
+
 def opt(name: str, help: str, *flags: str) -> Any:
-    """An option whose default lives in TrainConfig (so a resumed run keeps its own values)."""
-    default = _DEFAULTS[name]
-    shown = "preset" if default is None and name != "corpus" else default
-    return typer.Option(*(flags or (f"--{name.replace('_', '-')}",)), help=help, show_default=str(shown))
+    """An option named after its TrainConfig field, whose default it shows (a default of None depends on
+    other options, which the help text says). On resume only the options given override the checkpoint."""
+    names = flags or (f"--{name.replace('_', '-')}",)
+    return typer.Option(*names, help=help, show_default=_DEFAULTS[name] is not None)
 
 
 def _render(summary: dict[str, Any]):
@@ -69,17 +78,19 @@ def _progress_printer(total_steps: int | None):
 
 @handle_errors
 def pretrain_command(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory (checkpoints, data, model).")] = Path(
         "runs/pretrain"
     ),
     corpus: Annotated[
-        str | None,
-        opt("corpus", "Directory of text files, or a prepared shard directory. Default: stdlib sources."),
+        str | None, opt("corpus", "Directory of text files, or a prepared shard directory. Default: stdlib sources.")
     ] = None,
-    tokenizer: Annotated[str | None, opt("tokenizer", "bpe (byte-level BPE) or bytes.")] = None,
-    vocab_size: Annotated[int | None, opt("vocab_size", "BPE vocabulary size.")] = None,
-    val_fraction: Annotated[float | None, opt("val_fraction", "Fraction of files held out.")] = None,
-    size: Annotated[str | None, opt("size", "Model preset: tiny, small, medium, large.")] = None,
+    tokenizer: Annotated[TokenizerKind, opt("tokenizer", "bpe (byte-level BPE) or bytes.")] = TokenizerKind(
+        _DEFAULTS["tokenizer"]
+    ),
+    vocab_size: Annotated[int, opt("vocab_size", "BPE vocabulary size.")] = _DEFAULTS["vocab_size"],
+    val_fraction: Annotated[float, opt("val_fraction", "Fraction of files held out.")] = _DEFAULTS["val_fraction"],
+    size: Annotated[Size, opt("size", "Model preset: tiny, small, medium, large.")] = Size(_DEFAULTS["size"]),
     hidden_size: Annotated[int | None, opt("hidden_size", "Override the preset's hidden size.")] = None,
     num_layers: Annotated[int | None, opt("num_layers", "Override the preset's layer count.")] = None,
     num_heads: Annotated[int | None, opt("num_heads", "Override the preset's attention heads.")] = None,
@@ -87,49 +98,65 @@ def pretrain_command(
     intermediate_size: Annotated[int | None, opt("intermediate_size", "Override the preset's FFN width.")] = None,
     rope_theta: Annotated[float | None, opt("rope_theta", "Override RoPE base.")] = None,
     tie_word_embeddings: Annotated[
-        bool | None, opt("tie_word_embeddings", "Share embedding and output weights.", "--tie/--no-tie")
-    ] = None,
-    steps: Annotated[int | None, opt("steps", "Optimizer steps.")] = None,
-    seq_len: Annotated[int | None, opt("seq_len", "Tokens per sequence.")] = None,
-    batch_size: Annotated[int | None, opt("batch_size", "Sequences per micro-batch.")] = None,
-    grad_accum: Annotated[int | None, opt("grad_accum", "Micro-batches per optimizer step.")] = None,
-    lr: Annotated[float | None, opt("lr", "Peak learning rate.")] = None,
-    min_lr_ratio: Annotated[float | None, opt("min_lr_ratio", "Decay floor as a fraction of --lr.")] = None,
-    warmup_steps: Annotated[int | None, opt("warmup_steps", "Linear warmup steps.")] = None,
-    schedule: Annotated[str | None, opt("schedule", "Decay after warmup: cosine or linear.")] = None,
-    weight_decay: Annotated[float | None, opt("weight_decay", "AdamW weight decay (matrices only).")] = None,
-    grad_clip: Annotated[float | None, opt("grad_clip", "Gradient norm clip.")] = None,
-    seed: Annotated[int | None, opt("seed", "Seed for initialization and data order.")] = None,
-    device: Annotated[str | None, opt("device", "cpu or cuda (bf16 autocast on cuda).")] = None,
+        bool, opt("tie_word_embeddings", "Share embedding and output weights.", "--tie/--no-tie")
+    ] = _DEFAULTS["tie_word_embeddings"],
+    steps: Annotated[int, opt("steps", "Optimizer steps.")] = _DEFAULTS["steps"],
+    seq_len: Annotated[int, opt("seq_len", "Tokens per sequence.")] = _DEFAULTS["seq_len"],
+    batch_size: Annotated[int, opt("batch_size", "Sequences per micro-batch.")] = _DEFAULTS["batch_size"],
+    grad_accum: Annotated[int, opt("grad_accum", "Micro-batches per optimizer step.")] = _DEFAULTS["grad_accum"],
+    lr: Annotated[float, opt("lr", "Peak learning rate.")] = _DEFAULTS["lr"],
+    min_lr_ratio: Annotated[float, opt("min_lr_ratio", "Decay floor as a fraction of --lr.")] = _DEFAULTS[
+        "min_lr_ratio"
+    ],
+    warmup_steps: Annotated[int, opt("warmup_steps", "Linear warmup steps.")] = _DEFAULTS["warmup_steps"],
+    schedule: Annotated[Schedule, opt("schedule", "Decay after warmup: cosine or linear.")] = Schedule(
+        _DEFAULTS["schedule"]
+    ),
+    weight_decay: Annotated[float, opt("weight_decay", "AdamW weight decay (matrices only).")] = _DEFAULTS[
+        "weight_decay"
+    ],
+    grad_clip: Annotated[float, opt("grad_clip", "Gradient norm clip.")] = _DEFAULTS["grad_clip"],
+    seed: Annotated[int, opt("seed", "Seed for initialization and data order.")] = _DEFAULTS["seed"],
+    device: Annotated[Device, opt("device", "cpu or cuda (bf16 autocast on cuda).")] = Device(_DEFAULTS["device"]),
     time_budget: Annotated[
         float | None, opt("time_budget", "Wall-clock budget in seconds; phases become fractions of it.")
     ] = None,
     warmdown_frac: Annotated[
-        float | None, opt("warmdown_frac", "Warmup-stable-warmdown: linear warmdown over this last fraction.")
-    ] = None,
-    swa_frac: Annotated[float | None, opt("swa_frac", "Average the weights over this last fraction.")] = None,
-    ema: Annotated[float | None, opt("ema", "EMA decay for that averaging (0: plain mean, SWA).")] = None,
+        float, opt("warmdown_frac", "Warmup-stable-warmdown: linear warmdown over this last fraction.")
+    ] = _DEFAULTS["warmdown_frac"],
+    swa_frac: Annotated[float, opt("swa_frac", "Average the weights over this last fraction.")] = _DEFAULTS["swa_frac"],
+    ema: Annotated[float, opt("ema", "EMA decay for that averaging (0: plain mean, SWA).")] = _DEFAULTS["ema"],
     qat_frac: Annotated[
-        float | None, opt("qat_frac", "Late QAT: int6 fake quantization over this last fraction.")
-    ] = None,
-    qat_clip: Annotated[str | None, opt("qat_clip", "Clip for QAT (use the one you will compress with).")] = None,
+        float, opt("qat_frac", "Late QAT: int6 fake quantization over this last fraction.")
+    ] = _DEFAULTS["qat_frac"],
+    qat_clip: Annotated[str, opt("qat_clip", "Clip for QAT (use the one you will compress with).")] = _DEFAULTS[
+        "qat_clip"
+    ],
     qat_min_elements: Annotated[
-        int | None, opt("qat_min_elements", "QAT only weights compress would quantize (this many elements).")
-    ] = None,
+        int, opt("qat_min_elements", "QAT only weights compress would quantize (this many elements).")
+    ] = _DEFAULTS["qat_min_elements"],
     strict: Annotated[
-        bool | None, opt("strict", "Refuse to train when a configured phase cannot fit.", "--strict/--no-strict")
-    ] = None,
-    eval_every: Annotated[int | None, opt("eval_every", "Steps between held-out evaluations.")] = None,
-    eval_tokens: Annotated[int | None, opt("eval_tokens", "Held-out tokens per evaluation (fixed set).")] = None,
-    patience: Annotated[int | None, opt("patience", "Early stop after this many evals without a new best.")] = None,
-    min_delta: Annotated[float | None, opt("min_delta", "Improvement needed to count as a new best.")] = None,
-    min_evals: Annotated[int | None, opt("min_evals", "Evaluations before early stopping may fire.")] = None,
+        bool, opt("strict", "Refuse to train when a configured phase cannot fit.", "--strict/--no-strict")
+    ] = _DEFAULTS["strict"],
+    eval_every: Annotated[int, opt("eval_every", "Steps between held-out evaluations.")] = _DEFAULTS["eval_every"],
+    eval_tokens: Annotated[int, opt("eval_tokens", "Held-out tokens per evaluation (fixed set).")] = _DEFAULTS[
+        "eval_tokens"
+    ],
+    patience: Annotated[int, opt("patience", "Early stop after this many evals without a new best.")] = _DEFAULTS[
+        "patience"
+    ],
+    min_delta: Annotated[float, opt("min_delta", "Improvement needed to count as a new best.")] = _DEFAULTS[
+        "min_delta"
+    ],
+    min_evals: Annotated[int, opt("min_evals", "Evaluations before early stopping may fire.")] = _DEFAULTS["min_evals"],
     checkpoint_every: Annotated[
-        int | None, opt("checkpoint_every", "Steps between step checkpoints; 0: every --checkpoint-minutes.")
-    ] = None,
-    checkpoint_minutes: Annotated[float | None, opt("checkpoint_minutes", "Wall-time checkpoint cadence.")] = None,
-    keep_last: Annotated[int | None, opt("keep_last", "Step checkpoints to keep.")] = None,
-    log_every: Annotated[int | None, opt("log_every", "Steps per metrics.jsonl line.")] = None,
+        int, opt("checkpoint_every", "Steps between step checkpoints; 0: every --checkpoint-minutes.")
+    ] = _DEFAULTS["checkpoint_every"],
+    checkpoint_minutes: Annotated[float, opt("checkpoint_minutes", "Wall-time checkpoint cadence.")] = _DEFAULTS[
+        "checkpoint_minutes"
+    ],
+    keep_last: Annotated[int, opt("keep_last", "Step checkpoints to keep.")] = _DEFAULTS["keep_last"],
+    log_every: Annotated[int, opt("log_every", "Steps per metrics.jsonl line.")] = _DEFAULTS["log_every"],
     resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint path: continue that run exactly.")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -140,8 +167,7 @@ def pretrain_command(
     """
     from aprtool.train.loop import pretrain
 
-    given = locals()
-    overrides = {k: given[k] for k in _DEFAULTS if given.get(k) is not None}
+    overrides = given_options(ctx, locals(), _DEFAULTS)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints
     bar, update = _progress_printer(overrides.get("steps", _DEFAULTS["steps"])) if main_rank else (None, None)
     if bar is not None and not as_json:

@@ -13,6 +13,12 @@ from aprtool.container import verify_files
 from aprtool.container.verify import VerifyReport, parse_requirements
 from aprtool.text import markup_safe
 
+EXAMPLES = """\b
+Examples:
+  aprtool verify model.int6.apr --deep --strict
+  aprtool verify run/model.apr --require architecture=LlamaForCausalLM --expect-tensors 38 --json
+"""
+
 
 def _render(reports: list[VerifyReport]):
     def render(console: Console) -> None:

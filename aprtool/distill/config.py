@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from aprtool.errors import UsageError
+from aprtool.train.config import DEVICES, SCHEDULES
 
 MODES = ("logits", "blockwise")
 INITS = ("teacher", "scratch")
@@ -52,7 +53,7 @@ class DistillConfig:
     log_every: int = 10
 
     def validate(self) -> DistillConfig:
-        from aprtool.model.llama import PRESETS
+        from aprtool.model.config import PRESETS
 
         if self.mode not in MODES:
             raise UsageError(f"--mode {self.mode!r}: choose logits or blockwise")
@@ -67,10 +68,10 @@ class DistillConfig:
                 raise UsageError(f"--student-size {self.student_size!r}: choose from {', '.join(PRESETS)}")
             if self.init == "teacher":
                 raise UsageError("--student-size builds a student from scratch: drop --init teacher")
-        if self.schedule not in ("cosine", "linear"):
-            raise UsageError(f"--schedule {self.schedule!r}: choose cosine or linear")
-        if self.device not in ("cpu", "cuda"):
-            raise UsageError(f"--device {self.device!r}: choose cpu or cuda")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device {self.device!r}: choose {' or '.join(DEVICES)}")
         if not self.temperature > 0:
             raise UsageError(f"--temperature {self.temperature}: must be positive")
         if not 0 <= self.alpha <= 1:

@@ -10,6 +10,8 @@ from aprtool.errors import UsageError
 if TYPE_CHECKING:  # the model module imports torch; the CLI reads this file just for defaults
     from aprtool.model.config import LlamaConfig
 
+SCHEDULES = ("cosine", "linear")
+DEVICES = ("cpu", "cuda")
 MODEL_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "rope_theta")
 
 
@@ -72,10 +74,10 @@ class TrainConfig:
             raise UsageError(f"--size {self.size!r}: choose from {', '.join(PRESETS)}")
         if self.tokenizer not in ("bpe", "bytes"):
             raise UsageError(f"--tokenizer {self.tokenizer!r}: choose bpe or bytes")
-        if self.schedule not in ("cosine", "linear"):
-            raise UsageError(f"--schedule {self.schedule!r}: choose cosine or linear")
-        if self.device not in ("cpu", "cuda"):
-            raise UsageError(f"--device {self.device!r}: choose cpu or cuda")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device {self.device!r}: choose {' or '.join(DEVICES)}")
         for name in (
             "steps",
             "seq_len",

@@ -1,0 +1,93 @@
+"""The command line shaped like its users' habits (issue #12 §3)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import aprtool
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = tmp_path / "model.apr"
+    rng = np.random.default_rng(0)
+    aprtool.write_apr(path, {"w": rng.normal(size=(300, 256)).astype(np.float32), "b": np.ones(8, np.float32)})
+    return path
+
+
+def test_compress_without_out_writes_beside_the_input_and_says_where(cli, model, tmp_path):
+    r = cli("compress", model)
+    assert r.code == 0, r.stderr
+    assert str(tmp_path / "model.int6.apr") in r.stdout
+    assert aprtool.verify_file(tmp_path / "model.int6.apr", deep=True).valid
+    r = cli("compress", tmp_path / "model.int6.apr", "--codec", "lzma")  # a repack is named by its codec
+    assert r.code == 0 and (tmp_path / "model.int6-lzma.apr").is_file(), r.stderr
+    again = cli("compress", model)  # the default name is an existing OUT now: refused, not replaced
+    assert again.code == 2 and "--force" in again.stderr
+
+
+def test_compress_prints_its_codec_line_and_compares_only_on_request(cli, model, tmp_path):
+    r = cli("compress", model, "-o", tmp_path / "a.apr")
+    assert r.code == 0
+    assert "rans:" in r.stdout and "bits/weight" in r.stdout and "over the order-0 bound" in r.stdout
+    assert "lzma" not in r.stdout and "0.0 MB/s" not in r.stdout
+    r = cli("compress", model, "-o", tmp_path / "b.apr", "--compare", "--json")
+    assert set(r.json()["codecs"]) == {"rans", "lzma", "zstd", "raw"}
+    assert all(c["decode_mb_s"] for c in r.json()["codecs"].values())
+
+
+def test_dry_run_writes_nothing(cli, model, tmp_path):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = cli("compress", model, "--dry-run", "--compare", "--json")
+    assert r.code == 0 and r.json()["dry_run"] and r.json()["output"] is None
+    assert r.json()["codecs"]["rans"]["bytes"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_usage_errors_are_one_line_and_the_hint(cli, model):
+    for args, words in (
+        (["compress", model, "--codec", "brotli"], "'brotli' is not one of"),
+        (["compress"], "Missing argument 'IN'"),
+        (["nosuch"], "No such command"),
+        (["export", model, "-o", "x", "--to", "onnx"], "'onnx' is not one of"),
+    ):
+        r = cli(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.code == 2 and len(lines) == 2, r.stderr
+        assert lines[0].startswith("aprtool: error: ") and words in lines[0]
+        assert lines[1].startswith("Try 'aprtool") and "--help" in lines[1]
+        assert "╭" not in r.stderr and "│" not in r.stderr
+
+
+def test_with_json_every_outcome_is_json(cli, model, tmp_path):
+    usage = cli("compress", model, "--codec", "brotli", "--json")
+    assert usage.code == 2 and usage.json() == {"error": usage.json()["error"], "exit_code": 2}
+    missing = cli("export", tmp_path / "missing.apr", "-o", tmp_path / "x.apr", "--to", "apr", "--json")
+    assert missing.code == 3 and missing.json()["exit_code"] == 3 and "no such file" in missing.json()["error"]
+    bad = tmp_path / "bad.apr"
+    bad.write_bytes(b"not an apr file at all" * 10)
+    for args in (["inspect", bad, "--json"], ["eval", bad, "--json"]):
+        r = cli(*args)
+        assert r.code == 4 and json.loads(r.stdout)["exit_code"] == 4, (args, r.stdout)
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.code == 0 and r.stdout.strip() == f"aprtool {aprtool.__version__}"
+
+
+@pytest.mark.parametrize("command", ["pretrain", "distill", "inspect", "verify", "compress", "export", "eval"])
+def test_help_lists_choices_real_defaults_and_ends_with_examples(cli, command):
+    r = cli(command, "--help")
+    assert r.code == 0
+    assert "<bool>" not in r.stdout and "(None)" not in r.stdout and "[default: (" not in r.stdout
+    assert "Examples:" in r.stdout and f"aprtool {command}" in r.stdout.split("Examples:")[1]
+    if command == "compress":
+        assert "--codec <rans|lzma|zstd|raw>" in r.stdout
+    if command == "export":
+        assert "<safetensors|hf|gguf|apr>" in r.stdout
+    if command == "pretrain":
+        assert "<tiny|small|medium|large>" in r.stdout and "[default: small]" in r.stdout
