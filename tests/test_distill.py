@@ -400,7 +400,7 @@ def test_a_non_finite_block_loss_is_reported_by_block(tmp_path, teacher, shards)
 def test_option_errors_exit_2_before_any_work(tmp_path, teacher):
     for extra, said in [
         (["--keys-to-learn", "entire_block,ffn"], "do not mix"),
-        (["--mode", "bypass"], "choose logits or blockwise"),
+        (["--mode", "bypass"], "'bypass' is not one of 'logits', 'blockwise'"),
         (["--alpha", "1.5"], "between 0 and 1"),
         (["--student-size", "tiny", "--init", "teacher"], "from scratch"),
         (["--student", teacher, "--student-layers", "1"], "drop --student-layers"),
