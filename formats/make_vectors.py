@@ -77,9 +77,9 @@ def write_vector(name: str, path: Path) -> None:
 
 
 def expected_inspect(path: Path) -> dict:
-    from aprtool.container import inspect_file
+    from aprtool.files.inspect import inspect_path
 
-    info = inspect_file(path)
+    info = json.loads(json.dumps(inspect_path(path)))  # as `inspect --json` prints it
     info.pop("file")
     return info
 

@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 
 from aprtool.cli._common import JsonOption, emit, handle_errors
-from aprtool.container import verify_files
 from aprtool.container.verify import VerifyReport, parse_requirements
 from aprtool.text import markup_safe
 
@@ -36,7 +35,9 @@ def _render(reports: list[VerifyReport]):
 
 @handle_errors
 def verify_command(
-    files: Annotated[list[Path], typer.Argument(help="APR files to check.", show_default=False)],
+    files: Annotated[
+        list[Path], typer.Argument(help="APR, safetensors or GGUF files, or HF folders.", show_default=False)
+    ],
     as_json: JsonOption = False,
     deep: Annotated[
         bool, typer.Option("--deep", help="Decode encoded tensors and check their content digests.")
@@ -57,16 +58,16 @@ def verify_command(
 ) -> None:
     """Check structure, header/footer CRCs, every tensor's checksum, NaN/Inf and all-zero tensors.
 
-    A file with 0 tensors always fails. Exits with the worst code over all files:
-    3 unreadable, 4 structurally invalid, 5 a check failed.
+    APR files get every check; safetensors, GGUF and HF folders get the structural checks their format
+    allows (bounds, overlaps, sizes) and, with --deep, NaN/Inf and all-zero tensors. A file with 0 tensors
+    always fails. Exits with the worst code over all files: 3 unreadable, 4 structurally invalid, 5 a
+    check failed.
     """
-    reports = verify_files(
-        files,
-        deep=deep,
-        strict=strict,
-        expect_tensors=expect_tensors,
-        require=parse_requirements(require or []),
-    )
+    from aprtool.files.verify import verify_any
+
+    requirements = parse_requirements(require or [])
+    options = {"deep": deep, "strict": strict, "expect_tensors": expect_tensors, "require": requirements}
+    reports = [verify_any(f, **options) for f in files]
     payload = [r.to_json() for r in reports]
     emit(payload[0] if len(payload) == 1 else payload, as_json, _render(reports))
     code = max(r.exit_code for r in reports)

@@ -83,7 +83,7 @@ def parse_requirements(pairs: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _lookup(metadata: dict[str, Any], key: str) -> tuple[bool, Any]:
+def lookup(metadata: dict[str, Any], key: str) -> tuple[bool, Any]:
     """Dotted keys reach into nested objects: `aprtool.records_version`."""
     node: Any = metadata
     for part in key.split("."):
@@ -93,7 +93,7 @@ def _lookup(metadata: dict[str, Any], key: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _matches(actual: Any, wanted: str) -> bool:
+def matches(actual: Any, wanted: str) -> bool:
     if isinstance(actual, str):
         return actual == wanted
     try:
@@ -148,8 +148,8 @@ def verify_file(
         _content(f, scan, report, strict)
         _counts(f, report, expect_tensors)
         for key, wanted in require:
-            found, actual = _lookup(f.metadata, key)
-            ok = found and _matches(actual, wanted)
+            found, actual = lookup(f.metadata, key)
+            ok = found and matches(actual, wanted)
             detail = f"{key}={json.dumps(actual) if found else '(missing)'}, required {wanted}"
             report.add(f"require:{key}", ok, detail)
             if not ok:

@@ -45,6 +45,27 @@ def permute_for_rope(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+def unpermute_for_rope(weight: np.ndarray, heads: int) -> np.ndarray:
+    """The inverse of `permute_for_rope`: llama.cpp's rows back to Hugging Face's."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+_FROM_GGUF = {v: k for k, v in _TOP_NAMES.items()}
+_LAYER_FROM_GGUF = {v: k for k, v in _LAYER_NAMES.items()}
+_GGUF_LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def hf_name(name: str) -> str | None:
+    """The Hugging Face name of a llama.cpp tensor name (None if it has none)."""
+    if name in _FROM_GGUF:
+        return _FROM_GGUF[name]
+    match = _GGUF_LAYER.match(name)
+    if match and match.group(2) in _LAYER_FROM_GGUF:
+        return f"model.layers.{match.group(1)}.{_LAYER_FROM_GGUF[match.group(2)]}"
+    return None
+
+
 def write_gguf(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any], vocab: dict[str, Any]) -> int:
     """Write `path` atomically; returns its size. Tensors are float32/float16 numpy arrays."""
     import gguf

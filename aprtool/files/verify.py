@@ -1,0 +1,82 @@
+"""`verify` for every format: APR gets its full checksum verification; safetensors, GGUF and HF folders get
+every structural check their format allows (done when they are opened) and, with --deep, NaN/Inf and
+all-zero checks on every tensor this reader can decode."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from aprtool.container.verify import VerifyReport, lookup, matches, verify_file
+from aprtool.errors import EXIT_INVALID, EXIT_NOT_FOUND, AprError, FileAccessError
+from aprtool.files.detect import APR, detect
+from aprtool.files.views import open_view
+
+
+def _deep(view: Any, report: VerifyReport, strict: bool) -> None:
+    nonfinite, zero, skipped = [], [], []
+    for spec in view.tensors.values():
+        values = view.values(spec.name)
+        if values is None:
+            skipped.append(spec.dtype)
+            continue
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            nonfinite.append(f"{spec.name}: {bad} NaN/Inf")
+            report.fail(f"tensor {spec.name!r}: {bad} NaN/Inf values")
+        if values.size and not values.any():
+            zero.append(spec.name)
+    report.add("finite", not nonfinite, ", ".join(nonfinite) or "no NaN/Inf in decodable tensors")
+    report.add("nonzero", not zero, f"all-zero: {', '.join(zero)}" if zero else "no all-zero tensors",
+               severity="error" if strict else "warning")  # fmt: skip
+    for name in zero:
+        (report.fail if strict else report.warnings.append)(f"tensor {name!r}: every value is zero")
+    if skipped:
+        kinds = ", ".join(sorted(set(skipped)))
+        report.add("decoded", True, f"{len(skipped)} tensors of types {kinds} not decoded", severity="info")
+
+
+def verify_any(
+    path: str | os.PathLike[str],
+    *,
+    deep: bool = False,
+    strict: bool = False,
+    expect_tensors: int | None = None,
+    require: Sequence[tuple[str, str]] = (),
+) -> VerifyReport:
+    report = VerifyReport(file=str(path))
+    try:
+        kind = detect(path)
+        if kind == APR:
+            return verify_file(path, deep=deep, strict=strict, expect_tensors=expect_tensors, require=require)
+        view = open_view(path)
+    except AprError as exc:
+        code = EXIT_NOT_FOUND if isinstance(exc, FileAccessError) else max(exc.exit_code, EXIT_INVALID)
+        report.add("structure", False, str(exc))
+        report.fail(str(exc), code)
+        return report
+    try:
+        report.add("structure", True, f"{view.format}, {len(view.tensors)} tensors, bounds and offsets checked")
+        count = len(view.tensors)
+        if count == 0 or (expect_tensors is not None and count != expect_tensors):
+            wanted = "at least 1" if count == 0 else str(expect_tensors)
+            report.add("tensor_count", False, f"{count} tensors, expected {wanted}")
+            report.fail(f"tensor_count: {count}, expected {wanted}")
+        else:
+            report.add("tensor_count", True, f"{count} tensors")
+        fields = {**view.metadata, **view.architecture}
+        for key, wanted in require:
+            found, actual = lookup(fields, key)
+            ok = found and matches(actual, wanted)
+            detail = f"{key}={repr(actual) if found else '(missing)'}, required {wanted}"
+            report.add(f"require:{key}", ok, detail)
+            if not ok:
+                report.fail(f"metadata {detail}")
+        if deep:
+            _deep(view, report, strict)
+    finally:
+        view.close()
+    return report

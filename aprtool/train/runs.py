@@ -1,0 +1,72 @@
+"""`aprtool runs DIR`: what a pretrain or distill run directory holds, checkpoint by checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from aprtool.errors import AprError, FileAccessError
+
+
+def _pointer(ckpt: Path) -> str | None:
+    """The file name `latest` names (a plain name in ckpt/, or None)."""
+    try:
+        from aprtool.paths import read_input
+
+        name = read_input(ckpt / "latest", 4096).decode("utf-8").strip()
+    except (AprError, UnicodeDecodeError):
+        return None
+    return name if name.endswith(".apr") and "/" not in name and not name.startswith(".") else None
+
+
+def _checkpoint(path: Path, verify: bool) -> dict[str, Any]:
+    from aprtool.container import open_apr, verify_file
+
+    row: dict[str, Any] = {"file": path.name, "bytes": path.stat().st_size}
+    try:
+        with open_apr(path) as f:
+            training = f.metadata.get("training")
+        training = training if isinstance(training, dict) else {}
+        state = training.get("state") if isinstance(training.get("state"), dict) else {}
+        row |= {
+            "step": training.get("step"),
+            "epoch": training.get("epoch"),
+            "val_loss": training.get("val_loss"),
+            "best_val_loss": state.get("best_val_loss"),
+            "saved_at": training.get("saved_at"),
+        }
+        row["verified"] = verify_file(path).valid if verify else None
+    except AprError as exc:
+        row |= {"verified": False, "error": str(exc)}
+    return row
+
+
+def list_run(run_dir: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
+    """Every checkpoint of RUN_DIR/ckpt (step, epoch, held-out loss, size, verified), which ones `latest`
+    and `best` are, the final model and the run's status file if it has one."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "ckpt"
+    if not run_dir.is_dir():
+        raise FileAccessError(f"{run_dir}: no such directory")
+    files = sorted(p for p in ckpt.glob("*.apr") if p.is_file() and not p.name.startswith(".")) if ckpt.is_dir() else []
+    rows = [_checkpoint(p, verify) for p in files]
+    status = None
+    for name in ("state.json", "status.json"):
+        if (run_dir / name).is_file():
+            try:
+                status = json.loads((run_dir / name).read_text(encoding="utf-8")).get("status")
+            except (ValueError, AttributeError, OSError):
+                status = "unreadable"
+    model = run_dir / "model.apr"
+    return {
+        "run": str(run_dir),
+        "format": "aprtool run",
+        "status": status,
+        "latest": _pointer(ckpt) if ckpt.is_dir() else None,
+        "best": "best.apr" if (ckpt / "best.apr").is_file() else None,
+        "model": _checkpoint(model, verify) if model.is_file() else None,
+        "checkpoints": rows,
+        "valid": all(r.get("verified") is not False for r in rows),
+    }
