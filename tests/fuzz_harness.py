@@ -3,7 +3,8 @@
     python tests/fuzz_harness.py TARGET --cases N [--seed S] [--limit-mb 1024]
 
 TARGET is `apr` (structure, encoded payloads, verify --deep, decoding), `model` (Llama metadata and
-tensors as eval/export/distill open them) or `safetensors` (the import reader). Each case mutates a
+tensors as eval/export/distill open them), `safetensors` (the import reader) or `gguf` (inspect --stats
+and verify --deep of a GGUF file). Each case mutates a
 valid seed file; after the mutation both CRCs and every per-tensor checksum are recomputed, so the case
 reaches the deep checks and decoders instead of stopping at a checksum. A case passes when the reader
 returns or raises an AprError; any other exception is what the CLI would report as exit 1 (a bug), and
@@ -99,6 +100,17 @@ def _safetensors_seeds(d: Path) -> list[bytes]:
     tensors = {"a": torch.randn(8, 4), "b": torch.arange(6, dtype=torch.int32), "c": torch.randn(3).bfloat16()}
     save_file(tensors, str(d / "s.safetensors"), metadata={"k": "v"})
     return [(d / "s.safetensors").read_bytes()]
+
+
+def _gguf_seeds(d: Path) -> list[bytes]:
+    from aprtool.interop.export import export_file
+
+    _model_seeds(d)
+    seeds = []
+    for dtype in ("f32", "f16"):
+        export_file(d / "model.apr", d / f"{dtype}.gguf", "gguf", dtype=dtype)
+        seeds.append((d / f"{dtype}.gguf").read_bytes())
+    return seeds
 
 
 # ---------------------------------------------------------------- APR mutations (checksums re-sealed)
@@ -216,6 +228,30 @@ def mutate_safetensors(seed: bytes, rnd: random.Random) -> bytes:
     return bytes(out)
 
 
+def mutate_gguf(seed: bytes, rnd: random.Random) -> bytes:
+    """Counts, lengths, type codes, dims and offsets live in the header: overwrite a u32 or u64 there
+    with an interesting value (or flip bytes, or cut the file)."""
+    from aprtool.interop.gguf_reader import GgufFile
+
+    buf = bytearray(seed)
+    kind = rnd.choice(["int", "int", "int", "bytes", "cut"])
+    if kind == "int":
+        with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+            f.write(seed)
+            f.flush()
+            with GgufFile(f.name) as g:
+                header = g.data_start
+        for _ in range(rnd.randint(1, 3)):
+            code = rnd.choice(["<I", "<Q"])
+            value = rnd.choice([v for v in INTERESTING if v < 2 ** (struct.calcsize(code) * 8)])
+            struct.pack_into(code, buf, rnd.randrange(4, header - 8), value)
+    elif kind == "bytes":
+        _mutate_bytes(buf, rnd)
+    else:
+        buf = buf[: rnd.randrange(len(buf))]
+    return bytes(buf)
+
+
 # ---------------------------------------------------------------- targets
 
 
@@ -246,12 +282,27 @@ def read_safetensors_file(path: Path) -> None:
     from aprtool.interop.safetensors_io import read_safetensors
 
     read_safetensors(path)
+    read_any(path)
+
+
+def read_any(path: Path) -> None:
+    """What inspect --stats and verify --deep do with a safetensors or GGUF file."""
+    from aprtool.files.inspect import inspect_path
+    from aprtool.files.verify import verify_any
+
+    inspect_path(path, stats=True)
+    report = verify_any(path, deep=True)
+    if not report.valid:  # the readers' rejections surface here, as an AprError would
+        from aprtool.errors import FormatError
+
+        raise FormatError("; ".join(report.errors))
 
 
 TARGETS = {
     "apr": (_apr_seeds, mutate_apr, read_apr, ".apr"),
     "model": (_model_seeds, mutate_apr, read_model, ".apr"),
     "safetensors": (_safetensors_seeds, mutate_safetensors, read_safetensors_file, ".safetensors"),
+    "gguf": (_gguf_seeds, mutate_gguf, read_any, ".gguf"),
 }
 
 

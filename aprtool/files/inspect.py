@@ -19,7 +19,11 @@ def tensor_stats(values: np.ndarray | None) -> dict[str, Any] | None:
     """min/max/mean/std and the fraction of zeros, over finite values; NaN/Inf counted apart."""
     if values is None:
         return None
-    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    with np.errstate(all="ignore"):  # signalling NaNs from a file must not print warnings
+        return _stats(np.asarray(values, dtype=np.float32).reshape(-1))
+
+
+def _stats(flat: np.ndarray) -> dict[str, Any]:
     finite = np.isfinite(flat)
     good = flat[finite] if not finite.all() else flat
     out: dict[str, Any] = {"nonfinite": int(flat.size - good.size)}

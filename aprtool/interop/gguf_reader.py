@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from aprtool.container.constants import MAX_NDIM
-from aprtool.errors import FormatError, NotAprError, TruncatedError
+from aprtool.container.constants import MAX_DECODED_ELEMENTS, MAX_NDIM
+from aprtool.errors import FormatError, LimitError, NotAprError, TruncatedError
 from aprtool.paths import open_input
 
 MAGIC = b"GGUF"
@@ -133,6 +133,10 @@ class GgufFile:
         if ndim > MAX_NDIM:
             raise FormatError(f"{self.path}: tensor {name[:80]!r} has {ndim} dimensions (at most {MAX_NDIM})")
         shape = tuple(cur.unpack("Q", f"dims of {name!r}") for _ in range(ndim))
+        if math.prod(d for d in shape if d) > MAX_DECODED_ELEMENTS:  # even beside a zero dim: numpy refuses it
+            raise LimitError(
+                f"{self.path}: tensor {name[:80]!r} shape {list(shape)} exceeds {MAX_DECODED_ELEMENTS:,} elements"
+            )
         kind = cur.unpack("I", f"type of {name!r}")
         if kind not in GGMLQuantizationType._value2member_map_:
             raise FormatError(f"{self.path}: tensor {name[:80]!r} has unknown ggml type {kind}")

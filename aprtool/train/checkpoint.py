@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,8 @@ def write_checkpoint(
     """Write one checkpoint atomically; returns its tensor count. Raises AprError on failure."""
     optim, optim_meta = optimizer_tensors(optimizer, param_names)
     tensors = {**{k: v.detach().cpu() for k, v in weights.items()}, **optim, **rng_tensors()}
-    training = {**training, "optimizer": optim_meta, "rng": rng_metadata()}
+    saved_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # this file's own save time
+    training = {**training, "saved_at": saved_at, "optimizer": optim_meta, "rng": rng_metadata()}
     write_apr(path, tensors, {**metadata, "training": training})
     return len(tensors)
 
