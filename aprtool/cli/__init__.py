@@ -13,7 +13,7 @@ import typer
 from typer.exceptions import TyperException
 
 from aprtool import __version__
-from aprtool.cli import compress, diff, distill, eval, export, inspect, pretrain, runs, verify
+from aprtool.cli import compress, diff, distill, eval, export, inspect, plot, pretrain, runs, verify
 from aprtool.cli._common import EXIT_CODES_HELP, error, fail
 from aprtool.errors import EXIT_USAGE
 
@@ -45,7 +45,7 @@ def _root(
 
 
 # One module per command: its function is `NAME_command`, its help ends with its EXAMPLES.
-for module in (pretrain, distill, inspect, verify, diff, compress, export, eval, runs):
+for module in (pretrain, distill, inspect, verify, diff, compress, export, eval, runs, plot):
     name = module.__name__.rsplit(".", 1)[1]
     app.command(name, epilog=f"{module.EXAMPLES}\n{EXIT_CODES_HELP}")(getattr(module, f"{name}_command"))
 

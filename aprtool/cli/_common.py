@@ -19,6 +19,14 @@ from aprtool.text import printable
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text (errors too).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists (atomically).")]
+TensorboardOption = Annotated[
+    bool,
+    typer.Option(
+        "--tensorboard",
+        help="Also write the metrics as TensorBoard event files in RUN_DIR/tensorboard/ "
+        "(needs: pip install 'aprtool[tensorboard]').",
+    ),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aprtool.cli._common import JsonOption, emit, given_options, handle_errors
+from aprtool.cli._common import JsonOption, TensorboardOption, emit, given_options, handle_errors
+from aprtool.cli._progress import NO_PLOT, training_progress
 from aprtool.cli.choices import Device, Init, Mode, Schedule, Size
-from aprtool.cli.pretrain import _progress_printer
 from aprtool.distill.config import DistillConfig
 from aprtool.text import markup_safe
 
@@ -61,6 +62,7 @@ def _render(summary: dict[str, Any]):
             elif isinstance(value, list) and value and isinstance(value[0], float):
                 value = ", ".join(f"{v:.4g}" for v in value)
             table.add_row(key, markup_safe(value))
+        table.add_row("curves", markup_safe(summary["curves"] or NO_PLOT))
         console.print(table)
 
     return render
@@ -131,6 +133,7 @@ def distill_command(
     force: Annotated[
         bool, typer.Option("--force", help="Re-run a completed run, or replace another run in --out.")
     ] = False,
+    tensorboard: TensorboardOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Distill a teacher into a smaller student (logit KD or blockwise); leaves a verified OUT/model.apr.
@@ -142,10 +145,6 @@ def distill_command(
     from aprtool.distill import distill
 
     options = given_options(ctx, locals(), _DEFAULTS)
-    bar, update = _progress_printer(options.get("steps", _DEFAULTS["steps"]))
-    if bar is not None and not as_json:
-        with bar:
-            summary = distill(teacher, out, options, resume=resume, force=force, progress=update)
-    else:
-        summary = distill(teacher, out, options, resume=resume, force=force)
+    with training_progress(not (as_json and sys.stderr.isatty())) as update:
+        summary = distill(teacher, out, options, resume=resume, force=force, progress=update, tensorboard=tensorboard)
     emit(summary, as_json, _render(summary))

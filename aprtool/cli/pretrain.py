@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aprtool.cli._common import JsonOption, emit, given_options, handle_errors
+from aprtool.cli._common import JsonOption, TensorboardOption, emit, given_options, handle_errors
+from aprtool.cli._progress import NO_PLOT, training_progress
 from aprtool.cli.choices import Device, Schedule, Size, TokenizerKind
 from aprtool.text import markup_safe
 from aprtool.train.config import TrainConfig
@@ -46,34 +47,10 @@ def _render(summary: dict[str, Any]):
         ):  # fmt: skip
             value = summary[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else markup_safe(value))
+        table.add_row("curves", markup_safe(summary["curves"] or NO_PLOT))
         console.print(table)
 
     return render
-
-
-def _progress_printer(total_steps: int | None):
-    """A rich progress bar on a terminal; nothing extra (the log lines) otherwise."""
-    if not sys.stderr.isatty():
-        return None, None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("step {task.completed}/{task.total}"),
-        BarColumn(),
-        TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task = bar.add_task("train", total=total_steps, loss="-", tps="-")
-
-    def update(record: dict[str, Any]) -> None:
-        fields_ = {}
-        if "loss" in record:
-            fields_ = {"loss": f"{record['loss']:.3f}", "tps": f"{record['tokens_per_s']:.0f}"}
-        bar.update(task, completed=record["step"], **fields_)
-
-    return bar, update
 
 
 @handle_errors
@@ -158,6 +135,7 @@ def pretrain_command(
     keep_last: Annotated[int, opt("keep_last", "Step checkpoints to keep.")] = _DEFAULTS["keep_last"],
     log_every: Annotated[int, opt("log_every", "Steps per metrics.jsonl line.")] = _DEFAULTS["log_every"],
     resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint path: continue that run exactly.")] = None,
+    tensorboard: TensorboardOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train a Llama-style model with crash-safe checkpoints; leaves a verified RUN_DIR/model.apr.
@@ -169,11 +147,7 @@ def pretrain_command(
 
     overrides = given_options(ctx, locals(), _DEFAULTS)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints
-    bar, update = _progress_printer(overrides.get("steps", _DEFAULTS["steps"])) if main_rank else (None, None)
-    if bar is not None and not as_json:
-        with bar:
-            summary = pretrain(run_dir, overrides, resume=resume, progress=update)
-    else:
-        summary = pretrain(run_dir, overrides, resume=resume)
+    with training_progress(main_rank and not (as_json and sys.stderr.isatty())) as update:
+        summary = pretrain(run_dir, overrides, resume=resume, progress=update, tensorboard=tensorboard)
     if main_rank:
         emit(summary, as_json, _render(summary))

@@ -11,7 +11,6 @@ The checkpoint machinery, data pipeline, model, evaluation and schedule are pret
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -45,13 +44,15 @@ from aprtool.train.loop import (
     _code_version,
     _param_groups,
     _stderr_log,
-    _truncate_metrics,
     catch_signals,
     evaluate,
     interrupted,
     model_metadata,
     seed_everything,
 )
+from aprtool.train.metrics import MetricsLog, require_tensorboard
+from aprtool.train.plot import try_plot
+from aprtool.train.runs import write_run_config
 from aprtool.train.schedule import learning_rate
 
 CKPT_PREFIX = "ckpt-step-"
@@ -88,12 +89,15 @@ def distill(
     force: bool = False,
     log: Callable[[str], None] = _stderr_log,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Distill `teacher` into a student in `out`; return the summary. `options` are DistillConfig fields;
     on resume the checkpoint's config is the base and only the fields given here change (those that
     would alter the run are refused, naming the field)."""
     out = Path(out)
     options = dict(options or {})
+    if tensorboard:
+        require_tensorboard()
     if force and resume is not None:
         raise UsageError("--force starts over and --resume continues: choose one")
     ckpts = CheckpointDir(out / "ckpt", keep_last=5, log=log, prefix=CKPT_PREFIX)
@@ -152,7 +156,7 @@ def distill(
             log(message)
             return {**previous, "skipped": True, "message": message, "out": str(out), "model": str(model_path)}
         if action == "export-again":
-            return distill(teacher, out, options, resume="latest", log=log, progress=progress)
+            return distill(teacher, out, options, resume="latest", log=log, progress=progress, tensorboard=tensorboard)
     ckpts.prepare()
 
     # --- student, teacher, optimizer, state
@@ -165,13 +169,11 @@ def distill(
     params = [p for g in groups for p in g["params"]]
     blocks = block_parameters(student)
     state = DistillState(log_blocks=[0.0] * plan.config.num_layers)
-    metrics_path = out / "metrics.jsonl"
+    metrics = MetricsLog(out, tensorboard=tensorboard)
     if ckpt is not None:
         state = DistillState.from_dict(restore_training(ckpt, student, optimizer, names))
-        _truncate_metrics(metrics_path, state.step)
         log(f"resumed from {ckpt.path.name} at step {state.step}")
-    else:
-        metrics_path.unlink(missing_ok=True)
+    metrics.start(state.step, fresh=ckpt is None)
     start = start_digests(student, learned)
     start_step = state.step
     loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader)
@@ -196,6 +198,9 @@ def distill(
         **model_metadata(student, corpus_origin, tok_info, name="aprtool-distill"),
         "distillation": distillation,
     }
+    write_run_config(out, "distill", cfg.to_dict(), model=student.cfg.to_metadata(), distillation=distillation,
+                     tokenizer=without_tokenizer_text(tok_info), resumed_from=ckpt and ckpt.path.name,
+                     aprtool_version=_code_version())  # fmt: skip
 
     def training_meta() -> dict[str, Any]:
         return {
@@ -233,6 +238,9 @@ def distill(
     # --- the loop; signals finish the step, checkpoint and exit 130/143
     started = time.monotonic() - state.wall_seconds
     interval_start, interval_tokens = time.monotonic(), 0
+    if progress:
+        progress({"event": "start", "step": state.step, "total_steps": cfg.steps, "time_budget": None,
+                  "wall_seconds": state.wall_seconds})  # fmt: skip
     caught, restore_signals = catch_signals()
     try:
         student.train()
@@ -290,6 +298,8 @@ def distill(
             state.log_steps += 1
             state.log_grad_max = max(state.log_grad_max, grad_norm)
             state.wall_seconds = time.monotonic() - started
+            if progress:
+                progress({"event": "step", "step": state.step, "wall_seconds": state.wall_seconds})
             record: dict[str, Any] = {}
 
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
@@ -324,10 +334,9 @@ def distill(
                 )
 
             if record:
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                metrics.write(record)
                 if progress:
-                    progress(record)
+                    progress({"event": "log", **record})
 
             if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or caught:
                 checkpoint(ckpts.step_path(state.step))
@@ -342,6 +351,7 @@ def distill(
         raise
     finally:
         ckpts.finish()
+        metrics.close()
         restore_signals()
 
     # --- the end: a final checkpoint (the trained student's safe copy), then the export, proven
@@ -396,4 +406,5 @@ def distill(
         "exported_tensors": checked["tensors"],
         "wall_seconds": round(state.wall_seconds, 2),
         "latest": latest.name if latest else None,
+        "curves": try_plot(out),
     }

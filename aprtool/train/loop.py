@@ -11,7 +11,6 @@ around the corpus and counts epochs; a non-finite loss stops the run with an err
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import signal
@@ -46,7 +45,10 @@ from aprtool.train.checkpoint import (
 )
 from aprtool.train.config import TrainConfig, resume_differences
 from aprtool.train.distributed import Dist, init_distributed, shutdown
+from aprtool.train.metrics import MetricsLog, require_tensorboard
 from aprtool.train.phases import Phases
+from aprtool.train.plot import try_plot
+from aprtool.train.runs import write_run_config
 from aprtool.train.schedule import learning_rate
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -172,14 +174,6 @@ def _param_groups(model: LlamaForCausalLM, weight_decay: float) -> tuple[list[di
     return groups, [n for n, _ in decay + no_decay]
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint: those steps are about to be re-run."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def model_metadata(
     model: LlamaForCausalLM, data_source: str | None, tokenizer: dict[str, Any], *, name: str = "aprtool-pretrain"
 ) -> dict[str, Any]:
@@ -241,20 +235,24 @@ def pretrain(
     resume: str | None = None,
     log: Callable[[str], None] = _stderr_log,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train; return the summary. `overrides` are TrainConfig fields; on resume the checkpoint's
     config is the base and only the fields given here change (those that would alter the run's
-    math are refused, naming the field)."""
+    math are refused, naming the field). `progress` receives start/step/log events (train.progress);
+    `tensorboard` also writes the metrics as TensorBoard event files."""
     run_dir = Path(run_dir)
     overrides = dict(overrides or {})
+    if tensorboard:
+        require_tensorboard()
     d = init_distributed(overrides.get("device", "cpu"))
     try:
-        return _pretrain(run_dir, overrides, resume, log if d.main else lambda _m: None, progress, d)
+        return _pretrain(run_dir, overrides, resume, log if d.main else lambda _m: None, progress, tensorboard, d)
     finally:
         shutdown(d)
 
 
-def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, Any]:
+def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -> dict[str, Any]:
     ckpts = CheckpointDir(run_dir / "ckpt", keep_last=5, log=log)
 
     # --- configuration (fresh, or from the checkpoint being resumed)
@@ -306,17 +304,22 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
     groups, names = _param_groups(model, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
     state = RunState()
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics = MetricsLog(run_dir, tensorboard=tensorboard and d.main)
     if ckpt is not None:
         state = RunState.from_dict(restore_training(ckpt, model, optimizer, names))
-        _truncate_metrics(metrics_path, state.step)
         log(f"resumed from {ckpt.path.name} at step {state.step}")
+    if d.main:
+        metrics.start(state.step)
     if d.from_main(state.step) != state.step:
         raise IntegrityError("ranks disagree on the resume step")
     loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader, d.rank, d.world)
     net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     metadata = model_metadata(model, cfg.corpus, tok_info)
     params = [p for g in groups for p in g["params"]]
+    if d.main:
+        write_run_config(run_dir, "pretrain", cfg.to_dict(), model=model.cfg.to_metadata(), world_size=d.world,
+                         tokenizer=without_tokenizer_text(tok_info), resumed_from=ckpt and ckpt.path.name,
+                         aprtool_version=_code_version())  # fmt: skip
 
     def training_meta() -> dict[str, Any]:
         return {
@@ -354,6 +357,9 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
     # --- signals: finish the step, checkpoint, exit 130/143
     started = time.monotonic() - state.wall_seconds
     last_ckpt = time.monotonic()
+    if progress:
+        progress({"event": "start", "step": state.step, "total_steps": cfg.steps, "time_budget": cfg.time_budget,
+                  "wall_seconds": state.wall_seconds})  # fmt: skip
     interval_start, interval_tokens = time.monotonic(), 0
     caught, restore_signals = catch_signals()
     try:
@@ -412,6 +418,8 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
             state.epoch_grad_max = max(state.epoch_grad_max, grad_norm)
             state.wall_seconds = d.max(time.monotonic() - started)
             finished = phases.done(state.step, state.wall_seconds)
+            if progress:
+                progress({"event": "step", "step": state.step, "wall_seconds": state.wall_seconds})
             record: dict[str, Any] = {}
 
             if state.step % cfg.log_every == 0 or finished:
@@ -421,7 +429,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
                     "step": state.step, "loss": state.train_loss, "lr": lr, "grad_norm_max": state.log_grad_max,
                     "tokens_seen": state.tokens_seen, "epoch": state.loader.epoch,
                     "tokens_per_s": interval_tokens / max(now - interval_start, 1e-9),
-                    "wall_seconds": state.wall_seconds,
+                    "wall_seconds": state.wall_seconds, "phases": {k: v["step"] for k, v in state.phases.items()},
                 }  # fmt: skip
                 state.log_loss, state.log_steps, state.log_grad_max = 0.0, 0, 0.0
                 interval_start, interval_tokens = now, 0
@@ -469,10 +477,9 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
                 log(f"step {state.step}: val_loss {state.val_loss:.4f} (best {state.best_val_loss:.4f})")
 
             if record and d.main:
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                metrics.write(record)
                 if progress:
-                    progress(record)
+                    progress({"event": "log", **record})
 
             due = (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or (
                 not cfg.checkpoint_every and time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60
@@ -489,6 +496,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
                 )  # fmt: skip
     finally:
         ckpts.finish()
+        metrics.close()
         restore_signals()
 
     # --- the end: a final checkpoint, then the weights-only model, verified before reporting success
@@ -528,6 +536,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, d: Dist) -> dict[str, A
         "phases": state.phases,
         "averaged": averaged,
         "world_size": d.world,
+        "curves": try_plot(run_dir) if d.main else None,
     }
 
 

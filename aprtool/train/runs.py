@@ -70,3 +70,27 @@ def list_run(run_dir: str | os.PathLike[str], *, verify: bool = True) -> dict[st
         "checkpoints": rows,
         "valid": all(r.get("verified") is not False for r in rows),
     }
+
+
+RUN_CONFIG = "config.json"
+
+
+def write_run_config(run_dir: Path, command: str, config: dict[str, Any], **resolved: Any) -> Path:
+    """RUN_DIR/config.json, written when a run starts or resumes: every option with its default filled in
+    (`config`), what was decided at run time (`resolved`: model shape, tokenizer, world size, the
+    checkpoint resumed from) and the command line, so a run can be repeated or compared."""
+    import sys
+    import time
+
+    from aprtool.atomic import atomic_write_text
+
+    document = {
+        "command": command,
+        "argv": sys.argv[1:],
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config,
+        **resolved,
+    }
+    path = run_dir / RUN_CONFIG
+    atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
+    return path
