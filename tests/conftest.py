@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # fixtures/ (shared corpora and models) imports as a package
+    sys.path.insert(0, str(ROOT))
 
 
 class CliResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,21 @@ def test_help_lists_choices_real_defaults_and_ends_with_examples(cli, command):
         assert "<safetensors|hf|gguf|apr>" in r.stdout
     if command == "pretrain":
         assert "<tiny|small|medium|large>" in r.stdout and "[default: small]" in r.stdout
+
+
+def test_every_command_has_a_guide_page_with_its_help_examples():
+    import importlib
+
+    from aprtool.cli import app
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guide"
+    names = sorted(c.name for c in app.registered_commands)
+    index = (guide / "README.md").read_text()
+    for name in names:
+        page = (guide / f"{name}.md").read_text()
+        assert f"({name}.md)" in index, name
+        examples = importlib.import_module(f"aprtool.cli.{name}").EXAMPLES
+        for line in examples.splitlines():
+            command = line.split("  #")[0].strip()
+            if command.startswith(("aprtool ", "torchrun ")):
+                assert command in page, (name, command)

@@ -214,3 +214,18 @@ def test_runs_flags_a_damaged_checkpoint(cli, run, tmp_path):
     assert r.code == 5
     rows = {row["file"]: row for row in r.json()["checkpoints"]}
     assert rows["step-000002.apr"]["verified"] is False and rows["step-000004.apr"]["verified"] is True
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_reference_models_in_fixtures_are_valid_self_contained_and_scorable(cli, tmp_path):
+    from fixtures.corpora import materialize
+
+    model, packed = FIXTURES / "models" / "tiny-bytes.apr", FIXTURES / "models" / "tiny-bytes.int6.apr"
+    r = cli("verify", "--deep", "--json", model, packed, "--require", "tokenizer.kind=bytes")
+    assert r.code == 0, r.stdout
+    corpus = materialize("tiny", tmp_path / "corpus")
+    scores = [cli("eval", m, "--corpus", corpus, "--json").json()["bits_per_byte"] for m in (model, packed)]
+    assert 0 < scores[0] < 6 and abs(scores[1] - scores[0]) < 0.1  # trained (bytes: 8 bits untrained)
+    assert cli("diff", model, packed, "--atol", "0.5").code == 0

@@ -20,6 +20,7 @@ from aprtool import open_apr, verify_file
 from aprtool.data.prepare import prepare_corpus
 from aprtool.errors import UsageError
 from aprtool.train.loop import pretrain
+from fixtures.corpora import materialize
 
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -50,9 +51,7 @@ def shards(tmp_path_factory, text_corpus) -> Path:
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     """Four small files: a few thousand tokens, so a short run wraps around several times."""
-    root = tmp_path_factory.mktemp("tiny-corpus")
-    for name in ["this.py", "keyword.py", "colorsys.py", "bisect.py"]:
-        shutil.copyfile(STDLIB / name, root / name)
+    root = materialize("tiny", tmp_path_factory.mktemp("tiny-corpus"))
     out = tmp_path_factory.mktemp("tiny-shards")
     prepare_corpus(root, out, tokenizer="bytes", val_fraction=0.25)
     return out

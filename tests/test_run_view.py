@@ -14,9 +14,7 @@ from test_hostile import one_line_error
 
 from aprtool.train.config import TrainConfig
 from aprtool.train.progress import RunProgress, log_line
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fixtures.corpora import materialize  # noqa: E402
+from fixtures.corpora import materialize
 
 TINY = ("--size", "tiny", "--tokenizer", "bytes", "--seq-len", "32", "--batch-size", "2", "--eval-tokens", "256")
 
