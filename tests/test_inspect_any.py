@@ -229,3 +229,14 @@ def test_reference_models_in_fixtures_are_valid_self_contained_and_scorable(cli,
     scores = [cli("eval", m, "--corpus", corpus, "--json").json()["bits_per_byte"] for m in (model, packed)]
     assert 0 < scores[0] < 6 and abs(scores[1] - scores[0]) < 0.1  # trained (bytes: 8 bits untrained)
     assert cli("diff", model, packed, "--atol", "0.5").code == 0
+
+
+def test_export_reads_an_hf_folder_by_content_and_refuses_gguf(cli, files, tmp_path):
+    back = tmp_path / "back.apr"
+    r = cli("export", files["hf"], "-o", back, "--to", "apr")
+    assert r.code == 0, r.stderr
+    assert cli("diff", files["apr"], back).code == 0
+    disguised = tmp_path / "model.safetensors"  # a GGUF file whatever its name says
+    shutil.copyfile(files["gguf"], disguised)
+    one_line_error(cli("export", disguised, "-o", tmp_path / "x.apr", "--to", "apr"), 2, "GGUF")
+    assert not (tmp_path / "x.apr").exists()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from pathlib import Path
 
 from aprtool.container.constants import MAGIC as APR_MAGIC
-from aprtool.errors import FileAccessError, NotAprError
+from aprtool.errors import FileAccessError, FormatError, NotAprError
 from aprtool.paths import input_file, open_input
 
 APR, SAFETENSORS, GGUF, HF, RUN = "apr", "safetensors", "gguf", "hf", "run"
@@ -33,4 +34,28 @@ def detect(path: str | os.PathLike[str]) -> str:
         return GGUF
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path) - 8:
         return SAFETENSORS
+    if path.suffix == ".safetensors":  # no magic matched: the safetensors reader names what is wrong
+        return SAFETENSORS
     raise NotAprError(f"{path}: not an APR, safetensors or GGUF file (unrecognised magic {head[:8]!r})")
+
+
+def hf_shard_names(path: Path) -> list[str]:
+    """model.safetensors, or the files `model.safetensors.index.json` names: plain names in this folder only."""
+    from aprtool.paths import read_input
+
+    index = path / "model.safetensors.index.json"
+    if not index.exists():
+        if not (path / "model.safetensors").is_file():
+            raise FormatError(f"{path}: no model.safetensors and no model.safetensors.index.json")
+        return ["model.safetensors"]
+    try:
+        weight_map = json.loads(read_input(index)).get("weight_map")
+    except (ValueError, AttributeError):
+        raise FormatError(f"{index}: not a safetensors index (JSON object with a weight_map)") from None
+    if not isinstance(weight_map, dict):
+        raise FormatError(f"{index}: weight_map must be an object")
+    names = sorted({v for v in weight_map.values()})
+    for name in names:
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith(".") or not name:
+            raise FormatError(f"{index}: shard {str(name)[:60]!r} is not a file name in this folder")
+    return names

@@ -19,7 +19,7 @@ import numpy as np
 
 from aprtool.container import constants as C
 from aprtool.errors import FormatError
-from aprtool.files.detect import APR, GGUF, HF, SAFETENSORS, detect
+from aprtool.files.detect import APR, GGUF, HF, SAFETENSORS, detect, hf_shard_names
 
 ARCH_KEYS = ("architecture", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
              "num_kv_heads", "max_position_embeddings", "tie_word_embeddings")  # fmt: skip
@@ -141,7 +141,7 @@ class HfView:
         except ValueError as exc:
             raise FormatError(f"{path / 'config.json'}: not valid JSON ({str(exc)[:80]})") from None
         self.architecture = apr_metadata_from_hf(self.metadata, str(path / "config.json"))
-        self.shards = {name: SafetensorsView(path / name) for name in _shard_names(path)}
+        self.shards = {name: SafetensorsView(path / name) for name in hf_shard_names(path)}
         self.size_bytes = sum(v.size_bytes for v in self.shards.values())
         self.tensors, self._where = {}, {}
         for shard in self.shards.values():
@@ -155,28 +155,6 @@ class HfView:
 
     def close(self) -> None:
         pass
-
-
-def _shard_names(path: Path) -> list[str]:
-    """model.safetensors, or the files `model.safetensors.index.json` names: plain names in this folder only."""
-    from aprtool.paths import read_input
-
-    index = path / "model.safetensors.index.json"
-    if not index.exists():
-        if not (path / "model.safetensors").is_file():
-            raise FormatError(f"{path}: no model.safetensors and no model.safetensors.index.json")
-        return ["model.safetensors"]
-    try:
-        weight_map = json.loads(read_input(index)).get("weight_map")
-    except (ValueError, AttributeError):
-        raise FormatError(f"{index}: not a safetensors index (JSON object with a weight_map)") from None
-    if not isinstance(weight_map, dict):
-        raise FormatError(f"{index}: weight_map must be an object")
-    names = sorted({v for v in weight_map.values()})
-    for name in names:
-        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith(".") or not name:
-            raise FormatError(f"{index}: shard {str(name)[:60]!r} is not a file name in this folder")
-    return names
 
 
 VIEWS = {APR: AprView, SAFETENSORS: SafetensorsView, GGUF: GgufView, HF: HfView}

@@ -21,7 +21,8 @@ from aprtool.atomic import atomic_path, atomic_write_text, fsync_dir, temp_path
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.data.tokenizer import embed_tokenizer
-from aprtool.errors import IntegrityError, UsageError
+from aprtool.errors import FormatError, IntegrityError, UsageError
+from aprtool.files.detect import APR, HF, SAFETENSORS, detect, hf_shard_names
 from aprtool.interop.hf_config import hf_config, require_llama
 from aprtool.interop.safetensors_io import META_KEY, SafetensorsFile, imported_metadata
 from aprtool.interop.targets import DTYPE_NAMES, TARGETS
@@ -33,10 +34,16 @@ DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), s
 
 
 def load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every tensor of `src` as torch (int6 tensors dequantized to float32) and its metadata."""
-    src = input_file(src)
-    if src.suffix == ".safetensors":
-        return _load_safetensors(src)
+    """Every tensor of `src` as torch (int6 tensors dequantized to float32) and its metadata. The format is
+    read from the content: APR, safetensors, or an HF folder (config.json + safetensors shards)."""
+    kind = detect(src)
+    if kind == SAFETENSORS:
+        return _load_safetensors(input_file(src))
+    if kind == HF:
+        return _load_hf_folder(Path(src))
+    if kind != APR:
+        what = {"gguf": "a GGUF file", "run": "a run directory (export RUN_DIR/model.apr)"}.get(kind, kind)
+        raise UsageError(f"{src} is {what}; export reads an APR file, a safetensors file or an HF folder")
     from aprtool.codecs import dequantize, is_encoded
 
     with open_apr(src) as f:
@@ -49,6 +56,18 @@ def load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         metadata = dict(f.metadata)
     metadata.pop(C.APRTOOL_KEY, None)  # per-tensor records describe this file's bytes, not the export's
     return tensors, metadata
+
+
+def _load_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    metadata: dict[str, Any] | None = None
+    for name in hf_shard_names(folder):
+        shard, shard_metadata = _load_safetensors(input_file(folder / name))
+        if set(shard) & set(tensors):
+            raise FormatError(f"{folder}: tensor {sorted(set(shard) & set(tensors))[0][:80]!r} is in two shards")
+        tensors |= shard
+        metadata = shard_metadata if metadata is None else metadata
+    return tensors, metadata or {}
 
 
 def _torch_tensor(f: SafetensorsFile, name: str) -> torch.Tensor:
@@ -107,7 +126,7 @@ def export_file(
         raise UsageError(f"--to {to!r}: choose from {', '.join(TARGETS)}")
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
-    src = input_file(src)
+    src = Path(src) if Path(src).is_dir() else input_file(src)  # a directory: an HF folder (load_source)
     out = output_path(out, force=force, inputs=[src], directory=to == "hf")
     tensors, metadata = load_source(src)
     files: list[str] = []
