@@ -26,9 +26,9 @@ def _checkpoint(path: Path, verify: bool) -> dict[str, Any]:
 
     row: dict[str, Any] = {"file": path.name, "bytes": path.stat().st_size}
     try:
-        with open_apr(path) as f:
-            training = f.metadata.get("training")
-        training = training if isinstance(training, dict) else {}
+        with open_apr(path) as f:  # a checkpoint's training facts, or a final model's summary of them
+            found = [f.metadata.get(k) for k in ("training", "training_summary", "distillation")]
+        training = next((t for t in found if isinstance(t, dict)), {})
         state = training.get("state") if isinstance(training.get("state"), dict) else {}
         row |= {
             "step": training.get("step"),
