@@ -25,8 +25,9 @@ from aprtool.data.loader import BatchLoader, LoaderState
 from aprtool.data.prepare import prepare_corpus
 from aprtool.model.llama import LlamaForCausalLM
 from aprtool.train.checkpoint import verify_checkpoint, write_checkpoint
+from aprtool.train.common import param_groups
 from aprtool.train.config import TrainConfig
-from aprtool.train.loop import _param_groups, pretrain
+from aprtool.train.loop import pretrain
 
 WORK = Path(__file__).resolve().parent / "_work"
 
@@ -35,7 +36,7 @@ def bare_loop(cfg: TrainConfig, tokens, vocab: int, steps: int) -> float:
     """tokens/s of the textbook loop: same model, AdamW, clipping, batches."""
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(cfg.model_config(vocab))
-    groups, _ = _param_groups(model, cfg.weight_decay)
+    groups, _ = param_groups(model, cfg.weight_decay)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     loader = BatchLoader(tokens, cfg.seq_len, cfg.batch_size, cfg.seed, LoaderState())
     params = [p for g in groups for p in g["params"]]
@@ -62,7 +63,7 @@ def aprtool_loop(cfg_over: dict, steps: int, run: Path) -> float:
 
 def checkpoint_costs(cfg: TrainConfig, vocab: int, repeats: int) -> dict:
     model = LlamaForCausalLM(cfg.model_config(vocab))
-    groups, names = _param_groups(model, cfg.weight_decay)
+    groups, names = param_groups(model, cfg.weight_decay)
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     loss = model(torch.zeros(1, 8, dtype=torch.long)).sum()
     loss.backward()

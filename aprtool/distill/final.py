@@ -24,8 +24,8 @@ import xxhash
 
 from aprtool.container import open_apr, verify_file
 from aprtool.errors import IntegrityError
+from aprtool.model.io import write_model
 from aprtool.model.llama import LlamaForCausalLM
-from aprtool.train.loop import write_model
 
 
 def student_weights(student: LlamaForCausalLM) -> dict[str, torch.Tensor]:

@@ -35,21 +35,21 @@ from aprtool.distill.run import (
     write_state,
 )
 from aprtool.errors import FileAccessError, IntegrityError, MetadataError, UsageError
+from aprtool.model.io import model_metadata
 from aprtool.model.llama import LlamaForCausalLM
 from aprtool.paths import recorded_path_hint
 from aprtool.train.checkpoint import CheckpointDir, load_checkpoint, restore_training
-from aprtool.train.loop import (
-    RunState,
-    _autocast,
-    _code_version,
-    _param_groups,
-    _stderr_log,
+from aprtool.train.common import (
+    autocast,
     catch_signals,
+    code_version,
     evaluate,
     interrupted,
-    model_metadata,
+    param_groups,
     seed_everything,
+    stderr_log,
 )
+from aprtool.train.loop import RunState
 from aprtool.train.metrics import MetricsLog, require_tensorboard
 from aprtool.train.plot import try_plot
 from aprtool.train.runs import write_run_config
@@ -87,7 +87,7 @@ def distill(
     *,
     resume: str | None = None,
     force: bool = False,
-    log: Callable[[str], None] = _stderr_log,
+    log: Callable[[str], None] = stderr_log,
     progress: Callable[[dict[str, Any]], None] | None = None,
     tensorboard: bool = False,
 ) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def distill(
     student = build_student(plan, teach, cfg.mode, log).to(cfg.device)
     learned = freeze(student, cfg.learned_keys)
     teacher_model = teach.model.to(cfg.device).eval().requires_grad_(False)
-    groups, names = _param_groups(student, cfg.weight_decay)
+    groups, names = param_groups(student, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
     params = [p for g in groups for p in g["params"]]
     blocks = block_parameters(student)
@@ -200,7 +200,7 @@ def distill(
     }
     write_run_config(out, "distill", cfg.to_dict(), model=student.cfg.to_metadata(), distillation=distillation,
                      tokenizer=without_tokenizer_text(tok_info), resumed_from=ckpt and ckpt.path.name,
-                     aprtool_version=_code_version())  # fmt: skip
+                     aprtool_version=code_version())  # fmt: skip
 
     def training_meta() -> dict[str, Any]:
         return {
@@ -214,7 +214,7 @@ def distill(
             "teacher_sha256": teach.sha256,
             "data_fingerprint": corpus.fingerprint,
             "tokenizer": without_tokenizer_text(tok_info),
-            "code_version": _code_version(),
+            "code_version": code_version(),
             "state": state.to_dict(),
         }
 
@@ -256,7 +256,7 @@ def distill(
             for _ in range(cfg.grad_accum):
                 x, y = loader.next_batch()
                 x, y = x.to(cfg.device), y.to(cfg.device)
-                with _autocast(cfg.device):
+                with autocast(cfg.device):
                     if cfg.mode == "logits":
                         with torch.no_grad():
                             teacher_logits = teacher_model(x) if cfg.alpha > 0 else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from typing import Any
 import torch
 
 from aprtool.container import constants as C
-from aprtool.container import open_apr
+from aprtool.container import open_apr, verify_file, write_apr
 from aprtool.container.layout import TensorInfo
 from aprtool.container.reader import AprFile
-from aprtool.errors import MetadataError
+from aprtool.container.verify import VerifyReport
+from aprtool.errors import IntegrityError, MetadataError
 from aprtool.memory import ensure_allocatable
 from aprtool.model.llama import LlamaConfig, LlamaForCausalLM
 
@@ -186,3 +188,36 @@ def load_tokenizer_for(metadata: dict[str, Any], path: Path, config: LlamaConfig
             f"the tokenizer has {tokenizer.vocab_size}, {tokenizer.eos_id}"
         )
     return tokenizer
+
+
+def model_metadata(
+    model: LlamaForCausalLM, data_source: str | None, tokenizer: dict[str, Any], *, name: str = "aprtool-pretrain"
+) -> dict[str, Any]:
+    """The model file's metadata: the shape keys come from LlamaConfig; None as data_source is the default corpus."""
+    from aprtool import __version__
+
+    m = model.cfg
+    return {
+        "name": name,
+        "architecture": "LlamaForCausalLM",
+        "model_type": "llama",
+        "param_count": sum(t.numel() for t in model.weights().values()),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "license": None,
+        "data_source": data_source or "python-stdlib",
+        "data_license": None,
+        **m.to_metadata(),
+        "tokenizer": tokenizer,
+        "aprtool_version": __version__,
+    }
+
+
+def write_model(
+    path: Path, weights: dict[str, torch.Tensor], metadata: dict[str, Any], expect_tensors: int
+) -> VerifyReport:
+    """Write the weights-only model atomically and verify it before anyone reports success."""
+    write_apr(path, weights, metadata)
+    report = verify_file(path, expect_tensors=expect_tensors, require=[("architecture", "LlamaForCausalLM")])
+    if not report.valid:
+        raise IntegrityError(f"{path}: final model does not verify: {'; '.join(report.errors)}")
+    return report

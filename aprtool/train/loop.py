@@ -10,11 +10,8 @@ around the corpus and counts epochs; a non-finite loss stops the run with an err
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,21 +24,29 @@ import torch.nn.functional as F
 
 from aprtool.atomic import atomic_write_text
 from aprtool.codecs.quant import Clip
-from aprtool.container import verify_file, write_apr
-from aprtool.container.verify import VerifyReport
 from aprtool.data.loader import BatchLoader, LoaderState, eval_windows
 from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
 from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json, without_tokenizer_text
-from aprtool.errors import AprError, FileAccessError, IntegrityError, UsageError
+from aprtool.errors import FileAccessError, IntegrityError, UsageError
+from aprtool.model.io import model_metadata, write_model
 from aprtool.model.llama import LlamaForCausalLM
 from aprtool.paths import recorded_path_hint
 from aprtool.schema import from_json
-from aprtool.text import printable
 from aprtool.train.checkpoint import (
     CheckpointDir,
     load_checkpoint,
     restore_training,
     try_save,
+)
+from aprtool.train.common import (
+    autocast,
+    catch_signals,
+    code_version,
+    evaluate,
+    interrupted,
+    param_groups,
+    seed_everything,
+    stderr_log,
 )
 from aprtool.train.config import TrainConfig, resume_differences
 from aprtool.train.distributed import Dist, init_distributed, shutdown
@@ -50,44 +55,6 @@ from aprtool.train.phases import Phases
 from aprtool.train.plot import try_plot
 from aprtool.train.runs import write_run_config
 from aprtool.train.schedule import learning_rate
-
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class TrainingInterrupted(AprError):
-    """SIGINT/SIGTERM: a checkpoint was written; the exit code is 128 + the signal number."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def catch_signals() -> tuple[list[int], Callable[[], None]]:
-    """From now on SIGINT/SIGTERM are only recorded (the list fills), so the loop can finish its step,
-    write a checkpoint and raise `interrupted(...)`. Call the returned function to restore the handlers."""
-    caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in SIGNAL_EXIT}
-
-    def restore() -> None:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-    return caught, restore
-
-
-def interrupted(signum: int, step: int, checkpoint: Path, resume_command: str) -> TrainingInterrupted:
-    name = signal.Signals(signum).name
-    return TrainingInterrupted(
-        f"{name} received: stopped after step {step}; checkpoint {checkpoint.name} written. "
-        f"Resume with: {resume_command}",
-        SIGNAL_EXIT[signum],
-    )
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 @dataclass
@@ -126,85 +93,6 @@ class RunState:
         return from_json(cls, d, "training.state")
 
 
-def _stderr_log(message: str) -> None:
-    sys.stderr.write(f"[aprtool] {printable(message)}\n")
-    sys.stderr.flush()
-
-
-def _code_version() -> str:
-    from aprtool import __version__
-
-    return __version__
-
-
-def evaluate(model: LlamaForCausalLM, windows: torch.Tensor, batch_size: int, device: str) -> float:
-    """Mean cross-entropy (nats/token) over the fixed held-out windows."""
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(windows), batch_size):
-            batch = windows[i : i + batch_size].to(device)
-            with _autocast(device):
-                logits = model(batch[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
-            total += float(loss)
-            count += batch[:, 1:].numel()
-    model.train()
-    return total / count
-
-
-def _autocast(device: str):
-    if device == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _param_groups(model: LlamaForCausalLM, weight_decay: float) -> tuple[list[dict], list[str]]:
-    """Matrices decay, norms and embeddings do not; frozen parameters (requires_grad False) are left out.
-    Returns groups and the optimizer's name order."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():  # a tied lm_head appears once, as the embedding
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and "embed_tokens" not in name else no_decay).append((name, p))
-    groups = [
-        {"params": [p for _, p in decay], "weight_decay": weight_decay},
-        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
-    ]
-    return groups, [n for n, _ in decay + no_decay]
-
-
-def model_metadata(
-    model: LlamaForCausalLM, data_source: str | None, tokenizer: dict[str, Any], *, name: str = "aprtool-pretrain"
-) -> dict[str, Any]:
-    """The model file's metadata: the shape keys come from LlamaConfig; None as data_source is the default corpus."""
-    m = model.cfg
-    return {
-        "name": name,
-        "architecture": "LlamaForCausalLM",
-        "model_type": "llama",
-        "param_count": sum(t.numel() for t in model.weights().values()),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "license": None,
-        "data_source": data_source or "python-stdlib",
-        "data_license": None,
-        **m.to_metadata(),
-        "tokenizer": tokenizer,
-        "aprtool_version": _code_version(),
-    }
-
-
-def write_model(
-    path: Path, weights: dict[str, torch.Tensor], metadata: dict[str, Any], expect_tensors: int
-) -> VerifyReport:
-    """Write the weights-only model atomically and verify it before anyone reports success."""
-    write_apr(path, weights, metadata)
-    report = verify_file(path, expect_tensors=expect_tensors, require=[("architecture", "LlamaForCausalLM")])
-    if not report.valid:
-        raise IntegrityError(f"{path}: final model does not verify: {'; '.join(report.errors)}")
-    return report
-
-
 AVG_PREFIX = "__training__.average."  # the SWA/EMA weights travel in checkpoints, never in model.apr
 
 
@@ -233,7 +121,7 @@ def pretrain(
     overrides: dict[str, Any] | None = None,
     *,
     resume: str | None = None,
-    log: Callable[[str], None] = _stderr_log,
+    log: Callable[[str], None] = stderr_log,
     progress: Callable[[dict[str, Any]], None] | None = None,
     tensorboard: bool = False,
 ) -> dict[str, Any]:
@@ -301,7 +189,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
     # --- model, optimizer, state
     seed_everything(cfg.seed)
     model = LlamaForCausalLM(cfg.model_config(tok_info["vocab_size"])).to(cfg.device)
-    groups, names = _param_groups(model, cfg.weight_decay)
+    groups, names = param_groups(model, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
     state = RunState()
     metrics = MetricsLog(run_dir, tensorboard=tensorboard and d.main)
@@ -319,7 +207,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
     if d.main:
         write_run_config(run_dir, "pretrain", cfg.to_dict(), model=model.cfg.to_metadata(), world_size=d.world,
                          tokenizer=without_tokenizer_text(tok_info), resumed_from=ckpt and ckpt.path.name,
-                         aprtool_version=_code_version())  # fmt: skip
+                         aprtool_version=code_version())  # fmt: skip
 
     def training_meta() -> dict[str, Any]:
         return {
@@ -331,7 +219,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
             "config": cfg.to_dict(),
             "data_fingerprint": corpus.fingerprint,
             "tokenizer": without_tokenizer_text(tok_info),  # the text itself is in the model metadata
-            "code_version": _code_version(),
+            "code_version": code_version(),
             "state": state.to_dict(),
         }
 
@@ -386,7 +274,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
             for _ in range(cfg.grad_accum):
                 x, y = loader.next_batch()
                 x, y = x.to(cfg.device), y.to(cfg.device)
-                with _autocast(cfg.device):
+                with autocast(cfg.device):
                     logits = net(x)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / cfg.grad_accum
                 loss.backward()
