@@ -36,6 +36,7 @@ from aprtool.errors import (
     IntegrityError,
     MetadataError,
 )
+from aprtool.paths import read_input
 
 P = C.TRAINING_PREFIX
 STEP_PREFIX = "step-"
@@ -306,8 +307,11 @@ class CheckpointDir:
         pointer = self.dir / "latest"
         if not pointer.is_file():
             return None
-        name = pointer.read_text(encoding="utf-8").strip()
-        if "/" in name or not name.endswith(".apr"):
+        try:
+            name = read_input(pointer, 4096).decode("utf-8").strip()
+        except (AprError, UnicodeDecodeError):
+            raise FormatError(f"{pointer}: unreadable or not text") from None
+        if not name or "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".apr"):
             raise FormatError(f"{pointer}: does not name a checkpoint file")
         return self.dir / name
 
@@ -318,20 +322,27 @@ class CheckpointDir:
             if not path.is_file():
                 raise FileAccessError(f"--resume {resume}: no such checkpoint")
             return path
-        candidates = []
-        pointed = self.latest()
+        candidates, problem = [], None
+        try:
+            pointed = self.latest()
+        except FormatError as exc:
+            pointed, problem = None, f"{exc}"
         if pointed is not None:
             candidates.append(pointed)
-        candidates += sorted(self.step_files(), reverse=True)
+        candidates += self.step_files()[::-1]  # newest first
         for path in candidates:
             if path.is_file() and verify_file(path).valid:
                 if pointed is not None and path != pointed:
-                    self.log(f"WARNING: {pointed.name} is missing or damaged; resuming from {path.name}")
+                    problem = f"{pointed.name}, which `latest` names, is missing or does not verify"
+                if problem:
+                    self.log(f"WARNING: {problem}; resuming from {path.name}, the newest checkpoint that verifies")
                 return path
         raise FileAccessError(f"--resume latest: no complete checkpoint in {self.dir}")
 
     def step_files(self) -> list[Path]:
-        return sorted(p for p in self.dir.glob(f"{self.prefix}*.apr") if self._step_re.match(p.name))
+        """Step checkpoints, oldest first (by step number: step 1,000,000 has a seventh digit)."""
+        found = [(self._step_re.match(p.name), p) for p in self.dir.glob(f"{self.prefix}*.apr")]
+        return [p for _, p in sorted((int(m.group(1)), p) for m, p in found if m is not None)]
 
     def retain(self) -> None:
         """Keep the newest `keep_last` step checkpoints: rename out of the pattern, then delete."""

@@ -11,14 +11,14 @@ from aprtool.errors import AprError, FileAccessError
 
 
 def _pointer(ckpt: Path) -> str | None:
-    """The file name `latest` names (a plain name in ckpt/, or None)."""
-    try:
-        from aprtool.paths import read_input
+    """The file name `latest` names (None when it is missing or names no checkpoint file)."""
+    from aprtool.train.checkpoint import CheckpointDir
 
-        name = read_input(ckpt / "latest", 4096).decode("utf-8").strip()
-    except (AprError, UnicodeDecodeError):
+    try:
+        latest = CheckpointDir(ckpt, keep_last=0, log=lambda _m: None).latest()
+    except AprError:
         return None
-    return name if name.endswith(".apr") and "/" not in name and not name.startswith(".") else None
+    return latest.name if latest else None
 
 
 def _checkpoint(path: Path, verify: bool) -> dict[str, Any]:
