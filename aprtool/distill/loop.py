@@ -297,6 +297,7 @@ def distill(
             state.log_blocks = [a + b for a, b in zip(state.log_blocks, step_blocks, strict=True)]
             state.log_steps += 1
             state.log_grad_max = max(state.log_grad_max, grad_norm)
+            state.log_clips += int(grad_norm > cfg.grad_clip)  # this step's gradient was scaled down
             state.wall_seconds = time.monotonic() - started
             if progress:
                 progress({"event": "step", "step": state.step, "wall_seconds": state.wall_seconds})
@@ -308,6 +309,7 @@ def distill(
                 state.train_loss = state.log_loss / n
                 record = {
                     "step": state.step, "loss": state.train_loss, "lr": lr, "grad_norm_max": state.log_grad_max,
+                    "clip_count": state.log_clips,
                     "tokens_seen": state.tokens_seen, "epoch": state.loader.epoch,
                     "tokens_per_s": interval_tokens / max(now - interval_start, 1e-9),
                     "wall_seconds": state.wall_seconds,
@@ -318,6 +320,7 @@ def distill(
                     state.block_losses = [v / n for v in state.log_blocks]
                     record["block_losses"] = state.block_losses
                 state.log_loss, state.log_kd, state.log_ce, state.log_steps, state.log_grad_max = 0.0, 0.0, 0.0, 0, 0.0
+                state.log_clips = 0
                 state.log_blocks = [0.0] * len(blocks)
                 interval_start, interval_tokens = now, 0
 

@@ -69,6 +69,7 @@ class RunState:
     log_loss: float = 0.0  # sums over the current log interval
     log_steps: int = 0
     log_grad_max: float = 0.0
+    log_clips: int = 0  # steps whose gradient norm exceeded --grad-clip
     epoch_loss: float = 0.0  # sums over the current epoch
     epoch_steps: int = 0
     epoch_grad_max: float = 0.0
@@ -301,6 +302,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
             state.log_loss += step_loss
             state.log_steps += 1
             state.log_grad_max = max(state.log_grad_max, grad_norm)
+            state.log_clips += int(grad_norm > cfg.grad_clip)  # this step's gradient was scaled down
             state.epoch_loss += step_loss
             state.epoch_steps += 1
             state.epoch_grad_max = max(state.epoch_grad_max, grad_norm)
@@ -315,11 +317,12 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
                 state.train_loss = state.log_loss / state.log_steps
                 record = {
                     "step": state.step, "loss": state.train_loss, "lr": lr, "grad_norm_max": state.log_grad_max,
+                    "clip_count": state.log_clips,
                     "tokens_seen": state.tokens_seen, "epoch": state.loader.epoch,
                     "tokens_per_s": interval_tokens / max(now - interval_start, 1e-9),
                     "wall_seconds": state.wall_seconds, "phases": {k: v["step"] for k, v in state.phases.items()},
                 }  # fmt: skip
-                state.log_loss, state.log_steps, state.log_grad_max = 0.0, 0, 0.0
+                state.log_loss, state.log_steps, state.log_grad_max, state.log_clips = 0.0, 0, 0.0, 0
                 interval_start, interval_tokens = now, 0
 
             completed = state.loader.epoch + (1 if state.loader.cursor == loader.windows else 0)
