@@ -46,3 +46,12 @@ def test_every_checkpoint_carries_its_own_save_time(tmp_path, corpus):
         with open_apr(tmp_path / "r" / "ckpt" / name) as f:
             stamps.append(f.metadata["training"]["saved_at"])
     assert all(s.endswith("Z") and len(s) == 20 for s in stamps) and stamps[0] <= stamps[1]
+
+
+def test_the_fingerprint_is_of_the_resolved_options(tmp_path, corpus):
+    options = {**COMMON, "corpus": str(corpus), "mode": "blockwise", "student_intermediate_size": 86}
+    first = distill(TEACHER, tmp_path / "bw", options, log=lambda _m: None)
+    again = distill(TEACHER, tmp_path / "bw", options | {"keys_to_learn": "entire_block"}, log=lambda _m: None)
+    assert again["skipped"] and again["fingerprint"] == first["fingerprint"]
+    other = distill(TEACHER, tmp_path / "attn", options | {"keys_to_learn": "attention"}, log=lambda _m: None)
+    assert other["fingerprint"] != first["fingerprint"]

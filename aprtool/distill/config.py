@@ -137,7 +137,12 @@ def parse_keys(text: str) -> tuple[str, ...]:
 
 
 def identity(cfg: DistillConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
+    """What decides the run, resolved: `--mode blockwise` and `--mode blockwise --keys-to-learn
+    entire_block` are the same run (the default spelled out)."""
+    out = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
+    keys = cfg.learned_keys
+    out["keys_to_learn"] = ",".join(keys) if keys is not None else None
+    return out
 
 
 def resume_differences(saved: DistillConfig, wanted: DistillConfig) -> list[str]:
