@@ -55,3 +55,46 @@ def test_the_fingerprint_is_of_the_resolved_options(tmp_path, corpus):
     assert again["skipped"] and again["fingerprint"] == first["fingerprint"]
     other = distill(TEACHER, tmp_path / "attn", options | {"keys_to_learn": "attention"}, log=lambda _m: None)
     assert other["fingerprint"] != first["fingerprint"]
+
+
+def _logged(kind: str, out: Path, corpus: Path, **options) -> tuple[dict, list[str]]:
+    messages: list[str] = []
+    options = {**COMMON, "corpus": str(corpus), **options}
+    if kind == "pretrain":
+        summary = pretrain(out, {"size": "tiny", "tokenizer": "bytes", **options}, log=messages.append)
+    else:
+        summary = distill(TEACHER, out, {"student_layers": 1, **options}, log=messages.append)
+    return summary, messages
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "distill"])
+def test_a_corpus_wrapped_many_times_and_a_short_held_out_split_are_said_at_start(tmp_path, corpus, kind):
+    _, quiet = _logged(kind, tmp_path / "quiet", corpus)
+    assert not [m for m in quiet if m.startswith("WARNING")]
+    _, loud = _logged(
+        kind, tmp_path / "loud", corpus, steps=200, batch_size=4, seq_len=64, eval_tokens=10**6, log_every=100
+    )
+    wrap = [m for m in loud if "read the training split" in m]
+    assert len(wrap) == 1 and "tokens per epoch" in wrap[0] and wrap[0].startswith("WARNING")
+    short = [m for m in loud if "fewer than --eval-tokens 1,000,000" in m]
+    assert len(short) == 1 and short[0].startswith("WARNING")
+
+
+def test_strict_refuses_a_held_out_split_smaller_than_eval_tokens(tmp_path, corpus):
+    from aprtool.errors import UsageError
+
+    with pytest.raises(UsageError, match="--strict: the held-out split holds"):
+        _logged("pretrain", tmp_path / "r", corpus, eval_tokens=10**6, strict=True)
+
+
+EARLY = {"steps": 200, "eval_every": 1, "patience": 1, "min_evals": 1, "min_delta": 10.0, "lr": 1e-9,
+         "warmup_steps": 0, "log_every": 50, "checkpoint_every": 0}  # fmt: skip
+
+
+def test_early_stopping_waits_for_warmup_and_min_epochs(tmp_path, corpus):
+    base, _ = _logged("pretrain", tmp_path / "a", corpus, **EARLY)
+    assert base["stopped_early"] and base["steps"] == 2  # no evaluation beats the first by 10 nats
+    warm, _ = _logged("pretrain", tmp_path / "b", corpus, **(EARLY | {"warmup_steps": 5}))
+    assert warm["stopped_early"] and warm["steps"] == 6
+    epochs, _ = _logged("pretrain", tmp_path / "c", corpus, **(EARLY | {"min_epochs": 1}))
+    assert epochs["stopped_early"] and epochs["epochs_completed"] >= 1 and epochs["steps"] > 6

@@ -126,6 +126,9 @@ def pretrain_command(
         "min_delta"
     ],
     min_evals: Annotated[int, opt("min_evals", "Evaluations before early stopping may fire.")] = _DEFAULTS["min_evals"],
+    min_epochs: Annotated[
+        int, opt("min_epochs", "Epochs (passes over the training split) before early stopping may fire.")
+    ] = _DEFAULTS["min_epochs"],
     checkpoint_every: Annotated[
         int, opt("checkpoint_every", "Steps between step checkpoints; 0: every --checkpoint-minutes.")
     ] = _DEFAULTS["checkpoint_every"],

@@ -43,6 +43,8 @@ from aprtool.train.common import (
     autocast,
     catch_signals,
     code_version,
+    corpus_wrap_warning,
+    eval_shortfall,
     evaluate,
     interrupted,
     param_groups,
@@ -178,6 +180,12 @@ def distill(
     start_step = state.step
     loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader)
     val_windows = eval_windows(corpus.tokens("val"), cfg.seq_len, cfg.eval_tokens)
+    warnings = (
+        corpus_wrap_warning(cfg.steps, cfg.batch_size * cfg.grad_accum, loader.windows, cfg.seq_len),
+        eval_shortfall(len(val_windows), cfg.seq_len, cfg.eval_tokens),
+    )
+    for warning in filter(None, warnings):
+        log(f"WARNING: {warning}")
     if state.teacher_val_loss is None:
         state.teacher_val_loss = evaluate(teacher_model, val_windows, cfg.batch_size, cfg.device)
         teacher_model.eval()  # evaluate() leaves a model in train mode

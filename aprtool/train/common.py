@@ -102,3 +102,29 @@ def param_groups(model: LlamaForCausalLM, weight_decay: float) -> tuple[list[dic
         {"params": [p for _, p in no_decay], "weight_decay": 0.0},
     ]
     return groups, [n for n, _ in decay + no_decay]
+
+
+WRAP_WARN_EPOCHS = 4  # more passes than this over one training split and a small model memorizes it
+
+
+def corpus_wrap_warning(planned_steps: int, windows_per_step: int, epoch_windows: int, seq_len: int) -> str | None:
+    """A loud warning when the planned steps read the training split more than WRAP_WARN_EPOCHS times."""
+    epochs = planned_steps * windows_per_step / epoch_windows
+    if epochs <= WRAP_WARN_EPOCHS:
+        return None
+    return (
+        f"the planned {planned_steps:,} steps read the training split {epochs:.1f} times "
+        f"({epoch_windows * seq_len:,} tokens per epoch): a corpus repeated this often is memorized "
+        "(held-out loss rises while training loss falls); use a larger --corpus or fewer --steps"
+    )
+
+
+def eval_shortfall(val_windows: int, seq_len: int, eval_tokens: int) -> str | None:
+    """The held-out split cannot supply --eval-tokens: say so instead of silently scoring fewer."""
+    if val_windows >= max(1, eval_tokens // seq_len):
+        return None
+    return (
+        f"the held-out split holds {val_windows * seq_len:,} scored tokens, fewer than --eval-tokens "
+        f"{eval_tokens:,}: every evaluation uses those {val_windows * seq_len:,} (use a larger --corpus or "
+        "--val-fraction for a steadier held-out loss)"
+    )

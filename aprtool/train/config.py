@@ -61,6 +61,7 @@ class TrainConfig:
     patience: int = 5  # evaluations without a new best before stopping
     min_delta: float = 0.0  # an improvement must beat the best by more than this (nats/token)
     min_evals: int = 8  # early stopping may not fire before this many evaluations
+    min_epochs: int = 0  # ... nor before this many passes over the training split
     # checkpoints and logging
     checkpoint_every: int = 0  # steps; 0: by wall time
     checkpoint_minutes: float = 10.0
@@ -89,7 +90,7 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
-        for name in ("keep_last", "checkpoint_every", "warmup_steps", "patience", "min_evals"):
+        for name in ("keep_last", "checkpoint_every", "warmup_steps", "patience", "min_evals", "min_epochs"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:

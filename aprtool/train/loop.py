@@ -42,6 +42,8 @@ from aprtool.train.common import (
     autocast,
     catch_signals,
     code_version,
+    corpus_wrap_warning,
+    eval_shortfall,
     evaluate,
     interrupted,
     param_groups,
@@ -97,7 +99,7 @@ class RunState:
 AVG_PREFIX = "__training__.average."  # the SWA/EMA weights travel in checkpoints, never in model.apr
 
 
-def _check_phases(problems: list[str], strict: bool, log: Callable[[str], None]) -> None:
+def _warn_or_refuse(problems: list[str], strict: bool, log: Callable[[str], None]) -> None:
     for problem in problems:
         log(f"WARNING: {problem}")
     if problems and strict:
@@ -202,6 +204,16 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
     if d.from_main(state.step) != state.step:
         raise IntegrityError("ranks disagree on the resume step")
     loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader, d.rank, d.world)
+    wrap = (
+        None
+        if cfg.time_budget
+        else corpus_wrap_warning(  # a budget's step count is not known in advance
+            cfg.steps, cfg.batch_size * cfg.grad_accum * d.world, loader.windows, cfg.seq_len
+        )
+    )
+    _warn_or_refuse([wrap] if wrap else [], False, log)
+    shortfall = eval_shortfall(len(val_windows), cfg.seq_len, cfg.eval_tokens)
+    _warn_or_refuse([shortfall] if shortfall else [], cfg.strict, log)
     net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     metadata = model_metadata(model, cfg.corpus, tok_info)
     params = [p for g in groups for p in g["params"]]
@@ -241,7 +253,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
         }
     if "qat" in state.phases:
         model.set_qat(Clip.parse(cfg.qat_clip), cfg.qat_min_elements)
-    _check_phases(phases.fit_problems(None), cfg.strict, log)
+    _warn_or_refuse(phases.fit_problems(None), cfg.strict, log)
 
     # --- signals: finish the step, checkpoint, exit 130/143
     started = time.monotonic() - state.wall_seconds
@@ -294,7 +306,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
                 _fold_into_average(average, model.weights(), state.averaged_steps, cfg.ema)
                 state.averaged_steps += 1
             if cfg.time_budget and not fit_checked:  # one step's duration tells which phases can fit
-                _check_phases(phases.fit_problems(time.monotonic() - first_step_at), cfg.strict, log)
+                _warn_or_refuse(phases.fit_problems(time.monotonic() - first_step_at), cfg.strict, log)
                 fit_checked = True
             tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * d.world
             state.tokens_seen += tokens
@@ -359,7 +371,8 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
                     checkpoint(ckpts.best_path, pointer=False)
                 else:
                     state.evals_since_best += 1
-                    if state.evals >= cfg.min_evals and state.evals_since_best >= cfg.patience:
+                    settled = state.step > cfg.warmup_steps and state.loader.epoch >= cfg.min_epochs
+                    if settled and state.evals >= cfg.min_evals and state.evals_since_best >= cfg.patience:
                         state.stopped_early = d.from_main(True)
                         log(
                             f"early stop at step {state.step}: no improvement over {state.best_val_loss:.4f} "
