@@ -81,7 +81,8 @@ def test_a_run_checkpointed_with_two_ranks_resumes_with_one_and_back(tmp_path, c
 def test_all_ranks_agree_on_early_stopping(tmp_path, corpus):
     run = tmp_path / "run"
     result = torchrun("--run-dir", run, "--corpus", corpus, *ARGS, "--steps", "200", "--eval-every", "5",
-                      "--patience", "1", "--min-evals", "2", "--min-delta", "100", "--json")  # fmt: skip
+                      "--patience", "1", "--min-evals", "2", "--min-delta", "100", "--warmup-steps", "2",
+                      "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]  # a rank left behind would hang, then time out
     summary = json.loads(result.stdout)
     assert summary["stopped_early"] and summary["steps"] == 10

@@ -86,7 +86,7 @@ def test_ema_averaging_and_step_budget(tmp_path, shards):
 
 def test_strict_refuses_a_phase_that_cannot_fit(tmp_path, shards):
     args = [sys.executable, "-m", "aprtool", "pretrain", "--corpus", str(shards), "--size", "tiny", "--seq-len", "32",
-            "--batch-size", "4", "--steps", "20", "--qat-frac", "0.01"]  # fmt: skip
+            "--batch-size", "4", "--steps", "20", "--qat-frac", "0.01", "--eval-tokens", "512"]  # fmt: skip
     strict = subprocess.run([*args, "--run-dir", str(tmp_path / "a"), "--strict"], capture_output=True, text=True)
     assert strict.returncode == 2 and "qat" in strict.stderr and "Traceback" not in strict.stderr
     assert not (tmp_path / "a" / "model.apr").exists()

@@ -278,8 +278,9 @@ def test_resume_latest_with_nothing_to_resume_exits_3(tmp_path):
 
 def test_early_stopping_fires_only_after_min_evals_and_patience(tmp_path, shards):
     # min_delta so large that no evaluation after the first can count as an improvement
+    # (warmup ends before the first evaluation: early stopping never fires during warmup)
     cfg = {**TINY, "corpus": str(shards), "steps": 200, "eval_every": 5, "patience": 2, "min_evals": 4,
-           "min_delta": 100.0}  # fmt: skip
+           "min_delta": 100.0, "warmup_steps": 2}  # fmt: skip
     summary = pretrain(tmp_path / "run", cfg)
     assert summary["stopped_early"] and summary["steps"] == 20  # evals at 5, 10, 15, 20: fires at the 4th
     assert summary["best_step"] == 5
