@@ -104,7 +104,8 @@ def test_bpe_tokenizer_is_trained_saved_and_referenced(tmp_path, text_corpus):
 
 def test_wraps_around_a_tiny_corpus_and_counts_epochs(tmp_path, tiny_shards):
     summary = pretrain(tmp_path / "run", {**TINY, "corpus": str(tiny_shards), "seq_len": 64, "batch_size": 16,
-                                          "steps": 30, "checkpoint_every": 100, "eval_every": 100})  # fmt: skip
+                                          "steps": 30, "checkpoint_every": 100, "eval_every": 100,
+                                          "keep_epochs": 100})  # fmt: skip
     windows = (json.loads((tiny_shards / "manifest.json").read_text())["tokens"]["train"] - 1) // 64
     assert summary["epochs_completed"] == 30 * 16 // windows >= 2
     ckpt = tmp_path / "run" / "ckpt"
@@ -131,13 +132,14 @@ def test_too_small_or_empty_corpus_is_a_clear_error_before_training(tmp_path):
 
 def test_retention_keeps_exactly_the_promised_files_and_all_verify(tmp_path, tiny_shards):
     run = tmp_path / "run"
-    cfg = {**TINY, "corpus": str(tiny_shards), "batch_size": 16, "steps": 30, "checkpoint_every": 5, "keep_last": 2}
+    cfg = {**TINY, "corpus": str(tiny_shards), "batch_size": 16, "steps": 30, "checkpoint_every": 5, "keep_last": 2,
+           "keep_epochs": 2}  # fmt: skip
     summary = pretrain(run, cfg)
-    assert summary["epochs_completed"] >= 1
+    assert summary["epochs_completed"] >= 3  # more epochs than are kept
     names = sorted(p.name for p in (run / "ckpt").iterdir())
     epochs = summary["epochs_completed"]
     expected = ["best.apr", "latest", "step-000025.apr", "step-000030.apr"]
-    expected += [f"epoch-{e:03d}.apr" for e in range(1, epochs + 1)]
+    expected += [f"epoch-{e:03d}.apr" for e in range(epochs - 1, epochs + 1)]  # the newest 2
     expected += [f"epoch-{e:03d}.metadata.json" for e in range(1, epochs + 1)]
     assert names == sorted(expected)
     assert (run / "ckpt" / "latest").read_text().strip() == "step-000030.apr"

@@ -98,3 +98,31 @@ def test_early_stopping_waits_for_warmup_and_min_epochs(tmp_path, corpus):
     assert warm["stopped_early"] and warm["steps"] == 6
     epochs, _ = _logged("pretrain", tmp_path / "c", corpus, **(EARLY | {"min_epochs": 1}))
     assert epochs["stopped_early"] and epochs["epochs_completed"] >= 1 and epochs["steps"] > 6
+
+
+def test_epoch_files_say_their_epoch_and_hold_the_held_out_loss_measured_at_its_end(tmp_path, corpus):
+    from aprtool.data.loader import eval_windows
+    from aprtool.data.prepare import load_prepared
+    from aprtool.model.io import load_model
+    from aprtool.train.common import evaluate
+
+    run = tmp_path / "run"
+    cfg = {"size": "tiny", "tokenizer": "bytes", **COMMON, "corpus": str(corpus), "seq_len": 64, "batch_size": 16,
+           "steps": 24, "eval_every": 1000, "checkpoint_every": 1000, "keep_epochs": 2}  # fmt: skip
+    summary = pretrain(run, cfg, log=lambda _m: None)
+    epochs = summary["epochs_completed"]
+    assert epochs >= 3
+    ckpt = run / "ckpt"
+    assert sorted(p.name for p in ckpt.glob("epoch-*.apr")) == [f"epoch-{e:03d}.apr" for e in (epochs - 1, epochs)]
+    assert sorted(p.name for p in ckpt.glob("epoch-*.metadata.json")) == [
+        f"epoch-{e:03d}.metadata.json" for e in range(1, epochs + 1)
+    ]  # every epoch's record stays
+    val = eval_windows(load_prepared(run / "data").tokens("val"), 64, cfg["eval_tokens"])
+    for e in (epochs - 1, epochs):
+        side = json.loads((ckpt / f"epoch-{e:03d}.metadata.json").read_text())
+        with open_apr(ckpt / f"epoch-{e:03d}.apr") as f:
+            assert f.metadata["training"]["epoch"] == e
+        model, _ = load_model(ckpt / f"epoch-{e:03d}.apr")
+        assert side["val_loss"] == pytest.approx(evaluate(model, val, 16, "cpu"), rel=1e-6)
+        assert side["epoch"] == e and side["tokens"] > 0 and side["epoch_seconds"] > 0 and side["lr"] > 0
+        assert isinstance(side["best"], bool)

@@ -136,6 +136,9 @@ def pretrain_command(
         "checkpoint_minutes"
     ],
     keep_last: Annotated[int, opt("keep_last", "Step checkpoints to keep.")] = _DEFAULTS["keep_last"],
+    keep_epochs: Annotated[
+        int, opt("keep_epochs", "Epoch checkpoints to keep (0: none; every epoch's record stays).")
+    ] = _DEFAULTS["keep_epochs"],
     log_every: Annotated[int, opt("log_every", "Steps per metrics.jsonl line.")] = _DEFAULTS["log_every"],
     resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint path: continue that run exactly.")] = None,
     tensorboard: TensorboardOption = False,

@@ -40,6 +40,7 @@ from aprtool.paths import read_input
 
 P = C.TRAINING_PREFIX
 STEP_PREFIX = "step-"
+EPOCH_RE = re.compile(r"^epoch-(\d{3,})\.apr$")
 DELETING = ".deleting-"  # retention renames out of the step-* pattern before it deletes
 
 
@@ -227,6 +228,7 @@ class CheckpointDir:
     def __init__(self, directory: Path, keep_last: int, log: Any, *, prefix: str = STEP_PREFIX) -> None:
         self.dir = directory
         self.keep_last = keep_last
+        self.keep_epochs = 0  # the trainer sets it (pretrain: --keep-epochs)
         self.log = log
         self.prefix = prefix  # step checkpoints are PREFIX + NNNNNN + .apr
         self._step_re = re.compile(rf"^{re.escape(prefix)}(\d{{6,}})\.apr$")
@@ -268,6 +270,8 @@ class CheckpointDir:
                 if pointer:
                     self.set_latest(path)
                     self.retain()
+                elif EPOCH_RE.match(path.name):
+                    self.retain_epochs()
             except (AprError, OSError) as exc:
                 self.log(f"WARNING: checkpoint {path.name} FAILED ({exc}); `latest` is unchanged; training continues")
 
@@ -351,6 +355,16 @@ class CheckpointDir:
         for old in steps[: max(len(steps) - self.keep_last, 0)]:
             if old == latest:
                 continue
+            doomed = old.with_name(DELETING + old.name)
+            old.rename(doomed)
+            doomed.unlink()
+
+    def retain_epochs(self) -> None:
+        """Keep the newest `keep_epochs` epoch checkpoints (their small .metadata.json records all stay),
+        so a heavily wrapped small corpus cannot fill the disk with full training states."""
+        found = [(EPOCH_RE.match(p.name), p) for p in self.dir.glob("epoch-*.apr")]
+        epochs = [p for _, p in sorted((int(m.group(1)), p) for m, p in found if m is not None)]
+        for old in epochs[: max(len(epochs) - self.keep_epochs, 0)]:
             doomed = old.with_name(DELETING + old.name)
             old.rename(doomed)
             doomed.unlink()

@@ -66,6 +66,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0: by wall time
     checkpoint_minutes: float = 10.0
     keep_last: int = 5
+    keep_epochs: int = 3  # epoch checkpoints kept (full training states); 0: none, the records stay
     log_every: int = 10
 
     def validate(self) -> TrainConfig:
@@ -90,7 +91,15 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
-        for name in ("keep_last", "checkpoint_every", "warmup_steps", "patience", "min_evals", "min_epochs"):
+        for name in (
+            "keep_last",
+            "keep_epochs",
+            "checkpoint_every",
+            "warmup_steps",
+            "patience",
+            "min_evals",
+            "min_epochs",
+        ):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -75,6 +75,8 @@ class RunState:
     epoch_loss: float = 0.0  # sums over the current epoch
     epoch_steps: int = 0
     epoch_grad_max: float = 0.0
+    epoch_start_tokens: int = 0  # tokens_seen and wall_seconds when the current epoch began
+    epoch_start_wall: float = 0.0
     train_loss: float | None = None  # last logged mean
     val_loss: float | None = None
     best_val_loss: float | None = None
@@ -169,7 +171,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
             )
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    ckpts.keep_last = cfg.keep_last
+    ckpts.keep_last, ckpts.keep_epochs = cfg.keep_last, cfg.keep_epochs
     d.barrier()  # every rank has checked the run directory before rank 0 touches it
     resuming = ckpt.training.get("data_fingerprint") if ckpt is not None else None
     if d.main:
@@ -225,7 +227,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
     def training_meta() -> dict[str, Any]:
         return {
             "step": state.step,
-            "epoch": state.loader.epoch,
+            "epoch": state.loader.epoch + (state.loader.cursor == loader.windows),  # epochs completed
             "tokens_seen": state.tokens_seen,
             "train_loss": state.train_loss,
             "val_loss": state.val_loss,
@@ -235,6 +237,20 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
             "code_version": code_version(),
             "state": state.to_dict(),
         }
+
+    def end_epoch(lr: float) -> dict[str, Any]:
+        """The epoch's record, its held-out loss measured now, at the epoch's end."""
+        state.val_loss = evaluate(model, val_windows, cfg.batch_size, cfg.device)
+        best = state.best_val_loss is None or state.val_loss < state.best_val_loss
+        record = {
+            "epoch": state.epochs_saved, "step": state.step, "train_loss": state.epoch_loss / max(state.epoch_steps, 1),
+            "val_loss": state.val_loss, "best": best, "lr": lr, "tokens_seen": state.tokens_seen,
+            "tokens": state.tokens_seen - state.epoch_start_tokens, "wall_seconds": state.wall_seconds,
+            "epoch_seconds": state.wall_seconds - state.epoch_start_wall, "grad_norm_max": state.epoch_grad_max,
+        }  # fmt: skip
+        state.epoch_loss, state.epoch_steps, state.epoch_grad_max = 0.0, 0, 0.0
+        state.epoch_start_tokens, state.epoch_start_wall = state.tokens_seen, state.wall_seconds
+        return record
 
     def checkpoint(path: Path, *, pointer: bool = True) -> bool:
         if not d.main:
@@ -340,17 +356,8 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
             completed = state.loader.epoch + (1 if state.loader.cursor == loader.windows else 0)
             while state.epochs_saved < completed:
                 state.epochs_saved += 1
-                sidecar = {
-                    "epoch": state.epochs_saved,
-                    "step": state.step,
-                    "train_loss": state.epoch_loss / max(state.epoch_steps, 1),
-                    "val_loss": state.val_loss,
-                    "tokens_seen": state.tokens_seen,
-                    "wall_seconds": state.wall_seconds,
-                    "grad_norm_max": state.epoch_grad_max,
-                }
-                state.epoch_loss, state.epoch_steps, state.epoch_grad_max = 0.0, 0, 0.0
-                if checkpoint(ckpts.epoch_path(state.epochs_saved), pointer=False):
+                sidecar = end_epoch(lr)
+                if d.main and (cfg.keep_epochs == 0 or checkpoint(ckpts.epoch_path(state.epochs_saved), pointer=False)):
                     try_save(
                         f"epoch-{state.epochs_saved:03d}.metadata.json",
                         lambda s=sidecar: ckpts.write_sidecar(s["epoch"], s),
