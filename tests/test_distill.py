@@ -317,7 +317,8 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, teacher, shards):
     assert proc.returncode == 143, err
     assert "--resume latest" in err and "Traceback" not in err
     state = json.loads((run / "state.json").read_text())
-    assert state["status"] == "failed" and "SIGTERM" in state["error"]
+    assert state["status"] == "interrupted" and "SIGTERM" in state["reason"] and state["step"] > 0
+    assert state["resume"].endswith(f"--out {run} --resume latest")
     assert verify_file(run / "ckpt" / state["checkpoints"]["latest"]).valid
 
 

@@ -218,7 +218,27 @@ def test_a_signal_writes_a_checkpoint_and_exits_with_128_plus_its_number(tmp_pat
     latest = (run / "ckpt" / "latest").read_text().strip()
     assert verify_file(run / "ckpt" / latest).valid
     with open_apr(run / "ckpt" / latest) as f:
-        assert f.metadata["training"]["step"] > 0
+        step = f.metadata["training"]["step"]
+        assert step > 0
+    status = json.loads((run / "status.json").read_text())  # the run's own status file follows it
+    assert status["status"] == "interrupted" and status["step"] == step and status["last_checkpoint"] == latest
+    assert status["resume"] == f"aprtool pretrain --run-dir {run} --resume latest"
+
+
+def test_status_file_says_completed_or_failed_with_the_reason(tmp_path, tiny_shards):
+    run = tmp_path / "run"
+    pretrain(run, {**TINY, "corpus": str(tiny_shards), "steps": 4, "checkpoint_every": 2})
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "completed" and status["step"] == 4 and status["model"] == "model.apr"
+    assert status["last_checkpoint"] == "step-000004.apr"
+    with pytest.raises(UsageError):  # a refused start leaves the existing run's status alone
+        pretrain(run, {**TINY, "corpus": str(tiny_shards), "steps": 4})
+    assert json.loads((run / "status.json").read_text()) == status
+    bad = tmp_path / "bad"
+    result = run_cli("--run-dir", bad, "--corpus", tiny_shards, *TINY_ARGS, "--steps", "50", "--lr", "1e30")
+    assert result.returncode == 5, result.stderr
+    status = json.loads((bad / "status.json").read_text())
+    assert status["status"] == "failed" and "loss became nan" in status["reason"]
 
 
 def test_a_failing_checkpoint_write_does_not_stop_training(tmp_path, shards):

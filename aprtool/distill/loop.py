@@ -40,6 +40,7 @@ from aprtool.model.llama import LlamaForCausalLM
 from aprtool.paths import recorded_path_hint
 from aprtool.train.checkpoint import CheckpointDir, load_checkpoint, restore_training
 from aprtool.train.common import (
+    TrainingInterrupted,
     autocast,
     catch_signals,
     code_version,
@@ -227,7 +228,9 @@ def distill(
         }
 
     def checkpoint(path: Path) -> bool:
-        return ckpts.save(path, student.weights(), optimizer, names, training_meta(), metadata)
+        saved = ckpts.save(path, student.weights(), optimizer, names, training_meta(), metadata)
+        record_state("running")  # the step, and the newest verified checkpoint, follow the run
+        return saved
 
     def record_state(status: str, *, final: Path | None = None, model: str | None = None, **extra: Any) -> None:
         latest = ckpts.latest()
@@ -238,6 +241,7 @@ def distill(
         )  # fmt: skip
 
     record_state("running")
+    resume_command = f"aprtool distill --teacher {teach.path} --out {out} --resume latest"
     log(
         f"distill ({cfg.mode}): student {learned_count:,} learned of {metadata['param_count']:,} parameters "
         f"(init {plan.init}), teacher {teach.metadata.get('param_count', 0):,}; fingerprint {run_id[:16]}…"
@@ -352,13 +356,13 @@ def distill(
             if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or caught:
                 checkpoint(ckpts.step_path(state.step))
             if caught:
-                raise interrupted(
-                    caught[0], state.step, ckpts.step_path(state.step),
-                    f"aprtool distill --teacher {teach.path} --out {out} --resume latest",
-                )  # fmt: skip
+                raise interrupted(caught[0], state.step, ckpts.step_path(state.step), resume_command)
     except BaseException as exc:
         ckpts.finish()  # so that state.json names the newest verified checkpoint
-        record_state("failed", error=str(exc) or type(exc).__name__)
+        if isinstance(exc, TrainingInterrupted):
+            record_state("interrupted", reason=str(exc), resume=resume_command)
+        else:
+            record_state("failed", error=str(exc) or type(exc).__name__)
         raise
     finally:
         ckpts.finish()

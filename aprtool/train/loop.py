@@ -55,7 +55,7 @@ from aprtool.train.distributed import Dist, init_distributed, shutdown
 from aprtool.train.metrics import MetricsLog, require_tensorboard
 from aprtool.train.phases import Phases
 from aprtool.train.plot import try_plot
-from aprtool.train.runs import write_run_config
+from aprtool.train.runs import RunStatus, write_run_config
 from aprtool.train.schedule import learning_rate
 
 
@@ -139,13 +139,19 @@ def pretrain(
     if tensorboard:
         require_tensorboard()
     d = init_distributed(overrides.get("device", "cpu"))
+    status = RunStatus(run_dir, "pretrain")
     try:
-        return _pretrain(run_dir, overrides, resume, log if d.main else lambda _m: None, progress, tensorboard, d)
+        log = log if d.main else lambda _m: None
+        return _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status if d.main else None, d)
+    except BaseException as exc:
+        if d.main:
+            status.ended(exc, f"aprtool pretrain --run-dir {run_dir} --resume latest")
+        raise
     finally:
         shutdown(d)
 
 
-def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -> dict[str, Any]:
+def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d: Dist) -> dict[str, Any]:
     ckpts = CheckpointDir(run_dir / "ckpt", keep_last=5, log=log)
 
     # --- configuration (fresh, or from the checkpoint being resumed)
@@ -220,6 +226,8 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
     metadata = model_metadata(model, cfg.corpus, tok_info)
     params = [p for g in groups for p in g["params"]]
     if d.main:
+        status.update(status="running", step=state.step, steps=cfg.steps, time_budget=cfg.time_budget,
+                      last_checkpoint=ckpt.path.name if ckpt else None)  # fmt: skip
         write_run_config(run_dir, "pretrain", cfg.to_dict(), model=model.cfg.to_metadata(), world_size=d.world,
                          tokenizer=without_tokenizer_text(tok_info), resumed_from=ckpt and ckpt.path.name,
                          aprtool_version=code_version())  # fmt: skip
@@ -256,7 +264,9 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
         if not d.main:
             return False
         tensors = {**model.weights(), **{AVG_PREFIX + n: t for n, t in average.items()}}
-        return ckpts.save(path, tensors, optimizer, names, training_meta(), metadata, pointer=pointer)
+        saved = ckpts.save(path, tensors, optimizer, names, training_meta(), metadata, pointer=pointer)
+        status.update(step=state.step, last_checkpoint=path.name if saved else status.fields.get("last_checkpoint"))
+        return saved
 
     # --- phases: warmdown, weight averaging, late QAT, as fractions of the budget actually available
     phases = Phases(cfg.steps, cfg.time_budget, cfg.warmup_steps, cfg.warmdown_frac, cfg.swa_frac, cfg.ema,
@@ -427,6 +437,8 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, d: Dist) -
     summary_meta = training_meta() | {"state": None, "phases": state.phases, "averaged": averaged}
     if d.main:
         write_model(model_path, weights, {**metadata, "training_summary": summary_meta}, len(weights))
+        status.update(status="completed", step=state.step, model=model_path.name, val_loss=state.val_loss,
+                      stopped_early=state.stopped_early)  # fmt: skip
     d.barrier()
     return {
         "run_dir": str(run_dir),

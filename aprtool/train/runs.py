@@ -94,3 +94,41 @@ def write_run_config(run_dir: Path, command: str, config: dict[str, Any], **reso
     path = run_dir / RUN_CONFIG
     atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
     return path
+
+
+STATUS_FILE = "status.json"
+
+
+class RunStatus:
+    """RUN_DIR/status.json: where a pretrain run is (status running / completed / interrupted / failed,
+    step, the last checkpoint written, the resume command or the reason), replaced atomically at start,
+    at each checkpoint and at the end. Written only once this process has started the run, so a refused
+    start never touches another run's file."""
+
+    def __init__(self, run_dir: Path, command: str) -> None:
+        self.path = run_dir / STATUS_FILE
+        self.command = command
+        self.fields: dict[str, Any] = {}
+        self.started = False
+
+    def update(self, **fields: Any) -> None:
+        import time
+
+        from aprtool.atomic import atomic_write_text
+
+        self.started = True
+        self.fields |= fields
+        document = {"command": self.command, **self.fields,
+                    "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+        atomic_write_text(self.path, json.dumps(document, indent=1) + "\n")
+
+    def ended(self, exc: BaseException, resume: str) -> None:
+        """After an exception: `interrupted` with the resume command, or `failed` with the reason."""
+        if not self.started:
+            return
+        from aprtool.train.common import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            self.update(status="interrupted", reason=str(exc), resume=resume)
+        else:
+            self.update(status="failed", reason=str(exc) or type(exc).__name__, resume=resume)
