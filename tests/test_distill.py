@@ -153,8 +153,8 @@ def test_blockwise_end_to_end_logs_each_block_and_trains_only_the_blocks(tmp_pat
             start = teacher_counterpart(name, t, [0, 1], value.shape)
             assert not np.array_equal(start, value), name
     assert out["model.layers.0.self_attn.k_proj.weight"].shape == (16, 64)  # one KV head of 16
-    # --checkpoint-every 0: only the final checkpoint
-    assert sorted(p.name for p in (run / "ckpt").glob("*.apr")) == ["ckpt-step-000020.apr"]
+    # --checkpoint-every 0 (wall-time cadence, 10 min): only the final checkpoint, and the best one
+    assert sorted(p.name for p in (run / "ckpt").glob("*.apr")) == ["best.apr", "ckpt-step-000020.apr"]
 
 
 @pytest.mark.parametrize(

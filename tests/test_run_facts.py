@@ -126,3 +126,18 @@ def test_epoch_files_say_their_epoch_and_hold_the_held_out_loss_measured_at_its_
         assert side["val_loss"] == pytest.approx(evaluate(model, val, 16, "cpu"), rel=1e-6)
         assert side["epoch"] == e and side["tokens"] > 0 and side["epoch_seconds"] > 0 and side["lr"] > 0
         assert isinstance(side["best"], bool)
+
+
+def test_distill_keeps_best_and_checkpoints_by_wall_time(tmp_path, corpus):
+    out = tmp_path / "d"
+    options = {**COMMON, "corpus": str(corpus), "steps": 8, "eval_every": 2, "checkpoint_every": 0,
+               "checkpoint_minutes": 1e-9, "keep_last": 100}  # fmt: skip
+    summary = distill(TEACHER, out, {"student_layers": 1, **options}, log=lambda _m: None)
+    evals = [
+        r["val_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r
+    ]
+    with open_apr(out / "ckpt" / "best.apr") as f:
+        best = f.metadata["training"]
+    assert best["val_loss"] == min(evals) == summary["best_val_loss"] and best["step"] == summary["best_step"]
+    steps = sorted(p.name for p in (out / "ckpt").glob("ckpt-step-*.apr"))
+    assert steps == [f"ckpt-step-{s:06d}.apr" for s in range(1, 9)]  # every step: the cadence had passed

@@ -125,8 +125,11 @@ def distill_command(
         "eval_tokens"
     ],
     checkpoint_every: Annotated[
-        int, opt("checkpoint_every", "Steps between ckpt-step-NNNNNN.apr checkpoints; 0: none.")
+        int, opt("checkpoint_every", "Steps between ckpt-step-NNNNNN.apr checkpoints; 0: by wall time.")
     ] = _DEFAULTS["checkpoint_every"],
+    checkpoint_minutes: Annotated[
+        float, opt("checkpoint_minutes", "Wall-time checkpoint cadence (with --checkpoint-every 0).")
+    ] = _DEFAULTS["checkpoint_minutes"],
     keep_last: Annotated[int, opt("keep_last", "Step checkpoints to keep.")] = _DEFAULTS["keep_last"],
     log_every: Annotated[int, opt("log_every", "Steps per metrics.jsonl line.")] = _DEFAULTS["log_every"],
     resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint path: continue that run exactly.")] = None,

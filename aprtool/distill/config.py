@@ -48,7 +48,8 @@ class DistillConfig:
     # evaluation, checkpoints, logging (not part of the run's identity)
     eval_every: int = 50
     eval_tokens: int = 32768
-    checkpoint_every: int = 5000  # steps; 0: no periodic checkpoints (the final one is always written)
+    checkpoint_every: int = 0  # steps; 0: every checkpoint_minutes of wall time (the final one is always written)
+    checkpoint_minutes: float = 10.0
     keep_last: int = 5
     log_every: int = 10
 
@@ -91,6 +92,8 @@ class DistillConfig:
             raise UsageError("--min-lr-ratio must be between 0 and 1")
         if self.lr <= 0:
             raise UsageError("--lr must be positive")
+        if not self.checkpoint_minutes > 0:
+            raise UsageError("--checkpoint-minutes must be positive")
         return self
 
     @property
@@ -122,7 +125,8 @@ STUDENT_SHAPE = ("student_layers", "student_intermediate_size", "student_heads",
 # Fields that do not change what is trained: left out of the run's fingerprint, free to change on
 # resume. Paths are represented by content instead (the teacher's and student's sha256, the data's
 # fingerprint), so moving a file does not make it another run.
-NOT_IDENTITY = ("student", "corpus", "eval_every", "eval_tokens", "checkpoint_every", "keep_last", "log_every")
+NOT_IDENTITY = ("student", "corpus", "eval_every", "eval_tokens", "checkpoint_every", "checkpoint_minutes", "keep_last",
+                "log_every")  # fmt: skip
 
 
 def parse_keys(text: str) -> tuple[str, ...]:

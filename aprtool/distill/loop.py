@@ -227,8 +227,8 @@ def distill(
             "state": state.to_dict(),
         }
 
-    def checkpoint(path: Path) -> bool:
-        saved = ckpts.save(path, student.weights(), optimizer, names, training_meta(), metadata)
+    def checkpoint(path: Path, *, pointer: bool = True) -> bool:
+        saved = ckpts.save(path, student.weights(), optimizer, names, training_meta(), metadata, pointer=pointer)
         record_state("running")  # the step, and the newest verified checkpoint, follow the run
         return saved
 
@@ -249,6 +249,7 @@ def distill(
 
     # --- the loop; signals finish the step, checkpoint and exit 130/143
     started = time.monotonic() - state.wall_seconds
+    last_ckpt = time.monotonic()
     interval_start, interval_tokens = time.monotonic(), 0
     if progress:
         progress({"event": "start", "step": state.step, "total_steps": cfg.steps, "time_budget": None,
@@ -339,6 +340,9 @@ def distill(
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 state.val_loss = evaluate(student, val_windows, cfg.batch_size, cfg.device)
                 state.evals += 1
+                if state.best_val_loss is None or state.val_loss < state.best_val_loss:
+                    state.best_val_loss, state.best_step = state.val_loss, state.step
+                    checkpoint(ckpts.best_path, pointer=False)  # the lowest held-out loss so far
                 record = {**record, "step": state.step, "val_loss": state.val_loss}
                 blocks_note = ""
                 if state.block_losses is not None:
@@ -353,8 +357,12 @@ def distill(
                 if progress:
                     progress({"event": "log", **record})
 
-            if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or caught:
+            due = (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or (
+                not cfg.checkpoint_every and time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60
+            )
+            if due or caught:
                 checkpoint(ckpts.step_path(state.step))
+                last_ckpt = time.monotonic()
             if caught:
                 raise interrupted(caught[0], state.step, ckpts.step_path(state.step), resume_command)
     except BaseException as exc:
@@ -381,6 +389,8 @@ def distill(
         "train_loss": state.train_loss,
         "val_loss": state.val_loss,
         "teacher_val_loss": state.teacher_val_loss,
+        "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
         "block_losses": state.block_losses,
         "config": cfg.to_dict(),
         "data_fingerprint": corpus.fingerprint,
@@ -417,6 +427,8 @@ def distill(
         "train_loss": state.train_loss,
         "val_loss": state.val_loss,
         "teacher_val_loss": state.teacher_val_loss,
+        "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
         "block_losses": state.block_losses,
         "exported_tensors": checked["tensors"],
         "wall_seconds": round(state.wall_seconds, 2),
