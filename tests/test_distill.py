@@ -318,7 +318,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, teacher, shards):
     assert "--resume latest" in err and "Traceback" not in err
     state = json.loads((run / "state.json").read_text())
     assert state["status"] == "interrupted" and "SIGTERM" in state["reason"] and state["step"] > 0
-    assert state["resume"].endswith(f"--out {run} --resume latest")
+    assert state["resume"].endswith(f"--run-dir {run} --resume latest")
     assert verify_file(run / "ckpt" / state["checkpoints"]["latest"]).valid
 
 

@@ -141,3 +141,11 @@ def test_distill_keeps_best_and_checkpoints_by_wall_time(tmp_path, corpus):
     assert best["val_loss"] == min(evals) == summary["best_val_loss"] and best["step"] == summary["best_step"]
     steps = sorted(p.name for p in (out / "ckpt").glob("ckpt-step-*.apr"))
     assert steps == [f"ckpt-step-{s:06d}.apr" for s in range(1, 9)]  # every step: the cadence had passed
+
+
+def test_distill_takes_run_dir_like_pretrain(cli, tmp_path, corpus):
+    run = tmp_path / "student"
+    r = cli("distill", "--teacher", TEACHER, "--run-dir", run, "--corpus", corpus, "--student-layers", "1",
+            "--steps", "2", "--seq-len", "32", "--batch-size", "2", "--eval-tokens", "256", "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert r.json()["model"] == str(run / "model.apr") and (run / "state.json").is_file()

@@ -29,8 +29,8 @@ _AUTO = {  # defaults decided at run time
 
 EXAMPLES = """\b
 Examples:
-  aprtool distill --teacher runs/small/model.apr --out runs/student --student-layers 2
-  aprtool distill --teacher runs/small/model.apr --out runs/bw --mode blockwise --student-intermediate-size 344
+  aprtool distill --teacher runs/small/model.apr --run-dir runs/student --student-layers 2
+  aprtool distill --teacher runs/small/model.apr --run-dir runs/bw --mode blockwise --student-intermediate-size 344
 """
 
 
@@ -72,7 +72,7 @@ def _render(summary: dict[str, Any]):
 def distill_command(
     ctx: typer.Context,
     teacher: Annotated[Path, typer.Option("--teacher", help="The teacher: an aprtool Llama .apr (pretrain output).")],
-    out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoints, state.json, model.apr.")],
+    out: Annotated[Path, typer.Option("--run-dir", "--out", help="Run directory: checkpoints, state.json, model.apr.")],
     student: Annotated[str | None, opt("student", "Start from this student .apr (same tokenizer) as it is.")] = None,
     student_size: Annotated[Size | None, opt("student_size", "A preset student trained from scratch.")] = None,
     init: Annotated[Init | None, opt("init", "teacher (copy what fits) or scratch.")] = None,

@@ -241,7 +241,7 @@ def distill(
         )  # fmt: skip
 
     record_state("running")
-    resume_command = f"aprtool distill --teacher {teach.path} --out {out} --resume latest"
+    resume_command = f"aprtool distill --teacher {teach.path} --run-dir {out} --resume latest"
     log(
         f"distill ({cfg.mode}): student {learned_count:,} learned of {metadata['param_count']:,} parameters "
         f"(init {plan.init}), teacher {teach.metadata.get('param_count', 0):,}; fingerprint {run_id[:16]}…"

@@ -58,7 +58,7 @@ def read_state(out: Path) -> dict[str, Any] | None:
     except ValueError as exc:
         raise FormatError(f"{path}: invalid JSON ({exc}); remove it or use --force") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise FormatError(f"{path}: not an aprtool distill state file; use another --out or --force")
+        raise FormatError(f"{path}: not an aprtool distill state file; use another --run-dir or --force")
     return state
 
 
@@ -121,7 +121,7 @@ def before_fresh_run(
         theirs = (previous or {}).get("fingerprint") or "unknown"
         raise UsageError(
             f"{out} holds another run (fingerprint {theirs[:16]}…, this one {run_id[:16]}…); "
-            "use --force to replace it, or choose another --out"
+            "use --force to replace it, or choose another --run-dir"
         )
     return "train"
 
