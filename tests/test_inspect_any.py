@@ -240,3 +240,10 @@ def test_export_reads_an_hf_folder_by_content_and_refuses_gguf(cli, files, tmp_p
     shutil.copyfile(files["gguf"], disguised)
     one_line_error(cli("export", disguised, "-o", tmp_path / "x.apr", "--to", "apr"), 2, "GGUF")
     assert not (tmp_path / "x.apr").exists()
+
+
+def test_verify_require_works_on_every_format(cli, files):
+    for kind in ("apr", "safetensors", "gguf", "hf"):
+        assert cli("verify", files[kind], "--require", "hidden_size=64").code == 0, kind
+        r = cli("verify", files[kind], "--require", "hidden_size=65")
+        assert r.code == 5 and "hidden_size=64, required 65" in r.stdout + r.stderr, (kind, r.stdout)

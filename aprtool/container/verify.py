@@ -83,7 +83,7 @@ def parse_requirements(pairs: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
-def lookup(metadata: dict[str, Any], key: str) -> tuple[bool, Any]:
+def _lookup(metadata: dict[str, Any], key: str) -> tuple[bool, Any]:
     """Dotted keys reach into nested objects: `aprtool.records_version`."""
     node: Any = metadata
     for part in key.split("."):
@@ -93,13 +93,24 @@ def lookup(metadata: dict[str, Any], key: str) -> tuple[bool, Any]:
     return True, node
 
 
-def matches(actual: Any, wanted: str) -> bool:
+def _matches(actual: Any, wanted: str) -> bool:
     if isinstance(actual, str):
         return actual == wanted
     try:
         return actual == json.loads(wanted)
     except ValueError:
         return False
+
+
+def check_required(report: VerifyReport, metadata: dict[str, Any], require: Sequence[tuple[str, str]]) -> None:
+    """--require KEY=VALUE: each a check, each mismatch an error naming the value found."""
+    for key, wanted in require:
+        found, actual = _lookup(metadata, key)
+        ok = found and _matches(actual, wanted)
+        detail = f"{key}={json.dumps(actual, default=str) if found else '(missing)'}, required {wanted}"
+        report.add(f"require:{key}", ok, detail)
+        if not ok:
+            report.fail(f"metadata {detail}")
 
 
 def verify_file(
@@ -147,13 +158,7 @@ def verify_file(
         _tensor_checksums(f, scan, report)
         _content(f, scan, report, strict)
         _counts(f, report, expect_tensors)
-        for key, wanted in require:
-            found, actual = lookup(f.metadata, key)
-            ok = found and matches(actual, wanted)
-            detail = f"{key}={json.dumps(actual) if found else '(missing)'}, required {wanted}"
-            report.add(f"require:{key}", ok, detail)
-            if not ok:
-                report.fail(f"metadata {detail}")
+        check_required(report, f.metadata, require)
         if deep:
             problems = [p for check in _deep_checks for p in check(f)]
             encoded = sum(t.dtype.code >= C.ENCODED_DTYPE_MIN for t in f.tensors.values())

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from aprtool.container.verify import VerifyReport, lookup, matches, verify_file
+from aprtool.container.verify import VerifyReport, check_required, verify_file
 from aprtool.errors import EXIT_INVALID, EXIT_NOT_FOUND, AprError, FileAccessError
 from aprtool.files.detect import APR, detect
 from aprtool.files.views import open_view
@@ -69,14 +69,7 @@ def verify_any(
             report.fail(f"tensor_count: {count}, expected {wanted}")
         else:
             report.add("tensor_count", True, f"{count} tensors")
-        fields = {**view.metadata, **view.architecture}
-        for key, wanted in require:
-            found, actual = lookup(fields, key)
-            ok = found and matches(actual, wanted)
-            detail = f"{key}={repr(actual) if found else '(missing)'}, required {wanted}"
-            report.add(f"require:{key}", ok, detail)
-            if not ok:
-                report.fail(f"metadata {detail}")
+        check_required(report, {**view.metadata, **view.architecture}, require)
         if deep:
             _deep(view, report, strict)
     finally:
