@@ -1,12 +1,17 @@
-"""`aprtool runs DIR`: what a pretrain or distill run directory holds, checkpoint by checkpoint."""
+"""A run directory's own files: `aprtool runs DIR` (its checkpoints), config.json (the resolved options)
+and status.json (where the run is). Modules that import torch are imported inside the functions that
+need them, so `runs` and `inspect` stay quick."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from aprtool.atomic import atomic_write_text
 from aprtool.errors import AprError, FileAccessError
 
 
@@ -79,11 +84,6 @@ def write_run_config(run_dir: Path, command: str, config: dict[str, Any], **reso
     """RUN_DIR/config.json, written when a run starts or resumes: every option with its default filled in
     (`config`), what was decided at run time (`resolved`: model shape, tokenizer, world size, the
     checkpoint resumed from) and the command line, so a run can be repeated or compared."""
-    import sys
-    import time
-
-    from aprtool.atomic import atomic_write_text
-
     document = {
         "command": command,
         "argv": sys.argv[1:],
@@ -112,10 +112,6 @@ class RunStatus:
         self.started = False
 
     def update(self, **fields: Any) -> None:
-        import time
-
-        from aprtool.atomic import atomic_write_text
-
         self.started = True
         self.fields |= fields
         document = {"command": self.command, **self.fields,
