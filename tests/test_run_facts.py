@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aprtool import open_apr
@@ -149,3 +150,15 @@ def test_distill_takes_run_dir_like_pretrain(cli, tmp_path, corpus):
             "--steps", "2", "--seq-len", "32", "--batch-size", "2", "--eval-tokens", "256", "--json")  # fmt: skip
     assert r.code == 0, r.stderr
     assert r.json()["model"] == str(run / "model.apr") and (run / "state.json").is_file()
+
+
+def test_grad_clip_zero_turns_clipping_off_and_a_negative_one_is_refused(tmp_path, corpus):
+    from aprtool.errors import UsageError
+
+    off = [r for r in _train("pretrain", tmp_path / "off", corpus, grad_clip=0) if "loss" in r]
+    assert [r["clip_count"] for r in off] == [0, 0] and all(r["grad_norm_max"] > 0 for r in off)
+    with open_apr(tmp_path / "off" / "model.apr") as a, open_apr(tmp_path / "off" / "ckpt" / "step-000002.apr") as b:
+        assert not np.array_equal(a.numpy("model.norm.weight"), b.numpy("model.norm.weight"))  # it trained
+    for kind in ("pretrain", "distill"):
+        with pytest.raises(UsageError, match="--grad-clip -1"):
+            _train(kind, tmp_path / f"neg-{kind}", corpus, grad_clip=-1.0)

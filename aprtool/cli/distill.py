@@ -113,7 +113,7 @@ def distill_command(
     weight_decay: Annotated[float, opt("weight_decay", "AdamW weight decay (matrices only).")] = _DEFAULTS[
         "weight_decay"
     ],
-    grad_clip: Annotated[float, opt("grad_clip", "Gradient norm clip (per block in blockwise mode).")] = _DEFAULTS[
+    grad_clip: Annotated[float, opt("grad_clip", "Gradient norm clip (per block if blockwise); 0: none.")] = _DEFAULTS[
         "grad_clip"
     ],
     seed: Annotated[int, opt("seed", "Seed for initialization and data order.")] = _DEFAULTS["seed"],

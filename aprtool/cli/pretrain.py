@@ -92,7 +92,7 @@ def pretrain_command(
     weight_decay: Annotated[float, opt("weight_decay", "AdamW weight decay (matrices only).")] = _DEFAULTS[
         "weight_decay"
     ],
-    grad_clip: Annotated[float, opt("grad_clip", "Gradient norm clip.")] = _DEFAULTS["grad_clip"],
+    grad_clip: Annotated[float, opt("grad_clip", "Gradient norm clip; 0: none.")] = _DEFAULTS["grad_clip"],
     seed: Annotated[int, opt("seed", "Seed for initialization and data order.")] = _DEFAULTS["seed"],
     device: Annotated[Device, opt("device", "cpu or cuda (bf16 autocast on cuda).")] = Device(_DEFAULTS["device"]),
     time_budget: Annotated[

@@ -94,6 +94,8 @@ class DistillConfig:
             raise UsageError("--lr must be positive")
         if not self.checkpoint_minutes > 0:
             raise UsageError("--checkpoint-minutes must be positive")
+        if not self.grad_clip >= 0:
+            raise UsageError(f"--grad-clip {self.grad_clip}: must be >= 0 (0 turns clipping off)")
         return self
 
     @property

@@ -43,6 +43,7 @@ from aprtool.train.common import (
     TrainingInterrupted,
     autocast,
     catch_signals,
+    clip_limit,
     code_version,
     corpus_wrap_warning,
     eval_shortfall,
@@ -293,11 +294,10 @@ def distill(
                     f"loss became {step_loss} (kd {step_kd}, ce {step_ce}) at step {state.step + 1}; {where}"
                 )
             if cfg.mode == "blockwise":  # each block clipped on its own: blocks stay independent
-                grad_norm = max(
-                    (float(torch.nn.utils.clip_grad_norm_(b, cfg.grad_clip)) for b in blocks if b), default=0.0
-                )
+                limit = clip_limit(cfg.grad_clip)
+                grad_norm = max((float(torch.nn.utils.clip_grad_norm_(b, limit)) for b in blocks if b), default=0.0)
             else:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_limit(cfg.grad_clip)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -310,7 +310,7 @@ def distill(
             state.log_blocks = [a + b for a, b in zip(state.log_blocks, step_blocks, strict=True)]
             state.log_steps += 1
             state.log_grad_max = max(state.log_grad_max, grad_norm)
-            state.log_clips += int(grad_norm > cfg.grad_clip)  # this step's gradient was scaled down
+            state.log_clips += int(grad_norm > clip_limit(cfg.grad_clip))  # this step's gradient was scaled down
             state.wall_seconds = time.monotonic() - started
             if progress:
                 progress({"event": "step", "step": state.step, "wall_seconds": state.wall_seconds})

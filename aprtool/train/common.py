@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import signal
 import sys
@@ -128,3 +129,8 @@ def eval_shortfall(val_windows: int, seq_len: int, eval_tokens: int) -> str | No
         f"{eval_tokens:,}: every evaluation uses those {val_windows * seq_len:,} (use a larger --corpus or "
         "--val-fraction for a steadier held-out loss)"
     )
+
+
+def clip_limit(grad_clip: float) -> float:
+    """--grad-clip 0 turns clipping off (the norm is still measured, for the logs)."""
+    return grad_clip if grad_clip > 0 else math.inf

@@ -116,6 +116,8 @@ class TrainConfig:
         from aprtool.codecs.quant import Clip
 
         Clip.parse(self.qat_clip)
+        if not self.grad_clip >= 0:
+            raise UsageError(f"--grad-clip {self.grad_clip}: must be >= 0 (0 turns clipping off)")
         return self
 
     def model_config(self, vocab_size: int) -> LlamaConfig:

@@ -41,6 +41,7 @@ from aprtool.train.checkpoint import (
 from aprtool.train.common import (
     autocast,
     catch_signals,
+    clip_limit,
     code_version,
     corpus_wrap_warning,
     eval_shortfall,
@@ -324,7 +325,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
                     f"loss became {step_loss} at step {state.step + 1}; the last good checkpoint is "
                     f"{ckpts.latest().name if ckpts.latest() else 'none'}"
                 )
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_limit(cfg.grad_clip)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -340,7 +341,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
             state.log_loss += step_loss
             state.log_steps += 1
             state.log_grad_max = max(state.log_grad_max, grad_norm)
-            state.log_clips += int(grad_norm > cfg.grad_clip)  # this step's gradient was scaled down
+            state.log_clips += int(grad_norm > clip_limit(cfg.grad_clip))  # this step's gradient was scaled down
             state.epoch_loss += step_loss
             state.epoch_steps += 1
             state.epoch_grad_max = max(state.epoch_grad_max, grad_norm)
