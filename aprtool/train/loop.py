@@ -440,7 +440,8 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
         write_model(model_path, weights, {**metadata, "training_summary": summary_meta}, len(weights))
         status.update(status="completed", step=state.step, model=model_path.name, val_loss=state.val_loss,
                       stopped_early=state.stopped_early)  # fmt: skip
-    d.barrier()
+    curves = try_plot(run_dir) if d.main else None
+    d.barrier()  # the last collective: no rank leaves (and tears the process group down) while another works
     return {
         "run_dir": str(run_dir),
         "model": str(model_path),
@@ -460,7 +461,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
         "phases": state.phases,
         "averaged": averaged,
         "world_size": d.world,
-        "curves": try_plot(run_dir) if d.main else None,
+        "curves": curves,
     }
 
 
