@@ -162,3 +162,17 @@ def test_grad_clip_zero_turns_clipping_off_and_a_negative_one_is_refused(tmp_pat
     for kind in ("pretrain", "distill"):
         with pytest.raises(UsageError, match="--grad-clip -1"):
             _train(kind, tmp_path / f"neg-{kind}", corpus, grad_clip=-1.0)
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "distill"])
+def test_a_config_json_aprtool_did_not_write_is_never_replaced(tmp_path, corpus, kind):
+    from aprtool.errors import UsageError
+
+    run = tmp_path / "hf-like"
+    run.mkdir()
+    theirs = '{"architectures": ["LlamaForCausalLM"], "hidden_size": 64}\n'
+    (run / "config.json").write_text(theirs)
+    with pytest.raises(UsageError, match="not written by an aprtool run"):
+        _train(kind, run, corpus)
+    assert (run / "config.json").read_text() == theirs
+    assert not (run / "status.json").exists() and not (run / "state.json").exists()

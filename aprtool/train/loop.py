@@ -227,11 +227,11 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
     metadata = model_metadata(model, cfg.corpus, tok_info)
     params = [p for g in groups for p in g["params"]]
     if d.main:
-        status.update(status="running", step=state.step, steps=cfg.steps, time_budget=cfg.time_budget,
-                      last_checkpoint=ckpt.path.name if ckpt else None)  # fmt: skip
         write_run_config(run_dir, "pretrain", cfg.to_dict(), model=model.cfg.to_metadata(), world_size=d.world,
                          tokenizer=without_tokenizer_text(tok_info), resumed_from=ckpt and ckpt.path.name,
                          aprtool_version=code_version())  # fmt: skip
+        status.update(status="running", step=state.step, steps=cfg.steps, time_budget=cfg.time_budget,
+                      last_checkpoint=ckpt.path.name if ckpt else None)  # fmt: skip
 
     def training_meta() -> dict[str, Any]:
         return {

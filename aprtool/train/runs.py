@@ -80,6 +80,22 @@ def list_run(run_dir: str | os.PathLike[str], *, verify: bool = True) -> dict[st
 RUN_CONFIG = "config.json"
 
 
+def _may_replace(path: Path) -> None:
+    """A run's config.json / status.json is replaced only if aprtool wrote it (an HF folder has a
+    config.json of its own): anything else is refused before it is touched."""
+    from aprtool.errors import UsageError
+    from aprtool.paths import read_input
+
+    if not os.path.lexists(path):
+        return
+    try:
+        ours = json.loads(read_input(path, 1 << 20)).get("command") in ("pretrain", "distill")
+    except (AprError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise UsageError(f"{path} exists and was not written by an aprtool run: choose another run directory")
+
+
 def write_run_config(run_dir: Path, command: str, config: dict[str, Any], **resolved: Any) -> Path:
     """RUN_DIR/config.json, written when a run starts or resumes: every option with its default filled in
     (`config`), what was decided at run time (`resolved`: model shape, tokenizer, world size, the
@@ -92,6 +108,7 @@ def write_run_config(run_dir: Path, command: str, config: dict[str, Any], **reso
         **resolved,
     }
     path = run_dir / RUN_CONFIG
+    _may_replace(path)
     atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
     return path
 
@@ -112,6 +129,8 @@ class RunStatus:
         self.started = False
 
     def update(self, **fields: Any) -> None:
+        if not self.started:
+            _may_replace(self.path)
         self.started = True
         self.fields |= fields
         document = {"command": self.command, **self.fields,
