@@ -241,10 +241,10 @@ def test_logit_kd_loss_is_the_documented_formula():
 def test_an_export_that_is_not_the_trained_student_fails_with_exit_5(
     tmp_path, teacher, shards, monkeypatch, tamper, said
 ):
-    import aprtool.distill.final as final
+    import aprtool.train.export as export
 
-    real = final.student_weights
-    monkeypatch.setattr(final, "student_weights", lambda model: tamper(real(model)))
+    real = export.model_weights
+    monkeypatch.setattr(export, "model_weights", lambda model: tamper(real(model)))
     run = tmp_path / "run"
     result = invoke("--teacher", teacher, "--out", run, "--corpus", shards, "--steps", "4", *SMALL_ARGS)
     assert result.exit_code == 5, result.output

@@ -18,7 +18,7 @@ import numpy as np
 
 from aprtool.codecs import tensor as enc
 from aprtool.codecs.coders import CODERS, order0_entropy_bits
-from aprtool.codecs.quant import DEFAULT_MIN_ELEMENTS, Clip, Quantized, quantize, relative_rmse
+from aprtool.codecs.quant import DEFAULT_CLIP, DEFAULT_MIN_ELEMENTS, Clip, Quantized, quantize, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
@@ -26,7 +26,6 @@ from aprtool.data.tokenizer import embed_tokenizer
 from aprtool.errors import UsageError
 from aprtool.paths import input_file, output_path
 
-DEFAULT_CLIP = "std:12.85"  # parameter-golf's setting for matrices: ~3.3 bits/weight after coding
 QUANT_MODES = ("int6", "none")
 PASSTHROUGH_MODES = ("f16", "keep")
 

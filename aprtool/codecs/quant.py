@@ -17,6 +17,7 @@ from aprtool.errors import UsageError
 
 LEVELS = 31  # symbols -31..31
 DEFAULT_MIN_ELEMENTS = 65_536  # parameter-golf keeps tensors up to this size in fp16
+DEFAULT_CLIP = "std:12.85"  # parameter-golf's setting for matrices: ~3.3 bits/weight after coding
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 from aprtool.errors import UsageError
-from aprtool.train.config import DEVICES, SCHEDULES
+from aprtool.train.config import LoopConfig
 
 MODES = ("logits", "blockwise")
 INITS = ("teacher", "scratch")
@@ -14,7 +14,9 @@ KEYS = ("entire_block", "attention", "ffn")  # --keys-to-learn values, in their 
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(LoopConfig):
+    """The student and the distillation; optimizer, schedule, evaluation and checkpoints are LoopConfig's."""
+
     # the student: a file, a preset from scratch, or (default) built from the teacher
     student: str | None = None  # an aprtool Llama .apr to start from, used as is
     student_size: str | None = None  # a preset (tiny, small, ...), initialized from scratch
@@ -30,28 +32,6 @@ class DistillConfig:
     keys_to_learn: str | None = None  # None: blockwise entire_block; logits every parameter
     # data (None: the teacher's prepared data, else the default corpus with the teacher's tokenizer)
     corpus: str | None = None
-    # optimization
-    steps: int = 300
-    seq_len: int | None = None  # None: the teacher's training seq_len
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
-    schedule: str = "cosine"  # cosine | linear
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # blockwise: per block, so blocks stay independent
-    seed: int = 0
-    device: str = "cpu"
-    # evaluation, checkpoints, logging (not part of the run's identity)
-    eval_every: int = 50
-    eval_tokens: int = 32768
-    checkpoint_every: int = 0  # steps; 0: every checkpoint_minutes of wall time (the final one is always written)
-    checkpoint_minutes: float = 10.0
-    keep_last: int = 5
-    log_every: int = 10
 
     def validate(self) -> DistillConfig:
         from aprtool.model.config import PRESETS
@@ -69,34 +49,17 @@ class DistillConfig:
                 raise UsageError(f"--student-size {self.student_size!r}: choose from {', '.join(PRESETS)}")
             if self.init == "teacher":
                 raise UsageError("--student-size builds a student from scratch: drop --init teacher")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
-        if self.device not in DEVICES:
-            raise UsageError(f"--device {self.device!r}: choose {' or '.join(DEVICES)}")
         if not self.temperature > 0:
             raise UsageError(f"--temperature {self.temperature}: must be positive")
         if not 0 <= self.alpha <= 1:
             raise UsageError(f"--alpha {self.alpha}: must be between 0 and 1")
         if self.keys_to_learn is not None:
             parse_keys(self.keys_to_learn)
-        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_tokens", "log_every", *STUDENT_SHAPE):
+        for name in STUDENT_SHAPE:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
-        if self.seq_len is not None and self.seq_len <= 0:
-            raise UsageError("--seq-len must be positive")
-        for name in ("keep_last", "checkpoint_every", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise UsageError("--min-lr-ratio must be between 0 and 1")
-        if self.lr <= 0:
-            raise UsageError("--lr must be positive")
-        if not self.checkpoint_minutes > 0:
-            raise UsageError("--checkpoint-minutes must be positive")
-        if not self.grad_clip >= 0:
-            raise UsageError(f"--grad-clip {self.grad_clip}: must be >= 0 (0 turns clipping off)")
-        return self
+        return super().validate()
 
     @property
     def learned_keys(self) -> tuple[str, ...] | None:
@@ -105,22 +68,6 @@ class DistillConfig:
             return parse_keys(self.keys_to_learn)
         return ("entire_block",) if self.mode == "blockwise" else None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "training.config") -> DistillConfig:
-        """From a checkpoint's JSON: every field's type is checked (exit 4 naming it)."""
-        from aprtool.schema import from_json
-
-        return from_json(cls, data, where)
-
-    def merged(self, overrides: dict[str, Any]) -> DistillConfig:
-        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
-        if unknown:
-            raise UsageError(f"unknown distill option(s): {', '.join(unknown)}")
-        return replace(self, **overrides)
-
 
 STUDENT_SHAPE = ("student_layers", "student_intermediate_size", "student_heads", "student_kv_heads")
 
@@ -128,7 +75,7 @@ STUDENT_SHAPE = ("student_layers", "student_intermediate_size", "student_heads",
 # resume. Paths are represented by content instead (the teacher's and student's sha256, the data's
 # fingerprint), so moving a file does not make it another run.
 NOT_IDENTITY = ("student", "corpus", "eval_every", "eval_tokens", "checkpoint_every", "checkpoint_minutes", "keep_last",
-                "log_every")  # fmt: skip
+                "keep_epochs", "log_every", "strict")  # fmt: skip
 
 
 def parse_keys(text: str) -> tuple[str, ...]:

@@ -1,20 +1,19 @@
-"""`distill`: the loop, top to bottom.
+"""`distill`: a teacher's knowledge into a student, through the training engine.
 
     load and verify the teacher -> configuration (fresh, or the checkpoint's) -> the teacher's data ->
     the student's plan and the run's fingerprint -> skip a completed run / refuse a foreign one ->
-    build (or restore) the student, optimizer, RNG and data position -> for each step: the teacher's
-    targets under no_grad, the student's loss (logit KD or blockwise), clip, AdamW, log, evaluate,
-    checkpoint -> final checkpoint -> DIR/model.apr, read back and proven to hold the trained student.
+    build (or restore) the student, optimizer, RNG and data position -> Engine.train() with the
+    distillation task (the teacher's targets under no_grad, the student's logit KD or blockwise loss)
+    -> final checkpoint -> DIR/model.apr, read back and proven to hold the trained student.
 
-The checkpoint machinery, data pipeline, model, evaluation and schedule are pretrain's.
+The loop, checkpoints, evaluation, phases and multi-process training are the engine's (train/engine.py).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,53 +23,66 @@ from aprtool.atomic import atomic_write_text
 from aprtool.data.loader import BatchLoader, eval_windows
 from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json, without_tokenizer_text
 from aprtool.distill.config import DistillConfig, parse_keys, resume_differences
-from aprtool.distill.final import check_saved_model, export_student, start_digests
 from aprtool.distill.losses import block_losses, logit_kd_loss, teacher_hidden_states
 from aprtool.distill.models import LoadedModel, block_parameters, build_student, freeze, load_llama, plan_student
-from aprtool.distill.run import (
-    before_fresh_run,
-    fingerprint,
-    read_state,
-    teacher_corpus,
-    write_state,
-)
-from aprtool.errors import FileAccessError, IntegrityError, MetadataError, UsageError
+from aprtool.distill.run import DistillStatus, before_fresh_run, fingerprint, read_state, teacher_corpus
+from aprtool.errors import FileAccessError, MetadataError, UsageError
 from aprtool.model.io import model_metadata
 from aprtool.model.llama import LlamaForCausalLM
 from aprtool.paths import recorded_path_hint
-from aprtool.train.checkpoint import CheckpointDir, load_checkpoint, restore_training
-from aprtool.train.common import (
-    TrainingInterrupted,
-    autocast,
-    catch_signals,
-    clip_limit,
-    code_version,
-    corpus_wrap_warning,
-    eval_shortfall,
-    evaluate,
-    interrupted,
-    param_groups,
-    seed_everything,
-    stderr_log,
-)
-from aprtool.train.loop import RunState
+from aprtool.train.checkpoint import Checkpoint, CheckpointDir, load_checkpoint, restore_training
+from aprtool.train.common import code_version, evaluate, param_groups, seed_everything, stderr_log
+from aprtool.train.distributed import Dist, init_distributed, shutdown
+from aprtool.train.engine import Engine, RunState, Task, restore_average, run_facts
+from aprtool.train.export import check_saved_model, export_trained, start_digests
 from aprtool.train.metrics import MetricsLog, require_tensorboard
 from aprtool.train.plot import try_plot
 from aprtool.train.runs import write_run_config
-from aprtool.train.schedule import learning_rate
 
 CKPT_PREFIX = "ckpt-step-"
 
 
-@dataclass
-class DistillState(RunState):
-    """pretrain's resume state plus the distillation accumulators (the epoch/early-stop fields stay unused)."""
+class Distillation(Task):
+    """The student learns the teacher's logits (KD + label cross-entropy) or each block's output."""
 
-    log_kd: float = 0.0
-    log_ce: float = 0.0
-    log_blocks: list[float] = field(default_factory=list)  # per-block loss sums over the log interval
-    block_losses: list[float] | None = None  # last logged per-block means
-    teacher_val_loss: float | None = None
+    command = "distill"
+
+    def __init__(self, student: LlamaForCausalLM, teacher: LlamaForCausalLM, cfg: DistillConfig) -> None:
+        self.model, self.teacher, self.cfg = student, teacher, cfg
+        self.blocks = block_parameters(student) if cfg.mode == "blockwise" else None
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        if self.blocks is None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x) if cfg.alpha > 0 else None
+            loss, kd, ce = logit_kd_loss(self.model(x), teacher_logits, y, cfg.temperature, cfg.alpha)
+            return loss, {"kd_loss": float(kd.detach()), "ce_loss": float(ce.detach())}
+        per_block = block_losses(self.model, teacher_hidden_states(self.teacher, x))
+        return torch.stack(per_block).sum(), {f"block.{i}": float(b.detach()) for i, b in enumerate(per_block)}
+
+    def clip(self, params: list[torch.nn.Parameter], limit: float) -> float:
+        if self.blocks is None:
+            return super().clip(params, limit)
+        # blockwise: each block clipped on its own, so the blocks stay independent
+        return max((float(torch.nn.utils.clip_grad_norm_(b, limit)) for b in self.blocks if b), default=0.0)
+
+    def nonfinite(self, loss: float, parts: dict[str, float]) -> str:
+        if self.blocks is not None:
+            bad = [(k.split(".")[1], v) for k, v in parts.items() if not math.isfinite(v)]
+            return "non-finite loss in " + ", ".join(f"block {i} ({v})" for i, v in bad)
+        return f"loss became {loss} (kd {parts.get('kd_loss')}, ce {parts.get('ce_loss')})"
+
+    def log_fields(self, state: RunState, parts: dict[str, float]) -> dict[str, Any]:
+        if self.blocks is None:
+            return parts
+        state.task["block_losses"] = [parts[f"block.{i}"] for i in range(len(self.blocks))]
+        return {"block_losses": state.task["block_losses"]}
+
+    def eval_note(self, state: RunState) -> str:
+        blocks = state.task.get("block_losses")
+        note = f"; block losses {', '.join(f'{v:.4g}' for v in blocks)}" if blocks else ""
+        return f" (best {state.best_val_loss:.4f}, teacher {state.task['teacher_val_loss']:.4f}){note}"
 
 
 def resolve(cfg: DistillConfig, teacher: LoadedModel) -> DistillConfig:
@@ -97,317 +109,207 @@ def distill(
 ) -> dict[str, Any]:
     """Distill `teacher` into a student in `out`; return the summary. `options` are DistillConfig fields;
     on resume the checkpoint's config is the base and only the fields given here change (those that
-    would alter the run are refused, naming the field)."""
+    would alter the run are refused, naming the field). Under torchrun every rank trains, rank 0 writes."""
     out = Path(out)
     options = dict(options or {})
     if tensorboard:
         require_tensorboard()
     if force and resume is not None:
         raise UsageError("--force starts over and --resume continues: choose one")
-    ckpts = CheckpointDir(out / "ckpt", keep_last=5, log=log, prefix=CKPT_PREFIX)
-    fresh = DistillConfig().merged(options).validate() if resume is None else None  # bad options: before any work
-    teach = load_llama(teacher, "teacher")
+    d = init_distributed(options.get("device", "cpu"))
+    try:
+        log = log if d.main else lambda _m: None
+        return _distill(teacher, out, options, resume, force, log, progress, tensorboard, d)
+    finally:
+        shutdown(d)
 
-    # --- configuration (fresh, or from the checkpoint being resumed)
-    ckpt = None
-    if fresh is None:
-        if resume == "latest" and not ckpts.dir.is_dir():
-            raise FileAccessError(f"--resume latest: {ckpts.dir} does not exist (nothing to resume)")
-        ckpt = load_checkpoint(ckpts.resolve(resume))
-        if "fingerprint" not in ckpt.training:
-            raise UsageError(f"--resume {ckpt.path}: not a distill checkpoint")
-        if not isinstance(ckpt.training.get("teacher_sha256"), str):
-            raise MetadataError(f"{ckpt.path}: training.teacher_sha256 is missing or not a string")
-        saved = DistillConfig.from_dict(ckpt.training["config"])
-        if saved.student is not None and "student" not in options:
-            raise recorded_path_hint("this run started from student", saved.student, "--student")
-        cfg = resolve(saved.merged(options).validate(), teach)
-        differences = resume_differences(saved, cfg)
-        if ckpt.training["teacher_sha256"] != teach.sha256:
-            differences.append(f"teacher: checkpoint was trained from sha256 {ckpt.training['teacher_sha256'][:12]}…")
-        if differences:
-            raise UsageError(f"cannot resume {ckpt.path.name}: {'; '.join(differences)}")
-    else:
-        cfg = resolve(fresh, teach)
+
+def _configure(
+    teach: LoadedModel, ckpts: CheckpointDir, options: dict[str, Any], resume: str | None, d: Dist
+) -> tuple[DistillConfig, Checkpoint | None]:
+    """The run's configuration, resolved against the teacher: fresh, or the checkpoint's."""
+    if resume is None:
+        return resolve(DistillConfig().merged(options).with_budget(options).validate(), teach), None
+    if resume == "latest" and not ckpts.dir.is_dir():
+        raise FileAccessError(f"--resume latest: {ckpts.dir} does not exist (nothing to resume)")
+    ckpt = load_checkpoint(Path(d.from_main(str(ckpts.resolve(resume)))))  # every rank the same file
+    if "fingerprint" not in ckpt.training:
+        raise UsageError(f"--resume {ckpt.path}: not a distill checkpoint")
+    if not isinstance(ckpt.training.get("teacher_sha256"), str):
+        raise MetadataError(f"{ckpt.path}: training.teacher_sha256 is missing or not a string")
+    saved = DistillConfig.from_dict(ckpt.training["config"])
+    if saved.student is not None and "student" not in options:
+        raise recorded_path_hint("this run started from student", saved.student, "--student")
+    cfg = resolve(saved.merged(options).validate(), teach)
+    differences = resume_differences(saved, cfg)
+    if ckpt.training["teacher_sha256"] != teach.sha256:
+        differences.append(f"teacher: checkpoint was trained from sha256 {ckpt.training['teacher_sha256'][:12]}…")
+    if differences:
+        raise UsageError(f"cannot resume {ckpt.path.name}: {'; '.join(differences)}")
+    return cfg, ckpt
+
+
+def _distill(teacher, out: Path, options, resume, force, log, progress, tensorboard, d: Dist) -> dict[str, Any]:
+    ckpts = CheckpointDir(out / "ckpt", keep_last=5, log=log, prefix=CKPT_PREFIX)
+    if resume is None:
+        DistillConfig().merged(options).validate()  # bad options: before any work
+    teach = load_llama(teacher, "teacher")
+    cfg, ckpt = _configure(teach, ckpts, options, resume, d)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    ckpts.keep_last = cfg.keep_last
+    ckpts.keep_last, ckpts.keep_epochs = cfg.keep_last, cfg.keep_epochs
 
-    # --- data: the teacher's tokens
-    out.mkdir(parents=True, exist_ok=True)
-    resuming_data = (ckpt.training.get("data_fingerprint"), saved.corpus) if ckpt is not None else None
-    corpus, corpus_origin = teacher_corpus(options.get("corpus"), teach, out / "data", log, resume=resuming_data)
+    # --- data: the teacher's tokens (prepared by rank 0; every rank opens the same shards)
+    resuming = (ckpt.training.get("data_fingerprint"), DistillConfig.from_dict(ckpt.training["config"]).corpus) \
+        if ckpt is not None else None  # fmt: skip
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        teacher_corpus(options.get("corpus"), teach, out / "data", log, resume=resuming)
+    d.barrier()
+    corpus, corpus_origin = teacher_corpus(options.get("corpus"), teach, out / "data", log, resume=resuming)
     if ckpt is not None and ckpt.training.get("data_fingerprint") != corpus.fingerprint:
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(teach.tokenizer)
     if tok_info["kind"] == "bpe":  # the corpus's tokenizer.json, whose sha256 is the teacher's (checked above)
         tok_info |= {"file": TOKENIZER_FILE, "json": bpe_json(corpus.manifest["tokenizer"], corpus.directory)}
-        atomic_write_text(out / TOKENIZER_FILE, tok_info["json"])
+        if d.main:
+            atomic_write_text(out / TOKENIZER_FILE, tok_info["json"])
 
     # --- the student's plan and the run's identity: skip a completed run, refuse to mix two runs
     plan = plan_student(cfg, teach)
     run_id = fingerprint(cfg, teach, plan, corpus)
     model_path = out / "model.apr"
-    with torch.device("meta"):
-        expected_names = set(LlamaForCausalLM(plan.config).weights())
     if resume is None:
-        previous = read_state(out)
-        action = before_fresh_run(
-            out, ckpts, run_id, previous, force, lambda: check_saved_model(model_path, expected_names), log
-        )
+        action = d.from_main(_fresh_run_action(out, ckpts, run_id, plan, force, log) if d.main else None)
         if action == "skip":
             message = f"already completed (fingerprint {run_id[:16]}…); use --force to re-run"
             log(message)
-            return {**previous, "skipped": True, "message": message, "out": str(out), "model": str(model_path)}
+            return {**read_state(out), "skipped": True, "message": message, "out": str(out), "model": str(model_path)}
         if action == "export-again":
-            return distill(teacher, out, options, resume="latest", log=log, progress=progress, tensorboard=tensorboard)
-    ckpts.prepare()
+            return _distill(teacher, out, options, "latest", False, log, progress, tensorboard, d)
+    if d.main:
+        ckpts.prepare()
+    d.barrier()
+    return _train(cfg, ckpt, teach, plan, run_id, corpus, corpus_origin, tok_info, ckpts, out, log, progress,
+                  tensorboard, d)  # fmt: skip
 
-    # --- student, teacher, optimizer, state
+
+def _fresh_run_action(out: Path, ckpts: CheckpointDir, run_id: str, plan: Any, force: bool, log: Any) -> str:
+    with torch.device("meta"):
+        expected_names = set(LlamaForCausalLM(plan.config).weights())
+    check = lambda: check_saved_model(out / "model.apr", expected_names)  # noqa: E731
+    return before_fresh_run(out, ckpts, run_id, read_state(out), force, check, log)
+
+
+def _build(cfg: DistillConfig, ckpt: Checkpoint | None, plan: Any, teach: LoadedModel, log: Any):
+    """The student (restored on resume), what it learns, its optimizer, the loop state and SWA average."""
     seed_everything(cfg.seed)
     student = build_student(plan, teach, cfg.mode, log).to(cfg.device)
     learned = freeze(student, cfg.learned_keys)
-    teacher_model = teach.model.to(cfg.device).eval().requires_grad_(False)
     groups, names = param_groups(student, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-    params = [p for g in groups for p in g["params"]]
-    blocks = block_parameters(student)
-    state = DistillState(log_blocks=[0.0] * plan.config.num_layers)
-    metrics = MetricsLog(out, tensorboard=tensorboard)
+    state, average = RunState(), {}
     if ckpt is not None:
-        state = DistillState.from_dict(restore_training(ckpt, student, optimizer, names))
+        state = RunState.from_dict(restore_training(ckpt, student, optimizer, names))
+        average = restore_average(ckpt.optimizer["tensors"])
         log(f"resumed from {ckpt.path.name} at step {state.step}")
-    metrics.start(state.step, fresh=ckpt is None)
-    start = start_digests(student, learned)
-    start_step = state.step
-    loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader)
+    return student, learned, optimizer, names, state, average
+
+
+def _train(cfg, ckpt, teach, plan, run_id, corpus, corpus_origin, tok_info, ckpts, out, log, progress, tensorboard,
+           d: Dist) -> dict[str, Any]:  # fmt: skip
+    """Build (or restore) the student, say the run's facts, train it with the engine, export it proven."""
+    student, learned, optimizer, names, state, average = _build(cfg, ckpt, plan, teach, log)
+    teacher_model = teach.model.to(cfg.device).eval().requires_grad_(False)
+    metrics = MetricsLog(out, tensorboard=tensorboard and d.main)
+    if d.main:
+        metrics.start(state.step, fresh=ckpt is None)
+    loader = BatchLoader(corpus.tokens("train"), cfg.seq_len, cfg.batch_size, cfg.seed, state.loader, d.rank, d.world)
     val_windows = eval_windows(corpus.tokens("val"), cfg.seq_len, cfg.eval_tokens)
-    warnings = (
-        corpus_wrap_warning(cfg.steps, cfg.batch_size * cfg.grad_accum, loader.windows, cfg.seq_len),
-        eval_shortfall(len(val_windows), cfg.seq_len, cfg.eval_tokens),
-    )
-    for warning in filter(None, warnings):
-        log(f"WARNING: {warning}")
-    if state.teacher_val_loss is None:
-        state.teacher_val_loss = evaluate(teacher_model, val_windows, cfg.batch_size, cfg.device)
+    run_facts(cfg, loader, val_windows, d, log)
+    if "teacher_val_loss" not in state.task:
+        state.task["teacher_val_loss"] = evaluate(teacher_model, val_windows, cfg.batch_size, cfg.device)
         teacher_model.eval()  # evaluate() leaves a model in train mode
-        log(f"teacher held-out loss {state.teacher_val_loss:.4f}")
-    learned_count = sum(p.numel() for p in params)
-    distillation = {
+        log(f"teacher held-out loss {state.task['teacher_val_loss']:.4f}")
+    learned_count = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    distillation = _describe(cfg, teach, plan, run_id, learned_count, corpus_origin)
+    metadata = model_metadata(student, corpus_origin, tok_info, name="aprtool-distill") | {"distillation": distillation}
+    resume_command = f"aprtool distill --teacher {teach.path} --run-dir {out} --resume latest"
+    status = DistillStatus(out, "distill", run_id, teach, cfg.mode) if d.main else None
+    try:
+        if status is not None:
+            write_run_config(out, "distill", cfg.to_dict(), model=student.cfg.to_metadata(), distillation=distillation,
+                             tokenizer=without_tokenizer_text(tok_info), resumed_from=ckpt and ckpt.path.name,
+                             world_size=d.world, aprtool_version=code_version())  # fmt: skip
+            status.update(status="running", step=state.step, steps=cfg.steps,
+                          last_checkpoint=ckpt.path.name if ckpt else None)  # fmt: skip
+        log(
+            f"distill ({cfg.mode}): student {learned_count:,} learned of {metadata['param_count']:,} parameters "
+            f"(init {plan.init}), teacher {teach.metadata.get('param_count', 0):,}; fingerprint {run_id[:16]}…"
+        )
+        run_meta = {"config": cfg.to_dict(), "fingerprint": run_id, "teacher_sha256": teach.sha256,
+                    "data_fingerprint": corpus.fingerprint, "tokenizer": without_tokenizer_text(tok_info)}  # fmt: skip
+        task = Distillation(student, teacher_model, cfg)
+        engine = Engine(cfg, task, optimizer, names, loader, val_windows, ckpts, metrics, status, d, log, progress,
+                        state, metadata, run_meta, resume_command, average)  # fmt: skip
+        start, start_step = start_digests(student, learned), state.step
+        engine.train()
+        averaged = engine.finish()
+        checked = None
+        if status is not None:
+            summary = {**distillation, **_trained_facts(state, cfg, corpus.fingerprint), "averaged": averaged}
+            latest = ckpts.latest()
+            where = f"The trained student is in checkpoint {latest if latest else '(none written)'}."
+            checked = export_trained(out / "model.apr", student, {**metadata, "distillation": summary}, start,
+                                     state.step - start_step, log, where, role="student")  # fmt: skip
+            final = ckpts.step_path(state.step)
+            status.update(status="completed", step=state.step, final=final.name if latest == final else None,
+                          model="model.apr", val_loss=state.val_loss,
+                          teacher_val_loss=state.task["teacher_val_loss"])  # fmt: skip
+    except BaseException as exc:
+        if status is not None:
+            status.ended(exc, resume_command)
+        raise
+    curves = try_plot(out) if d.main else None
+    d.barrier()  # the last collective: no rank leaves while another works
+    return _summary(out, run_id, cfg, plan, teach, metadata, distillation, state, start_step, checked, ckpts,
+                    d, curves)  # fmt: skip
+
+
+def _trained_facts(state: RunState, cfg: DistillConfig, data_fingerprint: str) -> dict[str, Any]:
+    return {
+        "steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "train_loss": state.train_loss,
+        "val_loss": state.val_loss,
+        "teacher_val_loss": state.task["teacher_val_loss"],
+        "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
+        "block_losses": state.task.get("block_losses"),
+        "config": cfg.to_dict(),
+        "data_fingerprint": data_fingerprint,
+    }
+
+
+def _describe(cfg: DistillConfig, teach: LoadedModel, plan: Any, run_id: str, learned: int, origin: str) -> dict:
+    """The `distillation` metadata every file of the run carries."""
+    return {
         "mode": cfg.mode,
         "fingerprint": run_id,
         "teacher": {"file": str(teach.path), "sha256": teach.sha256, "param_count": teach.metadata.get("param_count")},
         **{k: v for k, v in plan.describe().items() if k != "config"},
         "keys_to_learn": list(cfg.learned_keys) if cfg.learned_keys else "all",
-        "learned_params": learned_count,
+        "learned_params": learned,
         "temperature": cfg.temperature if cfg.mode == "logits" else None,
         "alpha": cfg.alpha if cfg.mode == "logits" else None,
-        "corpus": corpus_origin,
+        "corpus": origin,
     }
-    metadata = {
-        **model_metadata(student, corpus_origin, tok_info, name="aprtool-distill"),
-        "distillation": distillation,
-    }
-    write_run_config(out, "distill", cfg.to_dict(), model=student.cfg.to_metadata(), distillation=distillation,
-                     tokenizer=without_tokenizer_text(tok_info), resumed_from=ckpt and ckpt.path.name,
-                     aprtool_version=code_version())  # fmt: skip
 
-    def training_meta() -> dict[str, Any]:
-        return {
-            "step": state.step,
-            "epoch": state.loader.epoch,
-            "tokens_seen": state.tokens_seen,
-            "train_loss": state.train_loss,
-            "val_loss": state.val_loss,
-            "config": cfg.to_dict(),
-            "fingerprint": run_id,
-            "teacher_sha256": teach.sha256,
-            "data_fingerprint": corpus.fingerprint,
-            "tokenizer": without_tokenizer_text(tok_info),
-            "code_version": code_version(),
-            "state": state.to_dict(),
-        }
 
-    def checkpoint(path: Path, *, pointer: bool = True) -> bool:
-        saved = ckpts.save(path, student.weights(), optimizer, names, training_meta(), metadata, pointer=pointer)
-        record_state("running")  # the step, and the newest verified checkpoint, follow the run
-        return saved
-
-    def record_state(status: str, *, final: Path | None = None, model: str | None = None, **extra: Any) -> None:
-        latest = ckpts.latest()
-        write_state(
-            out, status=status, fingerprint=run_id, teacher={"path": str(teach.path), "sha256": teach.sha256},
-            mode=cfg.mode, step=state.step, steps=cfg.steps, model=model,
-            checkpoints={"latest": latest.name if latest else None, "final": final.name if final else None}, **extra,
-        )  # fmt: skip
-
-    record_state("running")
-    resume_command = f"aprtool distill --teacher {teach.path} --run-dir {out} --resume latest"
-    log(
-        f"distill ({cfg.mode}): student {learned_count:,} learned of {metadata['param_count']:,} parameters "
-        f"(init {plan.init}), teacher {teach.metadata.get('param_count', 0):,}; fingerprint {run_id[:16]}…"
-    )
-
-    # --- the loop; signals finish the step, checkpoint and exit 130/143
-    started = time.monotonic() - state.wall_seconds
-    last_ckpt = time.monotonic()
-    interval_start, interval_tokens = time.monotonic(), 0
-    if progress:
-        progress({"event": "start", "step": state.step, "total_steps": cfg.steps, "time_budget": None,
-                  "wall_seconds": state.wall_seconds})  # fmt: skip
-    caught, restore_signals = catch_signals()
-    try:
-        student.train()
-        while state.step < cfg.steps:
-            lr = learning_rate(
-                state.step, lr=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps,
-                floor_ratio=cfg.min_lr_ratio, kind=cfg.schedule,
-            )  # fmt: skip
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            step_loss, step_kd, step_ce = 0.0, 0.0, 0.0
-            step_blocks = [0.0] * len(blocks)
-            for _ in range(cfg.grad_accum):
-                x, y = loader.next_batch()
-                x, y = x.to(cfg.device), y.to(cfg.device)
-                with autocast(cfg.device):
-                    if cfg.mode == "logits":
-                        with torch.no_grad():
-                            teacher_logits = teacher_model(x) if cfg.alpha > 0 else None
-                        loss, kd, ce = logit_kd_loss(student(x), teacher_logits, y, cfg.temperature, cfg.alpha)
-                        step_kd += float(kd.detach()) / cfg.grad_accum
-                        step_ce += float(ce.detach()) / cfg.grad_accum
-                    else:
-                        per_block = block_losses(student, teacher_hidden_states(teacher_model, x))
-                        loss = torch.stack(per_block).sum()
-                        for i, b in enumerate(per_block):
-                            step_blocks[i] += float(b.detach()) / cfg.grad_accum
-                (loss / cfg.grad_accum).backward()
-                step_loss += float(loss.detach()) / cfg.grad_accum
-            if not math.isfinite(step_loss):
-                last = ckpts.latest()
-                where = f"the last good checkpoint is {last.name if last else 'none'}"
-                if cfg.mode == "blockwise":
-                    bad = ", ".join(f"block {i} ({v})" for i, v in enumerate(step_blocks) if not math.isfinite(v))
-                    raise IntegrityError(f"non-finite loss in {bad} at step {state.step + 1}; {where}")
-                raise IntegrityError(
-                    f"loss became {step_loss} (kd {step_kd}, ce {step_ce}) at step {state.step + 1}; {where}"
-                )
-            if cfg.mode == "blockwise":  # each block clipped on its own: blocks stay independent
-                limit = clip_limit(cfg.grad_clip)
-                grad_norm = max((float(torch.nn.utils.clip_grad_norm_(b, limit)) for b in blocks if b), default=0.0)
-            else:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_limit(cfg.grad_clip)))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum
-            state.tokens_seen += tokens
-            interval_tokens += tokens
-            state.log_loss += step_loss
-            state.log_kd += step_kd
-            state.log_ce += step_ce
-            state.log_blocks = [a + b for a, b in zip(state.log_blocks, step_blocks, strict=True)]
-            state.log_steps += 1
-            state.log_grad_max = max(state.log_grad_max, grad_norm)
-            state.log_clips += int(grad_norm > clip_limit(cfg.grad_clip))  # this step's gradient was scaled down
-            state.wall_seconds = time.monotonic() - started
-            if progress:
-                progress({"event": "step", "step": state.step, "wall_seconds": state.wall_seconds})
-            record: dict[str, Any] = {}
-
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                now = time.monotonic()
-                n = state.log_steps
-                state.train_loss = state.log_loss / n
-                record = {
-                    "step": state.step, "loss": state.train_loss, "lr": lr, "grad_norm_max": state.log_grad_max,
-                    "clip_count": state.log_clips,
-                    "tokens_seen": state.tokens_seen, "epoch": state.loader.epoch,
-                    "tokens_per_s": interval_tokens / max(now - interval_start, 1e-9),
-                    "wall_seconds": state.wall_seconds,
-                }  # fmt: skip
-                if cfg.mode == "logits":
-                    record |= {"kd_loss": state.log_kd / n, "ce_loss": state.log_ce / n}
-                else:
-                    state.block_losses = [v / n for v in state.log_blocks]
-                    record["block_losses"] = state.block_losses
-                state.log_loss, state.log_kd, state.log_ce, state.log_steps, state.log_grad_max = 0.0, 0.0, 0.0, 0, 0.0
-                state.log_clips = 0
-                state.log_blocks = [0.0] * len(blocks)
-                interval_start, interval_tokens = now, 0
-
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                state.val_loss = evaluate(student, val_windows, cfg.batch_size, cfg.device)
-                state.evals += 1
-                if state.best_val_loss is None or state.val_loss < state.best_val_loss:
-                    state.best_val_loss, state.best_step = state.val_loss, state.step
-                    checkpoint(ckpts.best_path, pointer=False)  # the lowest held-out loss so far
-                record = {**record, "step": state.step, "val_loss": state.val_loss}
-                blocks_note = ""
-                if state.block_losses is not None:
-                    blocks_note = "; block losses " + ", ".join(f"{v:.4g}" for v in state.block_losses)
-                log(
-                    f"step {state.step}: student val_loss {state.val_loss:.4f} "
-                    f"(teacher {state.teacher_val_loss:.4f}){blocks_note}"
-                )
-
-            if record:
-                metrics.write(record)
-                if progress:
-                    progress({"event": "log", **record})
-
-            due = (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or (
-                not cfg.checkpoint_every and time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60
-            )
-            if due or caught:
-                checkpoint(ckpts.step_path(state.step))
-                last_ckpt = time.monotonic()
-            if caught:
-                raise interrupted(caught[0], state.step, ckpts.step_path(state.step), resume_command)
-    except BaseException as exc:
-        ckpts.finish()  # so that state.json names the newest verified checkpoint
-        if isinstance(exc, TrainingInterrupted):
-            record_state("interrupted", reason=str(exc), resume=resume_command)
-        else:
-            record_state("failed", error=str(exc) or type(exc).__name__)
-        raise
-    finally:
-        ckpts.finish()
-        metrics.close()
-        restore_signals()
-
-    # --- the end: a final checkpoint (the trained student's safe copy), then the export, proven
-    final_ckpt = ckpts.step_path(state.step)
-    if not final_ckpt.exists():
-        checkpoint(final_ckpt)
-        ckpts.finish()
-    summary_meta = {
-        **distillation,
-        "steps": state.step,
-        "tokens_seen": state.tokens_seen,
-        "train_loss": state.train_loss,
-        "val_loss": state.val_loss,
-        "teacher_val_loss": state.teacher_val_loss,
-        "best_val_loss": state.best_val_loss,
-        "best_step": state.best_step,
-        "block_losses": state.block_losses,
-        "config": cfg.to_dict(),
-        "data_fingerprint": corpus.fingerprint,
-    }
+def _summary(out, run_id, cfg, plan, teach, metadata, distillation, state, start_step, checked, ckpts, d,
+             curves) -> dict[str, Any]:  # fmt: skip
+    model_path = out / "model.apr"
     latest = ckpts.latest()
-    where = f"The trained student is in checkpoint {latest if latest else '(none written)'}."
-    try:
-        checked = export_student(
-            model_path, student, {**metadata, "distillation": summary_meta}, start, state.step - start_step, log, where
-        )
-    except BaseException as exc:
-        record_state("failed", error=str(exc) or type(exc).__name__)
-        raise
-    record_state(
-        "completed", final=final_ckpt if latest == final_ckpt else None, model=model_path.name,
-        val_loss=state.val_loss, teacher_val_loss=state.teacher_val_loss,
-    )  # fmt: skip
     return {
         "out": str(out),
         "model": str(model_path),
@@ -420,18 +322,20 @@ def distill(
         "teacher": str(teach.path),
         "teacher_params": teach.metadata.get("param_count"),
         "params": metadata["param_count"],
-        "learned_params": learned_count,
+        "learned_params": distillation["learned_params"],
         "steps": state.step,
         "trained_steps": state.step - start_step,
         "tokens_seen": state.tokens_seen,
         "train_loss": state.train_loss,
         "val_loss": state.val_loss,
-        "teacher_val_loss": state.teacher_val_loss,
+        "teacher_val_loss": state.task["teacher_val_loss"],
         "best_val_loss": state.best_val_loss,
         "best_step": state.best_step,
-        "block_losses": state.block_losses,
-        "exported_tensors": checked["tensors"],
+        "block_losses": state.task.get("block_losses"),
+        "exported_tensors": checked["tensors"] if checked else None,  # rank 0 exports
         "wall_seconds": round(state.wall_seconds, 2),
+        "stopped_early": state.stopped_early,
+        "world_size": d.world,
         "latest": latest.name if latest else None,
-        "curves": try_plot(out),
+        "curves": curves,
     }

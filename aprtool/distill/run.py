@@ -1,9 +1,10 @@
 """A distillation run's identity and bookkeeping: fingerprint, DIR/state.json, the teacher's data.
 
-DIR/state.json (replaced atomically):
-    {"format": "aprtool-distill-state", "version": 1, "status": "running" | "completed" | "failed",
-     "fingerprint": ..., "teacher": {"path", "sha256"}, "mode": ..., "step": ..., "steps": ...,
-     "checkpoints": {"latest": ..., "final": ...}, "model": "model.apr" | null, "error": ..., "updated_at": ...}
+DIR/state.json (replaced atomically; DistillStatus):
+    {"format": "aprtool-distill-state", "version": 1, "fingerprint": ..., "teacher": {"path", "sha256"},
+     "mode": ..., "command": "distill", "status": "running" | "completed" | "interrupted" | "failed",
+     "step": ..., "steps": ..., "checkpoints": {"latest": ..., "final": ...}, "model": "model.apr",
+     "reason": ..., "resume": ..., "updated_at": ...}
 The fingerprint is the sha256 of the canonical JSON (sorted keys, no spaces) of everything that decides
 what is trained: the teacher's sha256, the student's shape and init (with the student file's sha256), the
 mode and keys, the data's fingerprint, the seed and the budget and optimizer settings.
@@ -15,18 +16,17 @@ import hashlib
 import json
 import secrets
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aprtool.atomic import atomic_write_text
 from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
 from aprtool.distill.config import DistillConfig, identity
 from aprtool.distill.models import LoadedModel, StudentPlan, tokenizer_differences
 from aprtool.errors import FormatError, UsageError
 from aprtool.paths import recorded_path_hint
 from aprtool.train.checkpoint import CheckpointDir
+from aprtool.train.runs import RunStatus
 
 STATE = "state.json"
 STATE_FORMAT = "aprtool-distill-state"
@@ -62,15 +62,18 @@ def read_state(out: Path) -> dict[str, Any] | None:
     return state
 
 
-def write_state(out: Path, **fields: Any) -> dict[str, Any]:
-    state = {
-        "format": STATE_FORMAT,
-        "version": 1,
-        **fields,
-        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    atomic_write_text(out / STATE, json.dumps(state, indent=1) + "\n")
-    return state
+class DistillStatus(RunStatus):
+    """DIR/state.json: the run's status file (train.runs.RunStatus) with the run's identity first and the
+    checkpoints `latest` (the newest verified) and `final` (the one the export came from)."""
+
+    def __init__(self, out: Path, command: str, run_id: str, teacher: LoadedModel, mode: str) -> None:
+        super().__init__(out, command, name=STATE, format=STATE_FORMAT, version=1, fingerprint=run_id,
+                         teacher={"path": str(teacher.path), "sha256": teacher.sha256}, mode=mode)  # fmt: skip
+
+    def document(self) -> dict[str, Any]:
+        doc = super().document()
+        doc["checkpoints"] = {"latest": doc.pop("last_checkpoint", None), "final": doc.pop("final", None)}
+        return doc
 
 
 def clear_run(out: Path, ckpt_dir: Path) -> None:

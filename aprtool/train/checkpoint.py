@@ -14,10 +14,12 @@ data position, losses, early-stopping state, config) live in the metadata under 
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +106,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> tup
     out = {}
     for index, state in sd["state"].items():
         for key, value in state.items():
-            out[f"{P}optim.{names[index]}.{key}"] = value.detach().cpu().reshape(value.shape)
+            out[f"{P}optim.{names[index]}.{key}"] = value.detach().to("cpu", copy=True).reshape(value.shape)
     return out, {"param_groups": sd["param_groups"]}
 
 
@@ -119,20 +121,25 @@ def optimizer_state(tensors: dict[str, np.ndarray], meta: dict[str, Any], names:
     return {"state": state, "param_groups": groups}
 
 
-def write_checkpoint(
-    path: Path,
+def snapshot(
     weights: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     param_names: list[str],
     training: dict[str, Any],
     metadata: dict[str, Any],
-) -> int:
-    """Write one checkpoint atomically; returns its tensor count. Raises AprError on failure."""
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's tensors and metadata, copied now: what later steps do cannot change what is written."""
     optim, optim_meta = optimizer_tensors(optimizer, param_names)
-    tensors = {**{k: v.detach().cpu() for k, v in weights.items()}, **optim, **rng_tensors()}
+    tensors = {**{k: v.detach().to("cpu", copy=True) for k, v in weights.items()}, **optim, **rng_tensors()}
     saved_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # this file's own save time
-    training = {**training, "saved_at": saved_at, "optimizer": optim_meta, "rng": rng_metadata()}
-    write_apr(path, tensors, {**metadata, "training": training})
+    training = {**copy.deepcopy(training), "saved_at": saved_at, "optimizer": optim_meta, "rng": rng_metadata()}
+    return tensors, {**copy.deepcopy(metadata), "training": training}
+
+
+def write_checkpoint(path: Path, *args: Any) -> int:
+    """Snapshot and write one checkpoint atomically; returns its tensor count. Raises AprError on failure."""
+    tensors, metadata = snapshot(*args)
+    write_apr(path, tensors, metadata)
     return len(tensors)
 
 
@@ -143,7 +150,7 @@ def verify_checkpoint(path: Path, tensor_count: int) -> None:
 
 
 def save_checkpoint(path: Path, *args: Any) -> Path:
-    """Write and verify, in the caller's thread (the trainer verifies in the background instead)."""
+    """Write and verify, in the caller's thread (the trainer does both in the background instead)."""
     verify_checkpoint(path, write_checkpoint(path, *args))
     return path
 
@@ -244,43 +251,40 @@ class CheckpointDir:
         metadata: dict[str, Any],
         *,
         pointer: bool = True,
-    ) -> bool:
-        """Write a checkpoint on the caller's thread, then verify it in the background (`after_write`).
+        on_saved: Callable[[Path], None] | None = None,
+    ) -> None:
+        """Snapshot the state on the caller's thread, then write, fsync and verify it in the background.
 
-        A failed write is logged loudly and training goes on (`try_save`); returns whether it was written."""
-        count: list[int] = []
-        saved = try_save(
-            path.name,
-            lambda: count.append(write_checkpoint(path, weights, optimizer, param_names, training, metadata)),
-            self.log,
-        )
-        if saved:
-            self.after_write(path, count[0], pointer=pointer)
-        return saved
-
-    def after_write(self, path: Path, tensor_count: int, *, pointer: bool) -> None:
-        """Verify `path` in the background; only then point `latest` at it and apply retention.
-
-        Training goes on meanwhile, so a save stalls it only for the write itself. A file that does
-        not verify never becomes `latest`."""
+        At most one save is in flight: the previous one is waited for first. Only a file that verifies
+        becomes `latest` (`pointer`), lets retention run, and is passed to `on_saved`. A failed write is
+        logged loudly and training goes on."""
+        self.finish()
+        try:
+            tensors, meta = snapshot(weights, optimizer, param_names, training, metadata)
+        except (AprError, OSError) as exc:
+            self.log(f"WARNING: checkpoint {path.name} FAILED to write ({exc}); training continues")
+            return
 
         def job() -> None:
+            if not try_save(path.name, lambda: write_apr(path, tensors, meta), self.log):
+                return
             try:
-                verify_checkpoint(path, tensor_count)
+                verify_checkpoint(path, len(tensors))
                 if pointer:
                     self.set_latest(path)
                     self.retain()
+                    if on_saved is not None:
+                        on_saved(path)
                 elif EPOCH_RE.match(path.name):
                     self.retain_epochs()
             except (AprError, OSError) as exc:
                 self.log(f"WARNING: checkpoint {path.name} FAILED ({exc}); `latest` is unchanged; training continues")
 
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aprtool-ckpt")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aprtool-ckpt")
         self._worker.submit(job)
 
     def finish(self) -> None:
-        """Wait for pending verifications (before exiting, or before reading `latest`)."""
+        """Wait for the save in flight (before the next one, before exiting, before reading `latest`)."""
         if self._worker is not None:
             self._worker.shutdown(wait=True)
             self._worker = None
@@ -369,7 +373,8 @@ class CheckpointDir:
             old.rename(doomed)
             doomed.unlink()
 
-    def write_sidecar(self, epoch: int, data: dict[str, Any]) -> None:
+    def write_record(self, epoch: int, data: dict[str, Any]) -> None:
+        """epoch-NNN.metadata.json: the epoch's facts; kept when its checkpoint is not (--keep-epochs)."""
         atomic_write_text(self.dir / f"epoch-{epoch:03d}.metadata.json", json.dumps(data, indent=1) + "\n")
 
 

@@ -1,10 +1,15 @@
-"""Training configuration: one dataclass, every field a CLI flag with the same name."""
+"""Training configuration: dataclasses whose every field is a CLI flag with the same name.
+
+`LoopConfig` holds what every trainer shares (optimizer, schedule and phases, batch, evaluation and
+early stopping, checkpoint cadence, logging); `TrainConfig` (pretrain) and `DistillConfig` add their own.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Self
 
+from aprtool.codecs.quant import DEFAULT_CLIP, DEFAULT_MIN_ELEMENTS
 from aprtool.errors import UsageError
 
 if TYPE_CHECKING:  # the model module imports torch; the CLI reads this file just for defaults
@@ -14,26 +19,17 @@ SCHEDULES = ("cosine", "linear")
 DEVICES = ("cpu", "cuda")
 MODEL_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "rope_theta")
 
+_POSITIVE = ("steps", "batch_size", "grad_accum", "eval_every", "eval_tokens", "log_every")
+_NON_NEGATIVE = ("keep_last", "keep_epochs", "checkpoint_every", "warmup_steps", "patience", "min_evals", "min_epochs")
+
 
 @dataclass(frozen=True)
-class TrainConfig:
-    # data
-    corpus: str | None = None  # None: the embedded default corpus (the stdlib's sources)
-    tokenizer: str = "bpe"  # bpe | bytes
-    vocab_size: int = 4096  # for bpe
-    val_fraction: float = 0.05
-    # model
-    size: str = "small"
-    hidden_size: int | None = None  # overrides of the preset
-    num_layers: int | None = None
-    num_heads: int | None = None
-    num_kv_heads: int | None = None
-    intermediate_size: int | None = None
-    rope_theta: float | None = None
-    tie_word_embeddings: bool = True
+class LoopConfig:
+    """What the training engine reads: the same flags, defaults and checks for pretrain and distill."""
+
     # optimization
     steps: int = 300
-    seq_len: int = 256
+    seq_len: int | None = None  # pretrain: 256; distill: None = the teacher's
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-3
@@ -43,7 +39,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # distill blockwise: per block, so blocks stay independent
     seed: int = 0
     device: str = "cpu"
     # wall-clock budget and late phases (fractions of the budget actually available; see phases.py)
@@ -52,9 +48,9 @@ class TrainConfig:
     swa_frac: float = 0.0  # average the weights over this last fraction (a plain mean, or EMA with --ema)
     ema: float = 0.0  # EMA decay for the averaging window (0: plain mean)
     qat_frac: float = 0.0  # int6 fake quantization over this last fraction
-    qat_clip: str = "std:12.85"  # the clip `compress` will use
-    qat_min_elements: int = 65_536  # the threshold `compress` will use
-    strict: bool = False  # refuse to start when a configured phase cannot fit
+    qat_clip: str = DEFAULT_CLIP  # the clip `compress` will use
+    qat_min_elements: int = DEFAULT_MIN_ELEMENTS  # the threshold `compress` will use
+    strict: bool = False  # refuse to start when a configured phase cannot fit or the held-out set is short
     # evaluation and early stopping
     eval_every: int = 50
     eval_tokens: int = 32768  # the same held-out tokens every time, so evaluations are comparable
@@ -69,42 +65,22 @@ class TrainConfig:
     keep_epochs: int = 3  # epoch checkpoints kept (full training states); 0: none, the records stay
     log_every: int = 10
 
-    def validate(self) -> TrainConfig:
-        from aprtool.model.config import PRESETS
-
-        if self.size not in PRESETS:
-            raise UsageError(f"--size {self.size!r}: choose from {', '.join(PRESETS)}")
-        if self.tokenizer not in ("bpe", "bytes"):
-            raise UsageError(f"--tokenizer {self.tokenizer!r}: choose bpe or bytes")
+    def validate(self) -> Self:
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
         if self.device not in DEVICES:
             raise UsageError(f"--device {self.device!r}: choose {' or '.join(DEVICES)}")
-        for name in (
-            "steps",
-            "seq_len",
-            "batch_size",
-            "grad_accum",
-            "eval_every",
-            "eval_tokens",
-            "log_every",
-        ):
+        for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
-        for name in (
-            "keep_last",
-            "keep_epochs",
-            "checkpoint_every",
-            "warmup_steps",
-            "patience",
-            "min_evals",
-            "min_epochs",
-        ):
+        if self.seq_len is not None and self.seq_len <= 0:
+            raise UsageError("--seq-len must be positive")
+        for name in _NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UsageError("--min-lr-ratio must be between 0 and 1")
-        if self.lr <= 0 or self.checkpoint_minutes <= 0:
+        if self.lr <= 0 or not self.checkpoint_minutes > 0:
             raise UsageError("--lr and --checkpoint-minutes must be positive")
         if self.time_budget is not None and self.time_budget <= 0:
             raise UsageError("--time-budget must be positive (seconds)")
@@ -120,6 +96,59 @@ class TrainConfig:
             raise UsageError(f"--grad-clip {self.grad_clip}: must be >= 0 (0 turns clipping off)")
         return self
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "training.config") -> Self:
+        """From a checkpoint's JSON: every field's type is checked (exit 4 naming it)."""
+        from aprtool.schema import from_json
+
+        return from_json(cls, data, where)
+
+    def merged(self, overrides: dict[str, Any]) -> Self:
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise UsageError(f"unknown option(s): {', '.join(unknown)}")
+        return replace(self, **overrides)
+
+    def with_budget(self, given: dict[str, Any]) -> Self:
+        """A --time-budget without --steps: the budget, not a step count, ends the run."""
+        if self.time_budget and "steps" not in given:
+            return replace(self, steps=10**9)
+        return self
+
+
+LOOP_FIELDS = tuple(f.name for f in fields(LoopConfig))
+
+
+@dataclass(frozen=True)
+class TrainConfig(LoopConfig):
+    # data
+    corpus: str | None = None  # None: the embedded default corpus (the stdlib's sources)
+    tokenizer: str = "bpe"  # bpe | bytes
+    vocab_size: int = 4096  # for bpe
+    val_fraction: float = 0.05
+    # model
+    size: str = "small"
+    hidden_size: int | None = None  # overrides of the preset
+    num_layers: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    intermediate_size: int | None = None
+    rope_theta: float | None = None
+    tie_word_embeddings: bool = True
+    seq_len: int = 256
+
+    def validate(self) -> TrainConfig:
+        from aprtool.model.config import PRESETS
+
+        if self.size not in PRESETS:
+            raise UsageError(f"--size {self.size!r}: choose from {', '.join(PRESETS)}")
+        if self.tokenizer not in ("bpe", "bytes"):
+            raise UsageError(f"--tokenizer {self.tokenizer!r}: choose bpe or bytes")
+        return super().validate()
+
     def model_config(self, vocab_size: int) -> LlamaConfig:
         from aprtool.model.config import PRESETS
 
@@ -131,19 +160,6 @@ class TrainConfig:
             tie_word_embeddings=self.tie_word_embeddings,
             **overrides,
         ).validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "training.config") -> TrainConfig:
-        """From a checkpoint's JSON: every field's type is checked (exit 4 naming it)."""
-        from aprtool.schema import from_json
-
-        return from_json(cls, data, where)
-
-    def merged(self, overrides: dict[str, Any]) -> TrainConfig:
-        return replace(self, **overrides)
 
 
 # Changing these would make a resumed run a different run: resume refuses, naming the field.

@@ -44,6 +44,22 @@ class Dist:
     def any(self, flag: bool) -> bool:
         return self.max(1.0 if flag else 0.0) > 0
 
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Every rank's gradients replaced by their mean over the ranks, in one all-reduce. A parameter
+        without a gradient has none on every rank (the same graph), so it is left out everywhere."""
+        if self.world == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
     def from_main(self, obj: Any) -> Any:
         """Rank 0's value of `obj` on every rank."""
         if self.world == 1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,8 @@ def _may_replace(path: Path) -> None:
     if not os.path.lexists(path):
         return
     try:
-        ours = json.loads(read_input(path, 1 << 20)).get("command") in ("pretrain", "distill")
+        document = json.loads(read_input(path, 1 << 20))
+        ours = document.get("command") in ("pretrain", "distill") or document.get("format") == "aprtool-distill-state"
     except (AprError, ValueError, AttributeError):
         ours = False
     if not ours:
@@ -117,25 +119,30 @@ STATUS_FILE = "status.json"
 
 
 class RunStatus:
-    """RUN_DIR/status.json: where a pretrain run is (status running / completed / interrupted / failed,
-    step, the last checkpoint written, the resume command or the reason), replaced atomically at start,
-    at each checkpoint and at the end. Written only once this process has started the run, so a refused
-    start never touches another run's file."""
+    """RUN_DIR/status.json (distill: state.json): where a run is (status running / completed / interrupted /
+    failed, step, the last verified checkpoint, the resume command or the reason), replaced atomically at
+    start, at each checkpoint (from the background thread that verified it) and at the end. Written only
+    once this process has started the run, so a refused start never touches another run's file."""
 
-    def __init__(self, run_dir: Path, command: str) -> None:
-        self.path = run_dir / STATUS_FILE
+    def __init__(self, run_dir: Path, command: str, *, name: str = STATUS_FILE, **fixed: Any) -> None:
+        self.path = run_dir / name
         self.command = command
+        self.fixed = fixed  # fields every version of the file carries first (distill: format, fingerprint)
         self.fields: dict[str, Any] = {}
         self.started = False
+        self._lock = threading.Lock()
+
+    def document(self) -> dict[str, Any]:
+        return {**self.fixed, "command": self.command, **self.fields}
 
     def update(self, **fields: Any) -> None:
-        if not self.started:
-            _may_replace(self.path)
-        self.started = True
-        self.fields |= fields
-        document = {"command": self.command, **self.fields,
-                    "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-        atomic_write_text(self.path, json.dumps(document, indent=1) + "\n")
+        with self._lock:
+            if not self.started:
+                _may_replace(self.path)
+            self.started = True
+            self.fields |= fields
+            document = {**self.document(), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            atomic_write_text(self.path, json.dumps(document, indent=1) + "\n")
 
     def ended(self, exc: BaseException, resume: str) -> None:
         """After an exception: `interrupted` with the resume command, or `failed` with the reason."""
