@@ -110,3 +110,29 @@ def test_every_command_has_a_guide_page_with_its_help_examples():
             command = line.split("  #")[0].strip()
             if command.startswith(("aprtool ", "torchrun ")):
                 assert command in page, (name, command)
+
+
+def test_pretrain_and_distill_share_every_loop_option_with_one_help_and_default():
+    """The options of the shared training engine (LoopConfig) are declared once: both commands show each
+    of them with the same flag, help text and default, and a resume passes through only what was given."""
+    from dataclasses import fields
+
+    import click
+    import typer.main
+
+    from aprtool.cli import app
+    from aprtool.train.config import LoopConfig
+
+    group = typer.main.get_command(app)
+    ctx = click.Context(group)
+    shown = {}
+    for name in ("pretrain", "distill"):
+        command = group.get_command(ctx, name)
+        shown[name] = {p.name: (tuple(p.opts), p.help, p.default) for p in command.params}
+    for f in fields(LoopConfig):
+        if f.name == "seq_len":  # pretrain: 256; distill: the teacher's
+            continue
+        assert f.name in shown["pretrain"] and shown["pretrain"][f.name] == shown["distill"][f.name], f.name
+        opts, _, default = shown["pretrain"][f.name]
+        assert f"--{f.name.replace('_', '-')}" in opts
+        assert (default.value if hasattr(default, "value") else default) == f.default, f.name

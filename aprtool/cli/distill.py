@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aprtool.cli._common import JsonOption, TensorboardOption, emit, given_options, handle_errors
-from aprtool.cli._progress import NO_PLOT, training_progress
-from aprtool.cli.choices import Device, Init, Mode, Schedule, Size
+from aprtool.cli._common import JsonOption, TensorboardOption, given_options, handle_errors
+from aprtool.cli._progress import NO_PLOT
+from aprtool.cli._training import loop_options, run_training
+from aprtool.cli.choices import Init, Mode, Size
 from aprtool.distill.config import DistillConfig
 from aprtool.text import markup_safe
 
@@ -69,6 +69,7 @@ def _render(summary: dict[str, Any]):
 
 
 @handle_errors
+@loop_options
 def distill_command(
     ctx: typer.Context,
     teacher: Annotated[Path, typer.Option("--teacher", help="The teacher: an aprtool Llama .apr (pretrain output).")],
@@ -92,7 +93,6 @@ def distill_command(
     corpus: Annotated[
         str | None, opt("corpus", "Text directory or prepared shards; must use the teacher's tokenizer.")
     ] = None,
-    steps: Annotated[int, opt("steps", "Optimizer steps.")] = _DEFAULTS["steps"],
     temperature: Annotated[float, opt("temperature", "Logit KD temperature T.")] = _DEFAULTS["temperature"],
     alpha: Annotated[float, opt("alpha", "Logit KD weight: alpha*KD*T^2 + (1-alpha)*CE.")] = _DEFAULTS["alpha"],
     keys_to_learn: Annotated[
@@ -100,44 +100,13 @@ def distill_command(
         opt("keys_to_learn", "entire_block, or attention and/or ffn (comma-separated): what trains in each block."),
     ] = None,
     seq_len: Annotated[int | None, opt("seq_len", "Tokens per sequence.")] = None,
-    batch_size: Annotated[int, opt("batch_size", "Sequences per micro-batch.")] = _DEFAULTS["batch_size"],
-    grad_accum: Annotated[int, opt("grad_accum", "Micro-batches per optimizer step.")] = _DEFAULTS["grad_accum"],
-    lr: Annotated[float, opt("lr", "Peak learning rate.")] = _DEFAULTS["lr"],
-    min_lr_ratio: Annotated[float, opt("min_lr_ratio", "Decay floor as a fraction of --lr.")] = _DEFAULTS[
-        "min_lr_ratio"
-    ],
-    warmup_steps: Annotated[int, opt("warmup_steps", "Linear warmup steps.")] = _DEFAULTS["warmup_steps"],
-    schedule: Annotated[Schedule, opt("schedule", "Decay after warmup: cosine or linear.")] = Schedule(
-        _DEFAULTS["schedule"]
-    ),
-    weight_decay: Annotated[float, opt("weight_decay", "AdamW weight decay (matrices only).")] = _DEFAULTS[
-        "weight_decay"
-    ],
-    grad_clip: Annotated[float, opt("grad_clip", "Gradient norm clip (per block if blockwise); 0: none.")] = _DEFAULTS[
-        "grad_clip"
-    ],
-    seed: Annotated[int, opt("seed", "Seed for initialization and data order.")] = _DEFAULTS["seed"],
-    device: Annotated[Device, opt("device", "cpu or cuda (bf16 autocast on cuda).")] = Device(_DEFAULTS["device"]),
-    eval_every: Annotated[int, opt("eval_every", "Steps between held-out evaluations of the student.")] = _DEFAULTS[
-        "eval_every"
-    ],
-    eval_tokens: Annotated[int, opt("eval_tokens", "Held-out tokens per evaluation (fixed set).")] = _DEFAULTS[
-        "eval_tokens"
-    ],
-    checkpoint_every: Annotated[
-        int, opt("checkpoint_every", "Steps between ckpt-step-NNNNNN.apr checkpoints; 0: by wall time.")
-    ] = _DEFAULTS["checkpoint_every"],
-    checkpoint_minutes: Annotated[
-        float, opt("checkpoint_minutes", "Wall-time checkpoint cadence (with --checkpoint-every 0).")
-    ] = _DEFAULTS["checkpoint_minutes"],
-    keep_last: Annotated[int, opt("keep_last", "Step checkpoints to keep.")] = _DEFAULTS["keep_last"],
-    log_every: Annotated[int, opt("log_every", "Steps per metrics.jsonl line.")] = _DEFAULTS["log_every"],
     resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint path: continue that run exactly.")] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Re-run a completed run, or replace another run in --out.")
     ] = False,
     tensorboard: TensorboardOption = False,
     as_json: JsonOption = False,
+    **loop: Any,
 ) -> None:
     """Distill a teacher into a smaller student (logit KD or blockwise); leaves a verified OUT/model.apr.
 
@@ -147,7 +116,11 @@ def distill_command(
     """
     from aprtool.distill import distill
 
-    options = given_options(ctx, locals(), _DEFAULTS)
-    with training_progress(not (as_json and sys.stderr.isatty())) as update:
-        summary = distill(teacher, out, options, resume=resume, force=force, progress=update, tensorboard=tensorboard)
-    emit(summary, as_json, _render(summary))
+    options = given_options(ctx, {**locals(), **loop}, _DEFAULTS)
+    run_training(
+        lambda update: distill(
+            teacher, out, options, resume=resume, force=force, progress=update, tensorboard=tensorboard
+        ),
+        as_json,
+        _render,
+    )

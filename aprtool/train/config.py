@@ -89,6 +89,8 @@ class LoopConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1")
         if not 0 <= self.ema < 1:
             raise UsageError("--ema must be in [0, 1)")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UsageError("--beta1 and --beta2 must be in [0, 1)")
         from aprtool.codecs.quant import Clip
 
         Clip.parse(self.qat_clip)
