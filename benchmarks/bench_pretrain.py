@@ -5,7 +5,10 @@
 - tokens/s of `pretrain` (no eval, no checkpoint inside the timed steps) vs a bare PyTorch loop
   of the same model, batch, optimizer and data;
 - checkpoint save (write + fsync + rename + verify) vs `torch.save` of the same state + fsync;
-- checkpoint stall at the default cadence (one save every 10 minutes) as a share of wall time.
+- checkpoint stall at the default cadence (one save every 10 minutes) as a share of wall time;
+- stall per save inside a training loop: the background save (snapshot at the step boundary, write +
+  fsync + verify on a worker thread) vs the synchronous write it replaced, both against the same loop
+  without saves (issue #13 item 11: <= 25 %).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from aprtool.data.loader import BatchLoader, LoaderState
 from aprtool.data.prepare import prepare_corpus
 from aprtool.model.llama import LlamaForCausalLM
-from aprtool.train.checkpoint import verify_checkpoint, write_checkpoint
+from aprtool.train.checkpoint import CheckpointDir, verify_checkpoint, write_checkpoint
 from aprtool.train.common import param_groups
 from aprtool.train.config import TrainConfig
 from aprtool.train.loop import pretrain
@@ -96,12 +99,63 @@ def checkpoint_costs(cfg: TrainConfig, vocab: int, repeats: int) -> dict:
     }
 
 
+def save_stall(cfg: TrainConfig, tokens, vocab: int, steps: int, every: int) -> dict:
+    """Seconds a save adds to the training loop: (loop with saves - loop without) / saves, for the
+    synchronous write (snapshot + write + fsync on the training thread; verification aside) and for
+    the background save the engine uses (snapshot on the training thread, the rest on a worker)."""
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(cfg.model_config(vocab))
+    groups, names = param_groups(model, cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    loader = BatchLoader(tokens, cfg.seq_len, cfg.batch_size, cfg.seed, LoaderState())
+
+    def loop(save) -> float:
+        start = time.perf_counter()
+        for i in range(1, steps + 1):
+            x, y = loader.next_batch()
+            F.cross_entropy(model(x).float().flatten(0, 1), y.flatten()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if save and i % every == 0:
+                save(i)
+        return time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory(dir=WORK) as d:
+        ckpts = CheckpointDir(Path(d), keep_last=2, log=print)
+
+        def background(i: int) -> None:
+            ckpts.save(ckpts.step_path(i), model.weights(), opt, names, {"step": i}, {"name": "bench"})
+
+        def synchronous(i: int) -> None:
+            write_checkpoint(Path(d) / f"sync-{i}.apr", model.weights(), opt, names, {"step": i}, {"name": "bench"})
+
+        loop(None)  # warm-up (allocates the moments, fills caches)
+        times: dict[str, list[float]] = {"none": [], "sync": [], "background": []}
+        for _ in range(3):
+            for name, save in (("none", None), ("sync", synchronous), ("background", background)):
+                times[name].append(loop(save))
+                ckpts.finish()  # the last background save ends inside its own measurement's tail, not the next
+        saves = steps // every
+        base = statistics.median(times["none"])
+        sync = (statistics.median(times["sync"]) - base) / saves
+        bg = (statistics.median(times["background"]) - base) / saves
+    return {
+        "stall_steps": steps,
+        "stall_saves": saves,
+        "step_s": round(base / steps, 4),
+        "sync_stall_per_save_s": round(sync, 4),
+        "background_stall_per_save_s": round(bg, 4),
+        "background_vs_sync_stall": round(bg / sync, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="small")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--only-stall", action="store_true", help="only the save stall (issue #13 item 11)")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     over = {"size": args.size}
@@ -110,6 +164,10 @@ def main() -> None:
     tokens = corpus.tokens("train")
     vocab = corpus.manifest["tokenizer"]["vocab_size"]
     over["corpus"] = str(corpus.directory)
+    stall = save_stall(cfg, tokens, vocab, steps=40, every=5)
+    if args.only_stall:
+        print(json.dumps(stall, indent=2))
+        return
     ours, bare = [], []
     for i in range(args.rounds):  # ABBA order: drift of the machine and rests between runs hit both alike
         for which in ("ours", "bare") if i % 2 == 0 else ("bare", "ours"):
@@ -126,6 +184,7 @@ def main() -> None:
         "bare_pytorch_tokens_per_s": round(bare, 1),
         "ratio": round(ours / bare, 3),
         **checkpoint_costs(cfg, vocab, args.repeats),
+        **stall,
     }
     print(json.dumps(result, indent=2))
 

@@ -40,10 +40,11 @@ def test_clip_count_counts_the_steps_whose_norm_exceeded_the_limit(tmp_path, cor
     assert always == [2, 2] and never == [0, 0]
 
 
-def test_every_checkpoint_carries_its_own_save_time(tmp_path, corpus):
-    _train("pretrain", tmp_path / "r", corpus)
+@pytest.mark.parametrize(("kind", "prefix"), [("pretrain", "step-"), ("distill", "ckpt-step-")])
+def test_every_checkpoint_carries_its_own_save_time(tmp_path, corpus, kind, prefix):
+    _train(kind, tmp_path / "r", corpus)
     stamps = []
-    for name in ("step-000002.apr", "step-000004.apr"):
+    for name in (f"{prefix}000002.apr", f"{prefix}000004.apr"):
         with open_apr(tmp_path / "r" / "ckpt" / name) as f:
             stamps.append(f.metadata["training"]["saved_at"])
     assert all(s.endswith("Z") and len(s) == 20 for s in stamps) and stamps[0] <= stamps[1]
@@ -81,44 +82,48 @@ def test_a_corpus_wrapped_many_times_and_a_short_held_out_split_are_said_at_star
     assert len(short) == 1 and short[0].startswith("WARNING")
 
 
-def test_strict_refuses_a_held_out_split_smaller_than_eval_tokens(tmp_path, corpus):
+@pytest.mark.parametrize("kind", ["pretrain", "distill"])
+def test_strict_refuses_a_held_out_split_smaller_than_eval_tokens(tmp_path, corpus, kind):
     from aprtool.errors import UsageError
 
     with pytest.raises(UsageError, match="--strict: the held-out split holds"):
-        _logged("pretrain", tmp_path / "r", corpus, eval_tokens=10**6, strict=True)
+        _logged(kind, tmp_path / "r", corpus, eval_tokens=10**6, strict=True)
 
 
 EARLY = {"steps": 200, "eval_every": 1, "patience": 1, "min_evals": 1, "min_delta": 10.0, "lr": 1e-9,
          "warmup_steps": 0, "log_every": 50, "checkpoint_every": 0}  # fmt: skip
 
 
-def test_early_stopping_waits_for_warmup_and_min_epochs(tmp_path, corpus):
-    base, _ = _logged("pretrain", tmp_path / "a", corpus, **EARLY)
+@pytest.mark.parametrize("kind", ["pretrain", "distill"])
+def test_early_stopping_waits_for_warmup_and_min_epochs(tmp_path, corpus, kind):
+    base, _ = _logged(kind, tmp_path / "a", corpus, **EARLY)
     assert base["stopped_early"] and base["steps"] == 2  # no evaluation beats the first by 10 nats
-    warm, _ = _logged("pretrain", tmp_path / "b", corpus, **(EARLY | {"warmup_steps": 5}))
+    warm, _ = _logged(kind, tmp_path / "b", corpus, **(EARLY | {"warmup_steps": 5}))
     assert warm["stopped_early"] and warm["steps"] == 6
-    epochs, _ = _logged("pretrain", tmp_path / "c", corpus, **(EARLY | {"min_epochs": 1}))
+    epochs, _ = _logged(kind, tmp_path / "c", corpus, **(EARLY | {"min_epochs": 1}))
     assert epochs["stopped_early"] and epochs["epochs_completed"] >= 1 and epochs["steps"] > 6
 
 
-def test_epoch_files_say_their_epoch_and_hold_the_held_out_loss_measured_at_its_end(tmp_path, corpus):
+@pytest.mark.parametrize("kind", ["pretrain", "distill"])
+def test_epoch_files_say_their_epoch_and_hold_the_held_out_loss_measured_at_its_end(tmp_path, corpus, kind):
     from aprtool.data.loader import eval_windows
     from aprtool.data.prepare import load_prepared
     from aprtool.model.io import load_model
     from aprtool.train.common import evaluate
 
     run = tmp_path / "run"
-    cfg = {"size": "tiny", "tokenizer": "bytes", **COMMON, "corpus": str(corpus), "seq_len": 64, "batch_size": 16,
-           "steps": 24, "eval_every": 1000, "checkpoint_every": 1000, "keep_epochs": 2}  # fmt: skip
-    summary = pretrain(run, cfg, log=lambda _m: None)
-    epochs = summary["epochs_completed"]
-    assert epochs >= 3
+    _train(kind, run, corpus, seq_len=64, batch_size=16, steps=24, eval_every=1000, checkpoint_every=1000,
+           keep_epochs=2)  # fmt: skip
+    with open_apr(run / "model.apr") as f:
+        training = f.metadata.get("training_summary") or f.metadata["distillation"]
+    epochs = max(int(p.name[6:9]) for p in (run / "ckpt").glob("epoch-*.metadata.json"))
+    assert epochs >= 3 and training["steps" if kind == "distill" else "step"] == 24
     ckpt = run / "ckpt"
     assert sorted(p.name for p in ckpt.glob("epoch-*.apr")) == [f"epoch-{e:03d}.apr" for e in (epochs - 1, epochs)]
     assert sorted(p.name for p in ckpt.glob("epoch-*.metadata.json")) == [
         f"epoch-{e:03d}.metadata.json" for e in range(1, epochs + 1)
     ]  # every epoch's record stays
-    val = eval_windows(load_prepared(run / "data").tokens("val"), 64, cfg["eval_tokens"])
+    val = eval_windows(load_prepared(run / "data").tokens("val"), 64, COMMON["eval_tokens"])
     for e in (epochs - 1, epochs):
         side = json.loads((ckpt / f"epoch-{e:03d}.metadata.json").read_text())
         with open_apr(ckpt / f"epoch-{e:03d}.apr") as f:

@@ -31,7 +31,8 @@ def text_files(root: Path) -> list[Path]:
     for p in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
         if not p.is_file() or p.name.startswith("."):
             continue
-        head = p.read_bytes()[:8192]
+        with open(p, "rb") as f:
+            head = f.read(8192)  # the head decides; a large file is not read whole here
         if b"\0" in head:
             continue
         out.append(p)

@@ -15,11 +15,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from aprtool.atomic import atomic_write_text, temp_path
 from aprtool.data.corpus import (
@@ -29,7 +28,7 @@ from aprtool.data.corpus import (
     split_by_file,
     text_files,
 )
-from aprtool.data.shards import read_shard, write_shard
+from aprtool.data.shards import ShardedTokens, ShardWriter, read_shard
 from aprtool.data.tokenizer import (
     TOKENIZER_FILE,
     BpeTokenizer,
@@ -44,6 +43,7 @@ from aprtool.paths import read_input
 MANIFEST = "manifest.json"
 SHARD_NAME = re.compile(r"(train|val)-\d{4,}\.tok")
 SHARD_TOKENS = 4 * 1024 * 1024
+ENCODE_CHARS = 16 * 1024 * 1024  # text tokenized per batch: memory stays flat however large the corpus
 FORMAT = "aprtool-shards"
 
 
@@ -55,10 +55,10 @@ class PreparedCorpus:
     def shard_paths(self, split: str) -> list[Path]:
         return [self.directory / s["file"] for s in self.manifest["splits"][split]]
 
-    def tokens(self, split: str) -> np.ndarray:
-        """The split's tokens as one array (documents in order, EOS between them)."""
-        parts = [read_shard(p)[0] for p in self.shard_paths(split)]
-        return np.concatenate(parts) if parts else np.zeros(0, np.uint16)
+    def tokens(self, split: str) -> ShardedTokens:
+        """The split's tokens (documents in order, EOS between them), memory-mapped shard by shard:
+        a 200 M-token split costs no more memory than the windows read from it."""
+        return ShardedTokens([read_shard(p)[0] for p in self.shard_paths(split)])
 
     def tokenizer(self):
         return load_tokenizer(self.manifest["tokenizer"], self.directory)
@@ -138,16 +138,28 @@ def _link_prepared(corpus: PreparedCorpus, out_dir: Path) -> PreparedCorpus:
     return load_prepared(out_dir)
 
 
-def _write_split(directory: Path, split: str, docs: list[Any], eos: int, vocab: int) -> list[dict]:
-    end = np.array([eos], np.uint16)
-    stream = np.concatenate([part for doc in docs for part in (np.asarray(doc, np.uint16), end)])
-    shards = []
-    for i, start in enumerate(range(0, max(stream.size, 1), SHARD_TOKENS)):
-        name = f"{split}-{i:04d}.tok"
-        chunk = stream[start : start + SHARD_TOKENS]
-        write_shard(directory / name, chunk, vocab)
-        shards.append({"file": name, "tokens": int(chunk.size)})
-    return shards
+def _texts(files: list[Path]) -> Iterator[str]:
+    """The files' text, one file at a time (unreadable and empty files are skipped)."""
+    for path in files:
+        if text := read_text(path):
+            yield text
+
+
+def _write_split(directory: Path, split: str, tok: Any, files: list[Path]) -> list[dict]:
+    """Tokenize `files` in batches of about ENCODE_CHARS characters straight into shards."""
+    writer = ShardWriter(directory, split, tok.eos_id, tok.vocab_size, SHARD_TOKENS)
+    batch: list[str] = []
+    size = 0
+    for text in _texts(files):
+        batch.append(text)
+        size += len(text)
+        if size >= ENCODE_CHARS:
+            for doc in tok.encode_batch(batch):
+                writer.add(doc)
+            batch, size = [], 0
+    for doc in tok.encode_batch(batch) if batch else []:
+        writer.add(doc)
+    return writer.close()
 
 
 def prepare_corpus(
@@ -178,10 +190,7 @@ def prepare_corpus(
         if existing.fingerprint == fingerprint:
             return existing
     train_files, val_files = split_by_file(files, root, val_fraction)
-    texts = {p: read_text(p) for p in files}
-    train_texts = [t for p in train_files if (t := texts[p])]
-    val_texts = [t for p in val_files if (t := texts[p])]
-    if not train_texts or not val_texts:
+    if not any(read_text(p) for p in train_files) or not any(read_text(p) for p in val_files):
         raise UsageError(f"corpus {root}: no readable UTF-8 text on one side of the held-out split")
     out_dir.mkdir(parents=True, exist_ok=True)
     if log:
@@ -191,12 +200,12 @@ def prepare_corpus(
         tok: ByteTokenizer | BpeTokenizer = ByteTokenizer()
         info = tok.info()
     else:
-        tok = BpeTokenizer.train(train_texts, vocab_size)  # trained on the training split only
+        tok = BpeTokenizer.train(_texts(train_files), vocab_size)  # the training split only, streamed
         tok.save(out_dir / "tokenizer.json")
         info = tok.info() | {"file": "tokenizer.json", "sha256": file_sha256(out_dir / "tokenizer.json")}
     splits = {
-        "train": _write_split(out_dir, "train", tok.encode_batch(train_texts), tok.eos_id, tok.vocab_size),
-        "val": _write_split(out_dir, "val", tok.encode_batch(val_texts), tok.eos_id, tok.vocab_size),
+        "train": _write_split(out_dir, "train", tok, train_files),
+        "val": _write_split(out_dir, "val", tok, val_files),
     }
     manifest = {
         "format": FORMAT,

@@ -1,4 +1,5 @@
-"""Token shards: uint16 tokens behind a small self-describing header.
+"""Token shards: uint16 tokens behind a small self-describing header; a split is read through memory
+maps (ShardedTokens) and written as documents stream in (ShardWriter).
 
 Header (32 bytes, little-endian): magic b"APRTOKS\\0", u32 version (1), u32 bytes per token (2),
 u32 vocab_size, u32 reserved (0), u64 token count. Tokens follow, nothing after them.
@@ -6,9 +7,11 @@ u32 vocab_size, u32 reserved (0), u64 token count. Tokens follow, nothing after 
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,3 +48,74 @@ def read_shard(path: Path) -> tuple[np.ndarray, int]:
     if count == 0:
         return np.zeros(0, np.uint16), vocab
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER.size, shape=(count,)), vocab
+
+
+class ShardedTokens:
+    """A split's tokens across its shards, each memory-mapped: `len()` and slices, without ever
+    holding the split in memory. A slice that crosses a shard boundary is the only copy made."""
+
+    def __init__(self, shards: list[np.ndarray]) -> None:
+        self._shards = [s for s in shards if len(s)]
+        self._starts = [0]
+        for shard in self._shards:
+            self._starts.append(self._starts[-1] + len(shard))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("ShardedTokens takes slices")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("ShardedTokens slices have step 1")
+        pieces = []
+        i = bisect.bisect_right(self._starts, start) - 1
+        while start < stop:
+            offset = self._starts[i]
+            end = min(stop, self._starts[i + 1])
+            pieces.append(self._shards[i][start - offset : end - offset])
+            start, i = end, i + 1
+        if not pieces:
+            return np.zeros(0, np.uint16)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """The whole split in memory (for the held-out split's scoring, never for training)."""
+        whole = self[0 : len(self)]
+        return whole.astype(dtype) if dtype is not None else np.array(whole)
+
+
+class ShardWriter:
+    """Token shards of at most `shard_tokens` tokens written as documents stream in: documents in order,
+    the EOS token after each; only the current shard is held in memory."""
+
+    def __init__(self, directory: Path, split: str, eos: int, vocab_size: int, shard_tokens: int) -> None:
+        self.directory, self.split, self.vocab_size, self.shard_tokens = directory, split, vocab_size, shard_tokens
+        self._end = np.array([eos], np.uint16)
+        self._pending: list[np.ndarray] = []
+        self._pending_tokens = 0
+        self.shards: list[dict[str, Any]] = []
+        self.documents = 0
+
+    def add(self, doc: Any) -> None:
+        for part in (np.asarray(doc, np.uint16), self._end):
+            self._pending.append(part)
+            self._pending_tokens += part.size
+        self.documents += 1
+        while self._pending_tokens >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Write what is left (an empty split still gets one empty shard); returns the shard list."""
+        if self._pending_tokens or not self.shards:
+            self._flush(self._pending_tokens)
+        return self.shards
+
+    def _flush(self, count: int) -> None:
+        stream = np.concatenate(self._pending) if self._pending else np.zeros(0, np.uint16)
+        chunk, rest = stream[:count], stream[count:]
+        name = f"{self.split}-{len(self.shards):04d}.tok"
+        write_shard(self.directory / name, chunk, self.vocab_size)
+        self.shards.append({"file": name, "tokens": int(chunk.size)})
+        self._pending, self._pending_tokens = ([rest] if rest.size else []), int(rest.size)

@@ -272,8 +272,9 @@ def _train(cfg, ckpt, teach, plan, run_id, corpus, corpus_origin, tok_info, ckpt
         raise
     curves = try_plot(out) if d.main else None
     d.barrier()  # the last collective: no rank leaves while another works
-    return _summary(out, run_id, cfg, plan, teach, metadata, distillation, state, start_step, checked, ckpts,
-                    d, curves)  # fmt: skip
+    summary = _summary(out, run_id, cfg, plan, teach, metadata, distillation, state, start_step, checked, ckpts, d,
+                       curves)  # fmt: skip
+    return summary | {"epochs_completed": state.epochs_completed(loader.windows)}
 
 
 def _trained_facts(state: RunState, cfg: DistillConfig, data_fingerprint: str) -> dict[str, Any]:
