@@ -5,7 +5,8 @@ corpus, this tree against a baseline revision, in one run.
 
 - generates (once) a prepared corpus of --tokens training tokens in benchmarks/_work/ (byte-level
   tokens, 4 M per shard; never committed), and prepares the default corpus there;
-- peak RSS of `pretrain --steps 20` on the large corpus, each run in its own process (ru_maxrss);
+- peak RSS of `pretrain --steps 20` on the large corpus, each run in its own process (ru_maxrss), and
+  of the same run on the default corpus (what the process needs whatever the corpus size);
 - tokens/s on the default corpus (the median of the metrics lines after the first);
 both for this tree and for `--baseline` (a git worktree of that revision under benchmarks/_work/),
 alternating ABBA so that drift of the machine hits both alike.
@@ -112,7 +113,8 @@ def main() -> None:
         for name in list(trees) if i % 2 == 0 else list(trees)[::-1]:
             rss[name].append(peak_rss_mb(trees[name], big))
             speed[name].append(tokens_per_s(trees[name], default))
-    result: dict[str, object] = {"train_tokens": args.tokens, "baseline": args.baseline}
+    result: dict[str, object] = {"train_tokens": args.tokens, "baseline": args.baseline,
+                                 "this_default_corpus_peak_rss_mb": round(peak_rss_mb(ROOT, default), 1)}  # fmt: skip
     for name in trees:
         result[f"{name}_peak_rss_mb"] = round(max(rss[name]), 1)
         result[f"{name}_tokens_per_s"] = round(statistics.median(speed[name]), 1)

@@ -30,10 +30,10 @@ from aprtool.errors import FileAccessError, MetadataError, UsageError
 from aprtool.model.io import model_metadata
 from aprtool.model.llama import LlamaForCausalLM
 from aprtool.paths import recorded_path_hint
-from aprtool.train.checkpoint import Checkpoint, CheckpointDir, load_checkpoint, restore_training
-from aprtool.train.common import code_version, evaluate, param_groups, seed_everything, stderr_log
+from aprtool.train.checkpoint import Checkpoint, CheckpointDir, load_checkpoint
+from aprtool.train.common import code_version, evaluate, seed_everything, stderr_log
 from aprtool.train.distributed import Dist, init_distributed, shutdown
-from aprtool.train.engine import Engine, RunState, Task, restore_average, run_facts
+from aprtool.train.engine import Engine, RunState, Task, optimizer_and_state, run_facts
 from aprtool.train.export import check_saved_model, export_trained, start_digests
 from aprtool.train.metrics import MetricsLog, require_tensorboard
 from aprtool.train.plot import try_plot
@@ -205,14 +205,8 @@ def _build(cfg: DistillConfig, ckpt: Checkpoint | None, plan: Any, teach: Loaded
     """The student (restored on resume), what it learns, its optimizer, the loop state and SWA average."""
     seed_everything(cfg.seed)
     student = build_student(plan, teach, cfg.mode, log).to(cfg.device)
-    learned = freeze(student, cfg.learned_keys)
-    groups, names = param_groups(student, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-    state, average = RunState(), {}
-    if ckpt is not None:
-        state = RunState.from_dict(restore_training(ckpt, student, optimizer, names))
-        average = restore_average(ckpt.optimizer["tensors"])
-        log(f"resumed from {ckpt.path.name} at step {state.step}")
+    learned = freeze(student, cfg.learned_keys)  # frozen parameters stay out of the optimizer
+    optimizer, names, state, average = optimizer_and_state(student, cfg, ckpt, log)
     return student, learned, optimizer, names, state, average
 
 

@@ -32,7 +32,7 @@ from aprtool.data.loader import BatchLoader, LoaderState
 from aprtool.errors import IntegrityError, UsageError
 from aprtool.model.llama import LlamaForCausalLM
 from aprtool.schema import from_json
-from aprtool.train.checkpoint import CheckpointDir, try_save
+from aprtool.train.checkpoint import Checkpoint, CheckpointDir, restore_training, try_save
 from aprtool.train.common import (
     autocast,
     catch_signals,
@@ -42,6 +42,7 @@ from aprtool.train.common import (
     eval_shortfall,
     evaluate,
     interrupted,
+    param_groups,
 )
 from aprtool.train.config import LoopConfig
 from aprtool.train.distributed import Dist
@@ -419,10 +420,19 @@ class Engine:
             self.progress(event)
 
 
-def restore_average(checkpoint_tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """The SWA/EMA average a checkpoint carries."""
-    return {
+def optimizer_and_state(model: LlamaForCausalLM, cfg: LoopConfig, ckpt: Checkpoint | None, log: Callable):
+    """AdamW over the model's trainable parameters, the loop state and the SWA/EMA average: fresh, or
+    restored from `ckpt` (weights, optimizer moments, RNG states, data position). Returns
+    (optimizer, parameter names in its order, state, average)."""
+    groups, names = param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+    if ckpt is None:
+        return optimizer, names, RunState(), {}
+    state = RunState.from_dict(restore_training(ckpt, model, optimizer, names))
+    average = {
         k[len(AVG_PREFIX) :]: torch.from_numpy(np.array(v))
-        for k, v in checkpoint_tensors.items()
+        for k, v in ckpt.optimizer["tensors"].items()
         if k.startswith(AVG_PREFIX)
     }
+    log(f"resumed from {ckpt.path.name} at step {state.step}")
+    return optimizer, names, state, average

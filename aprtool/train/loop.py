@@ -24,11 +24,11 @@ from aprtool.errors import FileAccessError, IntegrityError, UsageError
 from aprtool.model.io import model_metadata
 from aprtool.model.llama import LlamaForCausalLM
 from aprtool.paths import recorded_path_hint
-from aprtool.train.checkpoint import Checkpoint, CheckpointDir, load_checkpoint, restore_training
-from aprtool.train.common import code_version, param_groups, seed_everything, stderr_log
+from aprtool.train.checkpoint import Checkpoint, CheckpointDir, load_checkpoint
+from aprtool.train.common import code_version, seed_everything, stderr_log
 from aprtool.train.config import TrainConfig, resume_differences
 from aprtool.train.distributed import Dist, init_distributed, shutdown
-from aprtool.train.engine import Engine, RunState, Task, restore_average, run_facts
+from aprtool.train.engine import Engine, Task, optimizer_and_state, run_facts
 from aprtool.train.export import export_trained, start_digests
 from aprtool.train.metrics import MetricsLog, require_tensorboard
 from aprtool.train.plot import try_plot
@@ -195,13 +195,7 @@ def _build(cfg: TrainConfig, ckpt: Checkpoint | None, vocab_size: int, log: Any,
     """The model, its optimizer, the loop state and the SWA average: fresh, or restored from `ckpt`."""
     seed_everything(cfg.seed)
     model = LlamaForCausalLM(cfg.model_config(vocab_size)).to(cfg.device)
-    groups, names = param_groups(model, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-    state, average = RunState(), {}
-    if ckpt is not None:
-        state = RunState.from_dict(restore_training(ckpt, model, optimizer, names))
-        average = restore_average(ckpt.optimizer["tensors"])
-        log(f"resumed from {ckpt.path.name} at step {state.step}")
+    optimizer, names, state, average = optimizer_and_state(model, cfg, ckpt, log)
     if d.from_main(state.step) != state.step:
         raise IntegrityError("ranks disagree on the resume step")
     return model, optimizer, names, state, average
