@@ -99,25 +99,30 @@ def checkpoint_costs(cfg: TrainConfig, vocab: int, repeats: int) -> dict:
     }
 
 
-def save_stall(cfg: TrainConfig, tokens, vocab: int, steps: int, every: int) -> dict:
-    """Seconds a save adds to the training loop: (loop with saves - loop without) / saves, for the
-    synchronous write (snapshot + write + fsync on the training thread; verification aside) and for
-    the background save the engine uses (snapshot on the training thread, the rest on a worker)."""
+def save_stall(cfg: TrainConfig, tokens, vocab: int, steps: int, every: int, rounds: int = 3) -> dict:
+    """What a save costs the training thread. Blocking time: how long the save call holds the thread,
+    for the synchronous write it replaced (snapshot + write + fsync; verification aside) and for the
+    background save the engine uses (snapshot + hand-off; waits if the previous save is still in flight).
+    Loop overhead: (loop with background saves - loop without) / saves, which also counts the worker's
+    competition for the cores; noisier, reported as a check."""
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(cfg.model_config(vocab))
     groups, names = param_groups(model, cfg.weight_decay)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     loader = BatchLoader(tokens, cfg.seq_len, cfg.batch_size, cfg.seed, LoaderState())
+    blocking: dict[str, list[float]] = {"sync": [], "background": []}
 
-    def loop(save) -> float:
+    def loop(mode: str | None, save) -> float:
         start = time.perf_counter()
         for i in range(1, steps + 1):
             x, y = loader.next_batch()
             F.cross_entropy(model(x).float().flatten(0, 1), y.flatten()).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if save and i % every == 0:
+            if mode and i % every == 0:
+                t = time.perf_counter()
                 save(i)
+                blocking[mode].append(time.perf_counter() - t)
         return time.perf_counter() - start
 
     with tempfile.TemporaryDirectory(dir=WORK) as d:
@@ -127,25 +132,27 @@ def save_stall(cfg: TrainConfig, tokens, vocab: int, steps: int, every: int) -> 
             ckpts.save(ckpts.step_path(i), model.weights(), opt, names, {"step": i}, {"name": "bench"})
 
         def synchronous(i: int) -> None:
-            write_checkpoint(Path(d) / f"sync-{i}.apr", model.weights(), opt, names, {"step": i}, {"name": "bench"})
+            write_checkpoint(Path(d) / "sync.apr", model.weights(), opt, names, {"step": i}, {"name": "bench"})
 
-        loop(None)  # warm-up (allocates the moments, fills caches)
-        times: dict[str, list[float]] = {"none": [], "sync": [], "background": []}
-        for _ in range(3):
-            for name, save in (("none", None), ("sync", synchronous), ("background", background)):
-                times[name].append(loop(save))
-                ckpts.finish()  # the last background save ends inside its own measurement's tail, not the next
-        saves = steps // every
-        base = statistics.median(times["none"])
-        sync = (statistics.median(times["sync"]) - base) / saves
-        bg = (statistics.median(times["background"]) - base) / saves
+        loop(None, None)  # warm-up (allocates the moments, fills caches)
+        totals: dict[str, list[float]] = {"none": [], "sync": [], "background": []}
+        for _ in range(rounds):
+            for mode, save in (("none", None), ("sync", synchronous), ("background", background)):
+                totals[mode].append(loop(mode if save else None, save))
+                ckpts.finish()
+        size = ckpts.step_path(steps).stat().st_size
+    sync, bg = statistics.median(blocking["sync"]), statistics.median(blocking["background"])
+    saves = steps // every
+    base = statistics.median(totals["none"])
     return {
-        "stall_steps": steps,
-        "stall_saves": saves,
+        "stall_checkpoint_bytes": size,
+        "stall_saves": saves * rounds,
         "step_s": round(base / steps, 4),
-        "sync_stall_per_save_s": round(sync, 4),
-        "background_stall_per_save_s": round(bg, 4),
-        "background_vs_sync_stall": round(bg / sync, 3),
+        "sync_save_blocking_s": round(sync, 4),
+        "background_save_blocking_s": round(bg, 4),
+        "background_vs_sync_blocking": round(bg / sync, 3),
+        "background_loop_overhead_per_save_s": round((statistics.median(totals["background"]) - base) / saves, 4),
+        "sync_loop_overhead_per_save_s": round((statistics.median(totals["sync"]) - base) / saves, 4),
     }
 
 
