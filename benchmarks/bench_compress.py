@@ -21,8 +21,8 @@ import numpy as np
 
 from aprtool import open_apr, write_apr
 from aprtool.codecs import dequantize, is_encoded, order0_entropy_bits, quantize
-from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.codecs.quant import Clip
+from aprtool.ops.compress import CompressOptions, compress_file
 
 WORK = Path(__file__).resolve().parent / "_work"
 

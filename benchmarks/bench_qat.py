@@ -22,9 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.data.prepare import prepare_corpus
 from aprtool.evaluate.bpb import evaluate_bpb
+from aprtool.ops.compress import CompressOptions, compress_file
 
 WORK = Path(__file__).resolve().parent / "_work" / "qat"
 

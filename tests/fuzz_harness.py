@@ -53,7 +53,7 @@ JSON_VALUES = [0, -1, 1, 2.5, 1e300, 2**40, 2**64, True, None, "", "x", "../../e
 
 def _apr_seeds(d: Path) -> list[bytes]:
     import aprtool
-    from aprtool.codecs.compress import CompressOptions, compress_file
+    from aprtool.ops.compress import CompressOptions, compress_file
 
     rng = np.random.default_rng(0)
     plain = d / "plain.apr"
@@ -87,7 +87,7 @@ def _model_seeds(d: Path) -> list[bytes]:
     meta = {"architecture": "LlamaForCausalLM", **cfg.to_metadata(),
             "tokenizer": {"kind": "bytes", "vocab_size": 64, "eos_id": 63}}  # fmt: skip
     aprtool.write_apr(d / "model.apr", LlamaForCausalLM(cfg).weights(), meta)
-    from aprtool.codecs.compress import CompressOptions, compress_file
+    from aprtool.ops.compress import CompressOptions, compress_file
 
     compress_file(d / "model.apr", d / "model.int6.apr", CompressOptions(min_elements=1024, compare=False))
     return [(d / "model.apr").read_bytes(), (d / "model.int6.apr").read_bytes()]

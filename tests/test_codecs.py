@@ -8,8 +8,8 @@ import torch
 
 from aprtool import open_apr, verify_file, write_apr
 from aprtool.codecs import CODERS, Clip, decode, dequantize, order0_entropy_bits, quantize, torch_fake_quant
-from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.errors import ChecksumError, IntegrityError, UsageError
+from aprtool.ops.compress import CompressOptions, compress_file
 
 rng = np.random.default_rng(0)
 SYMBOL_SETS = {

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.data.tokenizer import load_tokenizer
 from aprtool.evaluate.bpb import evaluate_bpb, held_out_tokens
 from aprtool.model.io import load_model
+from aprtool.ops.compress import CompressOptions, compress_file
 from aprtool.train.loop import pretrain
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

@@ -12,10 +12,10 @@ import torch
 
 from aprtool import open_apr, verify_file, write_apr
 from aprtool.codecs import dequantize
-from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.errors import MetadataError, UsageError
 from aprtool.interop.export import export_file
 from aprtool.model.llama import PRESETS, LlamaForCausalLM
+from aprtool.ops.compress import CompressOptions, compress_file
 
 BYTES_TOKENIZER = {"kind": "bytes", "vocab_size": 257, "eos_id": 256, "file": None}
 

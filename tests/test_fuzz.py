@@ -36,8 +36,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aprtool
-from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.errors import AprError, FormatError
+from aprtool.ops.compress import CompressOptions, compress_file
 
 FUZZ = settings(
     max_examples=400,

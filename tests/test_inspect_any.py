@@ -14,9 +14,9 @@ import torch
 from test_hostile import one_line_error
 
 from aprtool import open_apr, write_apr
-from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.interop.export import export_file
 from aprtool.model.llama import PRESETS, LlamaForCausalLM
+from aprtool.ops.compress import CompressOptions, compress_file
 from aprtool.train.loop import pretrain
 
 BYTES_TOKENIZER = {"kind": "bytes", "vocab_size": 257, "eos_id": 256, "file": None}

@@ -17,9 +17,9 @@ import torch
 from test_hostile import one_line_error, snapshot
 
 import aprtool
-from aprtool.codecs.compress import CompressOptions, compress_file
 from aprtool.errors import AprError
 from aprtool.interop.export import export_file
+from aprtool.ops.compress import CompressOptions, compress_file
 
 
 def safetensors_bytes(header: dict, data: bytes, *, raw_header: bytes | None = None) -> bytes:

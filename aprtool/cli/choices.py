@@ -8,11 +8,11 @@ from __future__ import annotations
 from enum import StrEnum
 
 from aprtool.codecs.coders import CODERS
-from aprtool.codecs.compress import PASSTHROUGH_MODES, QUANT_MODES
 from aprtool.data.tokenizer import KINDS
 from aprtool.distill.config import INITS, MODES
 from aprtool.interop.targets import DTYPE_NAMES, TARGETS
 from aprtool.model.config import PRESETS
+from aprtool.ops.compress import PASSTHROUGH_MODES, QUANT_MODES
 from aprtool.train.config import DEVICES, SCHEDULES
 
 

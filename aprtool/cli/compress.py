@@ -12,7 +12,7 @@ from rich.table import Table
 
 from aprtool.cli._common import ForceOption, JsonOption, emit, handle_errors
 from aprtool.cli.choices import Codec, Passthrough, Quant
-from aprtool.codecs.compress import CompressOptions, compress_file
+from aprtool.ops.compress import CompressOptions, compress_file
 from aprtool.text import markup_safe
 
 _DEFAULTS = CompressOptions()
