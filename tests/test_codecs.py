@@ -202,6 +202,10 @@ def test_wrong_frequency_table_with_a_matching_checksum_fails_deep_verify(tmp_pa
     assert verify_file(tmp_path / "bad.apr").valid  # checksums match what was written...
     report = verify_file(tmp_path / "bad.apr", deep=True)  # ...but decoding proves it wrong
     assert not report.valid and any(name in e for e in report.errors)
+    from aprtool.container import verify_file as verify_container  # the container alone knows no codec
+
+    report = verify_container(tmp_path / "bad.apr", deep=True)
+    assert report.valid and "not decoded (no decoder given)" in [c.detail for c in report.checks if c.name == "deep"][0]
 
 
 def test_integer_tensor_cannot_be_quantized(tmp_path):

@@ -6,12 +6,12 @@ from aprtool.codecs.coders import CODERS, order0_entropy_bits
 from aprtool.codecs.quant import Clip, Quantized, quantize, torch_fake_quant
 from aprtool.codecs.tensor import check_encoded, decode, dequantize, encode, is_encoded
 from aprtool.container.reader import AprFile
-from aprtool.container.verify import register_deep_check
 from aprtool.errors import AprError
 
 
-def _deep_check(f: AprFile) -> list[AprError]:
-    """verify --deep: decode every encoded tensor (streaming, bounded memory) and compare its digest."""
+def decode_all(f: AprFile) -> list[AprError]:
+    """verify --deep's decoder: decode every encoded tensor (streaming, bounded memory) and compare its
+    content digest; returns what failed."""
     problems = []
     for name in f.names():
         if is_encoded(f.info(name)):
@@ -22,13 +22,12 @@ def _deep_check(f: AprFile) -> list[AprError]:
     return problems
 
 
-register_deep_check(_deep_check)
-
 __all__ = [
     "CODERS",
     "Clip",
     "Quantized",
     "decode",
+    "decode_all",
     "dequantize",
     "encode",
     "is_encoded",

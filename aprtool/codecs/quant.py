@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from aprtool.container import constants as C
 from aprtool.errors import UsageError
 
-LEVELS = 31  # symbols -31..31
-DEFAULT_MIN_ELEMENTS = 65_536  # parameter-golf keeps tensors up to this size in fp16
-DEFAULT_CLIP = "std:12.85"  # parameter-golf's setting for matrices: ~3.3 bits/weight after coding
+LEVELS = C.INT6_LEVELS  # symbols -31..31
 
 
 @dataclass(frozen=True)

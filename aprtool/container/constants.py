@@ -73,6 +73,12 @@ MAX_DECODED_ELEMENTS = 2**32
 # ratio (a one-symbol table costs 0 bits): its table must count exactly the declared symbols instead.
 MAX_EXPANSION = {"INT6_RAW": 1, "INT6_LZMA": 10_000, "INT6_ZSTD": 32_768}
 
+# int6 quantization (section 5.1): symbols -INT6_LEVELS..INT6_LEVELS, one fp16 scale per row. The defaults
+# are `compress`'s, and late QAT uses them too, so a model is trained against the grid it will be stored on.
+INT6_LEVELS = 31
+DEFAULT_CLIP = "std:12.85"  # parameter-golf's setting for matrices: ~3.3 bits/weight after coding
+DEFAULT_MIN_ELEMENTS = 65_536  # smaller tensors (and every 1-D one) are kept as fp16, as parameter-golf does
+
 # aprtool's encoded dtypes: int6 symbols (one per weight, -31..31) with fp16 per-row scales, coded
 # losslessly by one of the codecs. The payload layout per codec is in formats/APR.md section 5.1.
 ENCODED_DTYPES: tuple[DType, ...] = (

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from aprtool.container.verify import VerifyReport, check_required, verify_file
+from aprtool.container.verify import VerifyReport, check_required
 from aprtool.errors import EXIT_INVALID, EXIT_NOT_FOUND, AprError, FileAccessError
 from aprtool.files.detect import APR, detect
 from aprtool.files.views import open_view
+from aprtool.ops.verify import verify_file
 
 
 def _deep(view: Any, report: VerifyReport, strict: bool) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from aprtool.codecs import tensor as enc
 from aprtool.codecs.coders import CODERS, order0_entropy_bits
-from aprtool.codecs.quant import DEFAULT_CLIP, DEFAULT_MIN_ELEMENTS, Clip, Quantized, quantize, relative_rmse
+from aprtool.codecs.quant import Clip, Quantized, quantize, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
@@ -34,8 +34,8 @@ PASSTHROUGH_MODES = ("f16", "keep")
 class CompressOptions:
     codec: str = "rans"
     quant: str = "int6"
-    clip: str = DEFAULT_CLIP
-    min_elements: int = DEFAULT_MIN_ELEMENTS
+    clip: str = C.DEFAULT_CLIP
+    min_elements: int = C.DEFAULT_MIN_ELEMENTS
     passthrough: str = "f16"  # float tensors left unquantized: stored as fp16, or kept as they are
     compare: bool = False  # also code the symbols with every other codec, for the comparison table
     force: bool = False  # replace an existing OUT (atomically); without it an existing OUT is refused

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Self
 
-from aprtool.codecs.quant import DEFAULT_CLIP, DEFAULT_MIN_ELEMENTS
+from aprtool.container.constants import DEFAULT_CLIP, DEFAULT_MIN_ELEMENTS
 from aprtool.errors import UsageError
 
 if TYPE_CHECKING:  # the model module imports torch; the CLI reads this file just for defaults
