@@ -136,3 +136,27 @@ def test_pretrain_and_distill_share_every_loop_option_with_one_help_and_default(
         opts, _, default = shown["pretrain"][f.name]
         assert f"--{f.name.replace('_', '-')}" in opts
         assert (default.value if hasattr(default, "value") else default) == f.default, f.name
+
+
+def test_verify_max_bytes_is_exact_and_takes_the_usual_units(cli, model, tmp_path):
+    size = model.stat().st_size
+    assert cli("verify", model, "--max-bytes", str(size)).code == 0  # a file exactly at the cap passes
+    over = cli("verify", model, "--max-bytes", str(size - 1), "--json")
+    assert over.code == 5 and over.json()["valid"] is False
+    assert any("over the limit" in e and "by 1" in e for e in over.json()["errors"])
+    assert (
+        cli("verify", model, "--max-bytes", "16MB").code == 0 and cli("verify", model, "--max-bytes", "1KiB").code == 5
+    )
+    bad = cli("verify", model, "--max-bytes", "16 furlongs")
+    assert bad.code == 2 and len(bad.stderr.strip().splitlines()) == 1 and "MiB" in bad.stderr
+
+
+def test_sizes_are_parsed_as_written():
+    from aprtool.errors import UsageError
+    from aprtool.sizes import parse_size
+
+    assert parse_size("16000000") == parse_size("16MB") == 16_000_000
+    assert parse_size("15.5MiB") == 16_252_928 and parse_size("1 kib") == 1024 and parse_size("0") == 0
+    for bad in ("", "-1", "1.5B", "16M", "MB", "1e6"):
+        with pytest.raises(UsageError):
+            parse_size(bad)

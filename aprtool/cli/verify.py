@@ -10,12 +10,14 @@ from rich.console import Console
 
 from aprtool.cli._common import JsonOption, emit, handle_errors
 from aprtool.container.verify import VerifyReport, parse_requirements
+from aprtool.sizes import parse_size
 from aprtool.text import markup_safe
 
 EXAMPLES = """\b
 Examples:
   aprtool verify model.int6.apr --deep --strict
   aprtool verify run/model.apr --require architecture=LlamaForCausalLM --expect-tensors 38 --json
+  aprtool verify model.int6.apr --max-bytes 16MB      # the CI gate for an artifact cap
 """
 
 
@@ -55,6 +57,10 @@ def verify_command(
             help="Fail unless metadata KEY (dotted for nested keys) equals VALUE. Repeatable.",
         ),
     ] = None,
+    max_bytes: Annotated[
+        str | None,
+        typer.Option("--max-bytes", metavar="N", help="Fail (exit 5) if a file is larger: 16000000, 16MB, 15.5MiB."),
+    ] = None,
 ) -> None:
     """Check structure, header/footer CRCs, every tensor's checksum, NaN/Inf and all-zero tensors.
 
@@ -66,7 +72,9 @@ def verify_command(
     from aprtool.files.verify import verify_any
 
     requirements = parse_requirements(require or [])
-    options = {"deep": deep, "strict": strict, "expect_tensors": expect_tensors, "require": requirements}
+    limit = parse_size(max_bytes, "--max-bytes") if max_bytes is not None else None
+    options = {"deep": deep, "strict": strict, "expect_tensors": expect_tensors, "require": requirements,
+               "max_bytes": limit}  # fmt: skip
     reports = [verify_any(f, **options) for f in files]
     payload = [r.to_json() for r in reports]
     emit(payload[0] if len(payload) == 1 else payload, as_json, _render(reports))

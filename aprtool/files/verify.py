@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,26 @@ def verify_any(
     strict: bool = False,
     expect_tensors: int | None = None,
     require: Sequence[tuple[str, str]] = (),
+    max_bytes: int | None = None,
 ) -> VerifyReport:
+    """Verify a file of any format (by content); `max_bytes`: fail (exit 5) if it is larger (an HF
+    folder: its files together), the CI gate for an artifact cap."""
+    report = _verify(path, deep=deep, strict=strict, expect_tensors=expect_tensors, require=require)
+    if max_bytes is not None and report.exit_code not in (EXIT_NOT_FOUND,):
+        _check_size(report, Path(path), max_bytes)
+    return report
+
+
+def _check_size(report: VerifyReport, path: Path, max_bytes: int) -> None:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    size = sum(p.stat().st_size for p in files)
+    detail = f"{size:,} bytes, limit {max_bytes:,}"
+    report.add("max_bytes", size <= max_bytes, detail)
+    if size > max_bytes:
+        report.fail(f"max_bytes: {size:,} bytes is over the limit of {max_bytes:,} by {size - max_bytes:,}")
+
+
+def _verify(path, *, deep, strict, expect_tensors, require) -> VerifyReport:
     report = VerifyReport(file=str(path))
     try:
         kind = detect(path)
