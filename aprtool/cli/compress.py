@@ -21,6 +21,7 @@ EXAMPLES = """\b
 Examples:
   aprtool compress run/model.apr              # writes run/model.int6.apr (int6 + rANS)
   aprtool compress model.apr --dry-run --compare    # every codec's size; nothing written
+  aprtool compress run/model.apr --calibrate  # GPTQ rounding, calibrated on the run's training data
 """
 
 
@@ -122,6 +123,21 @@ def compress_command(
         bool,
         typer.Option("--compare/--no-compare", help="Also code with every codec (on every core) and print the table."),
     ] = _DEFAULTS.compare,
+    calibrate: Annotated[
+        bool,
+        typer.Option("--calibrate", help="GPTQ: round each weight matrix under its layer's calibration inputs."),
+    ] = _DEFAULTS.calibrate,
+    calib_tokens: Annotated[
+        int, typer.Option("--calib-tokens", metavar="N", help="Calibration tokens (training split).")
+    ] = _DEFAULTS.calib_tokens,
+    calib_data: Annotated[
+        str | None,
+        typer.Option(
+            "--calib-data",
+            metavar="PATH",
+            help="Prepared shards or text files to calibrate on. Default: the model's run data/, else the stdlib.",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Quantize and code, print the report, write nothing.")] = (
         False
     ),
@@ -142,6 +158,9 @@ def compress_command(
         compare=compare,
         force=force,
         dry_run=dry_run,
+        calibrate=calibrate,
+        calib_tokens=calib_tokens,
+        calib_data=calib_data,
     )
     bar, update = _progress() if not as_json else (None, None)
     if bar is not None:

@@ -18,12 +18,14 @@ import numpy as np
 
 from aprtool.codecs import tensor as enc
 from aprtool.codecs.coders import CODERS, order0_entropy_bits
+from aprtool.codecs.gptq import DEFAULT_DAMP, gptq_quantize, output_error
 from aprtool.codecs.quant import Clip, Quantized, quantize, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
 from aprtool.data.tokenizer import embed_tokenizer
 from aprtool.errors import UsageError
+from aprtool.ops.calibrate import DEFAULT_CALIB_TOKENS, MAX_CALIB_TOKENS, Calibration, calibrate
 from aprtool.paths import input_file, output_path
 
 QUANT_MODES = ("int6", "none")
@@ -41,6 +43,9 @@ class CompressOptions:
     force: bool = False  # replace an existing OUT (atomically); without it an existing OUT is refused
     dry_run: bool = False  # everything but writing OUT
     workers: int = 0  # threads for quantizing and coding (0: every core); 1 for clean per-codec timings
+    calibrate: bool = False  # GPTQ rounding under each layer's calibration Hessian (aprtool Llama models)
+    calib_tokens: int = DEFAULT_CALIB_TOKENS
+    calib_data: str | None = None  # prepared shards or text; None: the model's run data, else the default corpus
 
     def validate(self) -> Clip:
         enc.coder_for(self.codec)
@@ -52,6 +57,10 @@ class CompressOptions:
             raise UsageError("--min-elements must be >= 0")
         if self.workers < 0:
             raise UsageError("workers must be >= 0")
+        if self.calibrate and self.quant != "int6":
+            raise UsageError("--calibrate chooses int6 symbols: it needs --quant int6")
+        if not 0 < self.calib_tokens <= MAX_CALIB_TOKENS:
+            raise UsageError(f"--calib-tokens {self.calib_tokens}: must be between 1 and {MAX_CALIB_TOKENS:,}")
         return Clip.parse(self.clip)
 
 
@@ -120,21 +129,46 @@ def compress_file(
     source = _Source(src)
     try:
         plan = _plan(source, options)
-        _quantize_all(source, plan, clip, options, progress or _quiet)
+        calibration = _calibration(src, plan, options)
+        _quantize_all(source, plan, clip, options, progress or _quiet, calibration)
         stats = _code_all(plan, options, progress or _quiet)
         warnings: list[str] = []
+        if calibration is not None:
+            warnings += _uncalibrated(plan)
         size = None
         if not options.dry_run:
             metadata, warning = embed_tokenizer(source.metadata, src)
             warnings += [warning] if warning else []
+            if calibration is not None:
+                metadata = {**metadata, "calibration": calibration.record}
             size = write_apr(dst, {n: plan.out[n] for n in source.names}, metadata).size_bytes
-        return _report(src, dst, size, source, plan, stats, options, clip, warnings)
+        report = _report(src, dst, size, source, plan, stats, options, clip, warnings)
+        return report | {"calibration": calibration.record if calibration is not None else None}
     finally:
         source.close()
 
 
 def _quiet(stage: str, done: int, total: int) -> None:
     pass
+
+
+def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibration | None:
+    if not options.calibrate:
+        return None
+    if plan.repack:
+        raise UsageError(f"--calibrate: {src} is already quantized; calibrate its float model instead")
+    calib_data = Path(options.calib_data) if options.calib_data is not None else None
+    calibration = calibrate(src, calib_data, options.calib_tokens)
+    calibration.record |= {"damp": DEFAULT_DAMP, "act_order": True}
+    return calibration
+
+
+def _uncalibrated(plan: _Plan) -> list[str]:
+    """Quantized tensors no linear layer reads (an untied embedding): said, never silently rounded."""
+    names = [n for n in plan.to_quantize if plan.rows[n].get("method") != "gptq"]
+    if not names:
+        return []
+    return [f"{len(names)} tensor(s) are no linear layer's weights and were rounded to nearest: {', '.join(names[:3])}"]
 
 
 @dataclass
@@ -153,7 +187,7 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
     for name in source.names:
         if source.encoded(name):
             q = enc.decode(source.file, name)
-            kept = ("clip", "rel_rmse", "source_dtype")
+            kept = ("clip", "rel_rmse", "source_dtype", "method", "output_error")
             record = {k: v for k, v in source.file.info(name).record.items() if k in kept}
             plan.quantized[name] = (q, record)
             plan.rows[name] = {"name": name, "shape": list(q.shape), "action": "repack", **record}
@@ -178,14 +212,18 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
     return plan
 
 
-def _quantize_one(weights: np.ndarray, clip: Clip, dtype_name: str) -> tuple[Quantized, dict[str, Any]]:
-    q = quantize(weights, clip)
+def _quantize_one(
+    weights: np.ndarray, clip: Clip, dtype_name: str, hessian: np.ndarray | None, name: str
+) -> tuple[Quantized, dict[str, Any]]:
+    q = quantize(weights, clip) if hessian is None else gptq_quantize(weights, hessian, clip, name=name)
     _ = q.counts  # computed here, in parallel, for the entropy bound and the rANS table
     record = {
         "clip": str(clip),
         "rel_rmse": round(relative_rmse(weights, q.dequantize()), 6),
         "source_dtype": dtype_name,
     }
+    if hessian is not None:
+        record |= {"method": "gptq", "output_error": round(output_error(weights, q, hessian), 8)}
     return q, record
 
 
@@ -194,12 +232,15 @@ def _workers(options: CompressOptions) -> int:
 
 
 def _quantize_all(
-    source: _Source, plan: _Plan, clip: Clip, options: CompressOptions, progress: Callable[[str, int, int], None]
-) -> None:
+    source: _Source, plan: _Plan, clip: Clip, options: CompressOptions, progress: Callable[[str, int, int], None],
+    calibration: Calibration | None,
+) -> None:  # fmt: skip
     """numpy releases the GIL: one thread per core."""
+    hessians = calibration.hessians if calibration is not None else {}
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
         jobs = {
-            n: pool.submit(_quantize_one, source.as_float32(n), clip, source.dtype_name(n)) for n in plan.to_quantize
+            n: pool.submit(_quantize_one, source.as_float32(n), clip, source.dtype_name(n), hessians.get(n), n)
+            for n in plan.to_quantize
         }
         for done, (name, job) in enumerate(jobs.items(), 1):
             q, record = job.result()

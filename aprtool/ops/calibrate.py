@@ -1,0 +1,161 @@
+"""Calibration for `compress --calibrate`: each linear layer's input second moment H = E[x xᵀ], from
+sequences of training text run through the model.
+
+Where the text comes from (the first that applies):
+  --calib-data PATH    a prepared shard directory (its tokenizer must be the model's) or text files;
+  RUN_DIR/data         the prepared training data beside RUN_DIR/model.apr (the model's own run);
+  the default corpus   the standard library's training split, tokenized with the model's tokenizer.
+Windows are spread evenly over the training split (never the held-out files), so a calibrated
+artifact is scored by `eval` on text calibration did not see. The tied embedding is the output layer
+too: it gets lm_head's inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aprtool.container import open_apr
+from aprtool.data.corpus import default_corpus_files, default_corpus_root, read_text, split_by_file, text_files
+from aprtool.data.prepare import MANIFEST, load_prepared
+from aprtool.errors import UsageError
+from aprtool.text import printable
+
+if TYPE_CHECKING:  # torch is imported when calibration runs, so `compress` without it starts fast
+    import torch
+
+    from aprtool.model.llama import LlamaForCausalLM
+
+DEFAULT_CALIB_TOKENS = 32_768
+MAX_CALIB_TOKENS = 16 * 1024 * 1024
+
+
+@dataclass
+class Calibration:
+    hessians: dict[str, np.ndarray]  # weight name -> H (cols × cols), float64
+    record: dict[str, Any]  # what calibration used, for the artifact's metadata
+
+
+def _seq_len(model: LlamaForCausalLM, metadata: dict[str, Any]) -> int:
+    summary = metadata.get("training_summary") or metadata.get("distillation") or {}
+    config = summary.get("config") if isinstance(summary, dict) else None
+    trained = config.get("seq_len") if isinstance(config, dict) else None
+    limit = model.cfg.max_position_embeddings
+    if isinstance(trained, int) and not isinstance(trained, bool) and 0 < trained <= limit:
+        return trained
+    return min(256, limit)
+
+
+def _same_tokenizer(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> None:
+    for key in ("kind", "vocab_size", "sha256"):
+        if ours.get(key) != theirs.get(key):
+            raise UsageError(f"{where}: its tokenizer {key} {theirs.get(key)!r} is not the model's {ours.get(key)!r}")
+
+
+def _encode_files(files: list[Path], tokenizer: Any, needed: int) -> np.ndarray:
+    ids: list[int] = []
+    for path in files:  # one file at a time, until there are enough tokens
+        if len(ids) >= needed:
+            break
+        if text := read_text(path):
+            ids.extend(int(i) for i in tokenizer.encode_batch([text])[0])
+            ids.append(tokenizer.eos_id)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def calibration_tokens(model_path: Path, metadata: dict[str, Any], tokenizer: Any, calib_data: Path | None,
+                       needed: int) -> tuple[Any, str]:  # fmt: skip
+    """Training-split tokens to calibrate on, and where they came from."""
+    from aprtool.model.io import tokenizer_info, training_val_fraction
+
+    ours = tokenizer_info(metadata) or {}
+    prepared = calib_data if calib_data is not None else model_path.parent / "data"
+    if (prepared / MANIFEST).is_file():
+        corpus = load_prepared(prepared)
+        if calib_data is not None:
+            _same_tokenizer(ours, corpus.manifest["tokenizer"], f"--calib-data {calib_data}")
+            return corpus.tokens("train"), str(calib_data)
+        try:
+            _same_tokenizer(ours, corpus.manifest["tokenizer"], str(prepared))
+            return corpus.tokens("train"), str(prepared)
+        except UsageError:
+            pass  # the directory beside the model is another run's data: use the default corpus instead
+    if calib_data is not None and not calib_data.is_dir():
+        raise UsageError(f"--calib-data {calib_data}: not a directory of text files or prepared shards")
+    root = calib_data or default_corpus_root()
+    files = text_files(calib_data) if calib_data is not None else default_corpus_files()
+    train, _ = split_by_file(files, root, training_val_fraction(metadata))
+    return _encode_files(train, tokenizer, needed), str(calib_data) if calib_data else "python-stdlib"
+
+
+def _windows(tokens: Any, seq_len: int, count: int, where: str) -> torch.Tensor:
+    import torch
+
+    span = len(tokens) - seq_len
+    if span < 1:
+        raise UsageError(f"calibration data {where}: {len(tokens)} tokens cannot fill one window of {seq_len + 1}")
+    starts = np.linspace(0, span - 1, num=min(count, span)).astype(np.int64)
+    return torch.from_numpy(np.stack([np.asarray(tokens[s : s + seq_len], dtype=np.int64) for s in starts]))
+
+
+def collect_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """H = E[x xᵀ] of the input of every linear layer, by weight name (the tied embedding: lm_head's)."""
+    import torch
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    tied = model.cfg.tie_word_embeddings
+
+    def hook(name: str):
+        def accumulate(_module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + x.T @ x
+            counts[name] = counts.get(name, 0) + x.shape[0]
+
+        return accumulate
+
+    handles = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            weight = "model.embed_tokens.weight" if module_name == "lm_head" and tied else f"{module_name}.weight"
+            handles.append(module.register_forward_pre_hook(hook(weight)))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(windows), batch_size):
+                model(windows[start : start + batch_size])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (total / counts[name]).numpy() for name, total in sums.items()}
+
+
+def calibrate(
+    model_path: Path, calib_data: Path | None = None, calib_tokens: int = DEFAULT_CALIB_TOKENS
+) -> Calibration:
+    """Hessians of every linear layer of the aprtool Llama model in `model_path` (a Calibration)."""
+    from aprtool.model.io import ARCHITECTURE, load_model, load_tokenizer_for, tokenizer_info
+
+    if not 0 < calib_tokens <= MAX_CALIB_TOKENS:
+        raise UsageError(f"--calib-tokens {calib_tokens}: must be between 1 and {MAX_CALIB_TOKENS:,}")
+    if model_path.suffix == ".safetensors":
+        raise UsageError(f"--calibrate needs an aprtool Llama .apr model (architecture and tokenizer): {model_path}")
+    with open_apr(model_path) as f:
+        architecture = f.metadata.get("architecture")
+    if architecture != ARCHITECTURE:
+        found = "none" if architecture is None else repr(printable(str(architecture))[:60])
+        raise UsageError(f"--calibrate needs an aprtool {ARCHITECTURE} model; {model_path} has architecture {found}")
+    model, info = load_model(model_path)
+    if tokenizer_info(info.metadata, info.config) is None:
+        raise UsageError(f"--calibrate: {model_path} names no tokenizer, so no text can be run through it")
+    tokenizer = load_tokenizer_for(info.metadata, model_path, info.config)
+    seq_len = _seq_len(model, info.metadata)
+    tokens, source = calibration_tokens(model_path, info.metadata, tokenizer, calib_data, calib_tokens + seq_len)
+    windows = _windows(tokens, seq_len, math.ceil(calib_tokens / seq_len), source)
+    hessians = collect_hessians(model, windows)
+    record = {"method": "gptq", "source": source, "split": "train", "tokens": int(windows.numel()),
+              "windows": len(windows), "seq_len": seq_len}  # fmt: skip
+    return Calibration(hessians, record)

@@ -1,0 +1,91 @@
+"""Calibrated (GPTQ) int6 vs round-to-nearest int6 on the same models, scored on the same held-out tokens.
+
+    .venv/bin/python benchmarks/bench_gptq.py [--budget 240] [--size tiny] [--seed 0] [--eval-tokens 30000]
+
+Trains the pair of bench_qat.py (no QAT and late QAT, the same --time-budget, side by side), then
+compresses each model twice with compress's defaults (std:12.85, tensors of >= 65,536 elements, rANS):
+round-to-nearest, and `--calibrate` (GPTQ on the run's own training data). `eval` scores the float model
+and both artifacts on the same held-out tokens; the result is the float->int6 gap of each and how much
+of it GPTQ removes, with the artifact sizes (GPTQ changes which symbols are written, so the coded size
+moves a little). Also times calibration + GPTQ of the `small` preset (a 2-step model: the cost does
+not depend on training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_qat import WORK, train_pair  # noqa: E402
+
+from aprtool.data.prepare import prepare_corpus  # noqa: E402
+from aprtool.evaluate.bpb import evaluate_bpb  # noqa: E402
+from aprtool.ops.compress import CompressOptions, compress_file  # noqa: E402
+
+
+def compare(run: Path, corpus: Path, eval_tokens: int) -> dict:
+    model = run / "model.apr"
+    out: dict = {}
+    for label, options in (("rtn", CompressOptions(force=True)), ("gptq", CompressOptions(force=True, calibrate=True))):
+        start = time.perf_counter()
+        report = compress_file(model, run / f"model.{label}.apr", options)
+        out[f"{label}_seconds"] = round(time.perf_counter() - start, 2)
+        out[f"{label}_bytes"] = report["output_bytes"]
+        out[f"{label}_bpb"] = evaluate_bpb(run / f"model.{label}.apr", corpus=corpus, max_tokens=eval_tokens)[
+            "bits_per_byte"
+        ]
+    out["float_bpb"] = evaluate_bpb(model, corpus=corpus, max_tokens=eval_tokens)["bits_per_byte"]
+    out["rtn_gap"] = out["rtn_bpb"] - out["float_bpb"]
+    out["gptq_gap"] = out["gptq_bpb"] - out["float_bpb"]
+    out["gap_removed_pct"] = round(100 * (1 - out["gptq_gap"] / out["rtn_gap"]), 1) if out["rtn_gap"] else None
+    out["bytes_ratio"] = round(out["gptq_bytes"] / out["rtn_bytes"], 4)
+    return out
+
+
+def small_timing(corpus: Path) -> dict:
+    run = WORK / "gptq-small"
+    if not (run / "model.apr").is_file():
+        cmd = [sys.executable, "-m", "aprtool", "pretrain", "--run-dir", str(run), "--corpus", str(corpus),
+               "--size", "small", "--steps", "2", "--eval-every", "1000", "--eval-tokens", "4096"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True)
+    start = time.perf_counter()
+    compress_file(run / "model.apr", run / "model.gptq.apr", CompressOptions(force=True, calibrate=True))
+    calibrated = time.perf_counter() - start
+    start = time.perf_counter()
+    compress_file(run / "model.apr", run / "model.rtn.apr", CompressOptions(force=True))
+    return {"small_calibrate_gptq_compress_s": round(calibrated, 1), "small_rtn_compress_s": round(
+        time.perf_counter() - start, 1)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget", type=float, default=240.0)
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--qat-frac", type=float, default=0.25)
+    parser.add_argument("--warmdown-frac", type=float, default=0.3)
+    parser.add_argument("--eval-tokens", type=int, default=30000)
+    parser.add_argument("--reuse", action="store_true", help="use the models a previous run trained")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    corpus = prepare_corpus(None, WORK.parent / "stdlib-bpe").directory  # the one bench_qat uses
+    runs = {label: WORK / f"seed{args.seed}" / label for label in ("no_qat", "late_qat")}
+    if not (args.reuse and all((r / "model.apr").is_file() for r in runs.values())):
+        for run in runs.values():
+            subprocess.run(["rm", "-rf", str(run)], check=True)
+        train_pair(corpus, args.seed, args)
+    result = {"size": args.size, "budget_s": args.budget, "seed": args.seed}
+    for label, run in runs.items():
+        result[label] = compare(run, corpus, args.eval_tokens)
+    result |= small_timing(corpus)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

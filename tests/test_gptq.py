@@ -1,0 +1,135 @@
+"""compress --calibrate (issue #14 §2): GPTQ rounding on the same int6 grid, calibrated on training text
+run through the model; the file format and the decoder do not change, only the symbols."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import aprtool
+from aprtool.codecs.gptq import gptq_quantize, output_error
+from aprtool.codecs.quant import Clip, quantize
+from aprtool.errors import IntegrityError
+from fixtures.corpora import materialize
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "fixtures" / "models" / "tiny-bytes.apr"
+
+
+def _layer(seed: int = 0, rows: int = 96, cols: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A weight matrix and the second moment of correlated inputs, like a trained layer's."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(rows, cols)).astype(np.float32)
+    x = rng.normal(size=(2048, cols)) @ rng.normal(size=(cols, cols)) * 0.2 + rng.normal(size=(2048, cols))
+    return w, x.T @ x / len(x)
+
+
+@pytest.mark.parametrize("clip", ["std:12.85", "absmax", "std:4"])
+def test_gptq_lowers_the_output_error_on_the_same_grid(clip):
+    w, h = _layer()
+    rtn, gptq = quantize(w, Clip.parse(clip)), gptq_quantize(w, h, Clip.parse(clip))
+    assert np.array_equal(gptq.scales, rtn.scales) and gptq.shape == rtn.shape  # the same grid
+    assert gptq.symbols.dtype == np.int8 and np.abs(gptq.symbols).max() <= 31
+    assert output_error(w, gptq, h) < 0.9 * output_error(w, rtn, h)
+
+
+def test_with_an_identity_hessian_gptq_is_round_to_nearest():
+    w, _ = _layer()
+    rtn = quantize(w, Clip.parse("std:12.85"))
+    assert np.array_equal(gptq_quantize(w, np.eye(w.shape[1]), Clip.parse("std:12.85"), damp=0.0).symbols, rtn.symbols)
+
+
+@pytest.mark.parametrize(
+    ("hessian", "said"),
+    [(np.zeros((128, 128)), "all zero"), (np.full((128, 128), np.nan), "NaN"), (np.eye(64), "columns")],
+    ids=["zero", "nan", "wrong-shape"],
+)
+def test_a_hessian_that_cannot_guide_the_rounding_is_an_error(hessian, said):
+    w, _ = _layer()
+    with pytest.raises(IntegrityError, match=said):
+        gptq_quantize(w, hessian, Clip.parse("std:12.85"), name="layer")
+
+
+def test_a_calibrated_artifact_is_a_plain_int6_file_that_records_its_calibration(cli, tmp_path):
+    out = tmp_path / "m.gptq.apr"
+    r = cli("compress", MODEL, "-o", out, "--min-elements", "4096", "--calibrate", "--calib-tokens", "4096", "--json")
+    assert r.code == 0, r.stderr
+    report = r.json()
+    assert report["calibration"]["method"] == "gptq" and report["calibration"]["tokens"] >= 4096
+    assert report["calibration"]["source"] == "python-stdlib" and report["calibration"]["split"] == "train"
+    quantized = [t for t in report["tensors"] if t["action"] == "int6"]
+    assert quantized and all(t["method"] == "gptq" and t["output_error"] >= 0 for t in quantized)
+    assert aprtool.verify_file(out, deep=True).valid
+    with aprtool.open_apr(out) as f:
+        assert f.metadata["calibration"] == report["calibration"]
+        assert f.metadata["tokenizer"]["kind"] == "bytes"
+    repacked = tmp_path / "m.lzma.apr"  # a repack keeps the symbols and says how they were chosen
+    assert cli("compress", out, "-o", repacked, "--codec", "lzma").code == 0
+    assert aprtool.verify_file(repacked, deep=True).valid
+    with aprtool.open_apr(out) as a, aprtool.open_apr(repacked) as b:
+        for name in a.names():
+            ra, rb = a.info(name).record or {}, b.info(name).record or {}
+            assert ra.get("content_xxh3_128") == rb.get("content_xxh3_128") and ra.get("method") == rb.get("method")
+    assert cli("eval", out, "--max-tokens", "2000").code == 0
+
+
+def test_calibration_data_given_as_prepared_shards_of_the_models_tokenizer(cli, tmp_path):
+    from aprtool.data.prepare import prepare_corpus
+
+    shards = prepare_corpus(materialize("tiny", tmp_path / "text"), tmp_path / "shards", tokenizer="bytes")
+    out = tmp_path / "m.apr"
+    r = cli("compress", MODEL, "-o", out, "--min-elements", "4096", "--calibrate", "--calib-data", shards.directory,
+            "--calib-tokens", "2048", "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert r.json()["calibration"]["source"] == str(shards.directory)
+
+
+def _refused(cli, tmp_path, *args: str | Path, said: str, source: Path = MODEL) -> None:
+    out = tmp_path / "out.apr"
+    r = cli("compress", source, "-o", out, "--calibrate", *args)
+    assert r.code == 2, r.stderr
+    assert said in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # no partial output
+
+
+def test_calibrate_refuses_a_file_without_an_architecture(cli, tmp_path):
+    plain = tmp_path / "plain.apr"
+    aprtool.write_apr(plain, {"w": np.ones((300, 300), np.float32)}, {"name": "no architecture"})
+    _refused(cli, tmp_path, said="needs an aprtool LlamaForCausalLM model", source=plain)
+
+
+def test_calibrate_refuses_a_model_without_a_tokenizer(cli, tmp_path):
+    with aprtool.open_apr(MODEL) as f:
+        tensors = {n: np.array(f.numpy(n)) for n in f.names()}
+        metadata = {k: v for k, v in f.metadata.items() if k not in ("tokenizer", "aprtool")}
+    bare = tmp_path / "bare.apr"
+    aprtool.write_apr(bare, tensors, metadata)
+    _refused(cli, tmp_path, said="names no tokenizer", source=bare)
+
+
+def test_calibrate_refuses_calibration_data_of_another_tokenizer(cli, tmp_path):
+    from aprtool.data.prepare import prepare_corpus
+
+    bpe = prepare_corpus(materialize("tiny", tmp_path / "text"), tmp_path / "bpe", tokenizer="bpe", vocab_size=300)
+    _refused(cli, tmp_path, "--calib-data", bpe.directory, said="is not the model's")
+
+
+def test_calibrate_refuses_too_little_calibration_text_and_a_bad_token_count(cli, tmp_path):
+    text = tmp_path / "few"
+    text.mkdir()
+    (text / "a.txt").write_text("x = 1\n")
+    (text / "b.txt").write_text("y = 2\n")
+    _refused(cli, tmp_path, "--calib-data", text, said="cannot fill one window")
+    _refused(cli, tmp_path, "--calib-tokens", "0", said="--calib-tokens 0")
+
+
+def test_calibrate_refuses_an_already_quantized_file(cli, tmp_path):
+    _refused(cli, tmp_path, said="already quantized", source=ROOT / "fixtures" / "models" / "tiny-bytes.int6.apr")
+
+
+def test_calibrate_json_errors_are_json(cli, tmp_path):
+    r = cli("compress", MODEL, "-o", tmp_path / "o.apr", "--calibrate", "--calib-tokens", "-5", "--json")
+    assert r.code == 2 and json.loads(r.stdout)["exit_code"] == 2
