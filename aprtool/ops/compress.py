@@ -164,11 +164,19 @@ def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibratio
 
 
 def _uncalibrated(plan: _Plan) -> list[str]:
-    """Quantized tensors no linear layer reads (an untied embedding): said, never silently rounded."""
-    names = [n for n in plan.to_quantize if plan.rows[n].get("method") != "gptq"]
-    if not names:
-        return []
-    return [f"{len(names)} tensor(s) are no linear layer's weights and were rounded to nearest: {', '.join(names[:3])}"]
+    """Tensors not GPTQ-rounded, and why: no linear layer reads them (an untied embedding), or GPTQ's
+    symbols cost the model more on calibration text than round-to-nearest's."""
+    notes = []
+    none = [n for n in plan.to_quantize if "method" not in plan.rows[n]]
+    if none:
+        notes.append(f"{len(none)} tensor(s) are no linear layer's weights and were rounded to nearest: "
+                     f"{', '.join(none[:3])}")  # fmt: skip
+    worse = [n for n in plan.to_quantize if plan.rows[n].get("method") == "rtn"]
+    if worse:
+        notes.append(f"{len(worse)} tensor(s) kept round-to-nearest, which cost less on calibration text than GPTQ "
+                     f"(a tied embedding is also the input table; a late-QAT model sits on that grid): "
+                     f"{', '.join(worse[:3])}")  # fmt: skip
+    return notes
 
 
 @dataclass
@@ -187,7 +195,7 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
     for name in source.names:
         if source.encoded(name):
             q = enc.decode(source.file, name)
-            kept = ("clip", "rel_rmse", "source_dtype", "method", "output_error")
+            kept = ("clip", "rel_rmse", "source_dtype", "method", "output_error", "calib_loss")
             record = {k: v for k, v in source.file.info(name).record.items() if k in kept}
             plan.quantized[name] = (q, record)
             plan.rows[name] = {"name": name, "shape": list(q.shape), "action": "repack", **record}
@@ -214,16 +222,32 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
 
 def _quantize_one(
     weights: np.ndarray, clip: Clip, dtype_name: str, hessian: np.ndarray | None, name: str
-) -> tuple[Quantized, dict[str, Any]]:
-    q = quantize(weights, clip) if hessian is None else gptq_quantize(weights, hessian, clip, name=name)
-    _ = q.counts  # computed here, in parallel, for the entropy bound and the rANS table
-    record = {
-        "clip": str(clip),
-        "rel_rmse": round(relative_rmse(weights, q.dequantize()), 6),
-        "source_dtype": dtype_name,
-    }
+) -> list[tuple[Quantized, dict[str, Any]]]:
+    """The tensor's symbols and record: round-to-nearest, and with a Hessian the GPTQ candidate first."""
+    candidates = [(quantize(weights, clip), "rtn")]
     if hessian is not None:
-        record |= {"method": "gptq", "output_error": round(output_error(weights, q, hessian), 8)}
+        candidates.insert(0, (gptq_quantize(weights, hessian, clip, name=name), "gptq"))
+    out = []
+    for q, method in candidates:
+        _ = q.counts  # computed here, in parallel, for the entropy bound and the rANS table
+        record = {"clip": str(clip), "rel_rmse": round(relative_rmse(weights, q.dequantize()), 6),
+                  "source_dtype": dtype_name}  # fmt: skip
+        if hessian is not None:
+            record |= {"method": method, "output_error": round(output_error(weights, q, hessian), 8)}
+        out.append((q, record))
+    return out
+
+
+def _choose(name: str, candidates: list[tuple[Quantized, dict[str, Any]]], calibration: Calibration | None):
+    """GPTQ's symbols unless they cost the model more than round-to-nearest's on calibration text: GPTQ
+    lowers each layer's output error, but a tied embedding is also the input table, and a model trained
+    with late QAT already sits on the round-to-nearest grid. Both losses go into the record."""
+    if calibration is None or len(candidates) == 1:
+        return candidates[0]
+    losses = [calibration.loss_with(name, q.dequantize()) for q, _ in candidates]
+    best = min(range(len(candidates)), key=lambda i: (losses[i], i))  # ties: GPTQ
+    q, record = candidates[best]
+    record["calib_loss"] = {r["method"]: round(loss, 6) for (_, r), loss in zip(candidates, losses, strict=True)}
     return q, record
 
 
@@ -243,7 +267,7 @@ def _quantize_all(
             for n in plan.to_quantize
         }
         for done, (name, job) in enumerate(jobs.items(), 1):
-            q, record = job.result()
+            q, record = _choose(name, job.result(), calibration)
             plan.quantized[name] = (q, record)
             plan.rows[name] = {"name": name, "shape": list(q.shape), "action": "int6", **record}
             progress("quantize", done, len(jobs))
