@@ -123,6 +123,15 @@ def compress_command(
         bool,
         typer.Option("--compare/--no-compare", help="Also code with every codec (on every core) and print the table."),
     ] = _DEFAULTS.compare,
+    bits: Annotated[
+        str,
+        typer.Option(
+            "--bits",
+            metavar="BITS",
+            help="Bits per weight, 4..8: one width, or per kind (embed, attn, mlp; a bare number for the rest), "
+            "e.g. mlp=5,attn=6,embed=7.",
+        ),
+    ] = _DEFAULTS.bits,
     calibrate: Annotated[
         bool,
         typer.Option("--calibrate", help="GPTQ: round each weight matrix under its layer's calibration inputs."),
@@ -158,6 +167,7 @@ def compress_command(
         compare=compare,
         force=force,
         dry_run=dry_run,
+        bits=bits,
         calibrate=calibrate,
         calib_tokens=calib_tokens,
         calib_data=calib_data,

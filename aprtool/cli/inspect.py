@@ -73,7 +73,8 @@ def _tensor_table(info: dict[str, Any]) -> Table:
         cells = [markup_safe(t["name"]), markup_safe(t["dtype"]), shape, f"{t['stored_bytes']:,}"]
         cells.append("-" if t["bits_per_weight"] is None else f"{t['bits_per_weight']:.3f}")
         if codecs:
-            cells.append(markup_safe(t.get("codec") or "-"))
+            quant = f"{t['quant']} " if isinstance(t.get("quant"), str) else ""
+            cells.append(markup_safe(f"{quant}{t['codec']}" if t.get("codec") else "-"))
         if stats:
             s = t.get("stats") or {}
             cells += [_number(s.get(k)) for k in ("min", "max", "mean", "std")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aprtool.codecs.quant import LEVELS, Clip, Quantized, as_rows, quantize
+from aprtool.codecs.quant import Clip, Quantized, as_rows, levels_for, quantize
 from aprtool.errors import IntegrityError
 
 # Fraction of H's mean diagonal added to its diagonal. The paper uses 0.01; on our models 1.0 (half the
@@ -48,11 +48,12 @@ def check_hessian(h: np.ndarray, cols: int, name: str) -> None:
 
 def gptq_quantize(
     weights: np.ndarray, hessian: np.ndarray, clip: Clip, *, damp: float = DEFAULT_DAMP, act_order: bool = True,
-    name: str = "tensor",
+    name: str = "tensor", bits: int = 6,
 ) -> Quantized:  # fmt: skip
     """int6 symbols for `weights` (rows × cols, or more dims flattened to cols) on the per-row grid of
     `quantize(weights, clip)`, chosen column by column with error feedback under `hessian` (cols × cols)."""
-    grid = quantize(weights, clip)  # the scales, and the input checks
+    grid = quantize(weights, clip, bits)  # the scales, and the input checks
+    levels = levels_for(bits)
     rows, cols = as_rows(grid.shape)
     if not cols or not rows:
         return grid
@@ -73,7 +74,7 @@ def gptq_quantize(
         block = w[:, start:end]
         errors = np.zeros_like(block)
         for j in range(end - start):
-            q = np.clip(np.rint(block[:, j] / divisor), -LEVELS, LEVELS)
+            q = np.clip(np.rint(block[:, j] / divisor), -levels, levels)
             symbols[:, start + j] = q
             err = (block[:, j] - q * scale) / u[start + j, start + j]
             block[:, j + 1 :] -= np.outer(err, u[start + j, start + j + 1 : end])
@@ -81,7 +82,7 @@ def gptq_quantize(
         w[:, end:] -= errors @ u[start:end, end:]
     inverse = np.empty_like(order)
     inverse[order] = np.arange(cols)
-    return Quantized(symbols[:, inverse], grid.scales, grid.shape)
+    return Quantized(symbols[:, inverse], grid.scales, grid.shape, bits)
 
 
 def output_error(weights: np.ndarray, q: Quantized, hessian: np.ndarray) -> float:

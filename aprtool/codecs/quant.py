@@ -44,11 +44,19 @@ class Clip:
         raise UsageError(f"--clip {text!r}: expected 'absmax' or 'std:K' with K a positive number")
 
 
+def levels_for(bits: int) -> int:
+    """The largest symbol of a `bits`-wide symmetric grid: 7, 15, 31, 63, 127 for 4..8 bits."""
+    if bits not in C.QUANT_BITS:
+        raise UsageError(f"{bits}-bit quantization: widths are {C.QUANT_BITS[0]}..{C.QUANT_BITS[-1]}")
+    return 2 ** (bits - 1) - 1
+
+
 @dataclass(frozen=True)
 class Quantized:
-    symbols: np.ndarray  # int8, shape [rows, cols], values in -31..31
+    symbols: np.ndarray  # int8, shape [rows, cols], values in -levels_for(bits)..levels_for(bits)
     scales: np.ndarray  # float16, shape [rows]
     shape: tuple[int, ...]  # the original tensor's shape
+    bits: int = C.DEFAULT_BITS
 
     @functools.cached_property
     def counts(self) -> np.ndarray:
@@ -79,30 +87,31 @@ def _fp16_scales(raw: np.ndarray, peak: np.ndarray) -> np.ndarray:
     return scales
 
 
-def quantize(weights: np.ndarray, clip: Clip) -> Quantized:
-    """Quantize a float tensor (2-D or more) to int6 symbols with fp16 per-row scales."""
+def quantize(weights: np.ndarray, clip: Clip, bits: int = C.DEFAULT_BITS) -> Quantized:
+    """Quantize a float tensor (2-D or more) to `bits`-wide symbols (int6 by default) with fp16 per-row scales."""
+    levels = levels_for(bits)
     shape = tuple(weights.shape)
     rows, cols = as_rows(shape)
     w = np.asarray(weights, dtype=np.float32).reshape(rows, cols)
     if not np.isfinite(w).all():
         raise UsageError("cannot quantize a tensor holding NaN/Inf")
     if not cols:
-        return Quantized(np.zeros((rows, 0), np.int8), np.zeros(rows, np.float16), shape)
+        return Quantized(np.zeros((rows, 0), np.int8), np.zeros(rows, np.float16), shape, bits)
     peak = np.maximum(w.max(axis=1), -w.min(axis=1))
     if clip.mode == "absmax":
-        raw = peak / LEVELS
+        raw = peak / levels
     else:  # one pass for the std: E[x^2] - E[x]^2, accumulated in float64
         mean = w.sum(axis=1, dtype=np.float64) / cols
         var = np.einsum("ij,ij->i", w, w, dtype=np.float64) / cols - mean * mean
-        raw = (clip.k * np.sqrt(np.maximum(var, 0)) / LEVELS).astype(np.float32)
-        raw = np.where(raw > 0, raw, peak / LEVELS)  # a constant row has std 0: fall back to absmax
+        raw = (clip.k * np.sqrt(np.maximum(var, 0)) / levels).astype(np.float32)
+        raw = np.where(raw > 0, raw, peak / levels)  # a constant row has std 0: fall back to absmax
     scales = _fp16_scales(raw.astype(np.float32), peak)
     s = scales.astype(np.float32)
     divisor = np.where(s > 0, s, np.float32(np.inf))[:, None]  # zero rows quantize to 0
     q = np.divide(w, divisor)
     np.rint(q, out=q)
-    np.clip(q, -LEVELS, LEVELS, out=q)
-    return Quantized(q.astype(np.int8), scales, shape)
+    np.clip(q, -levels, levels, out=q)
+    return Quantized(q.astype(np.int8), scales, shape, bits)
 
 
 def relative_rmse(original: np.ndarray, restored: np.ndarray) -> float:

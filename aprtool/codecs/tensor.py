@@ -16,7 +16,7 @@ import numpy as np
 import xxhash
 
 from aprtool.codecs.coders import CODERS, DecodeError
-from aprtool.codecs.quant import LEVELS, Quantized, as_rows
+from aprtool.codecs.quant import Quantized, as_rows, levels_for
 from aprtool.container import constants as C
 from aprtool.container.layout import DTYPES_BY_NAME, TensorInfo
 from aprtool.container.reader import AprFile
@@ -24,14 +24,14 @@ from aprtool.container.writer import EncodedTensor
 from aprtool.errors import IntegrityError, LimitError, UsageError
 from aprtool.memory import ensure_allocatable
 
-QUANT_NAME = "int6"
+QUANT_NAMES = {f"int{b}": b for b in C.QUANT_BITS}  # a record's `quant`: the symbols' width
 CODEC_BY_DTYPE = {c.dtype_name: name for name, c in CODERS.items()}
 
 
 def content_digest(q: Quantized) -> str:
     """XXH3-128 of shape, symbols and scales: the same whatever codec stores them (~10 GB/s)."""
     h = xxhash.xxh3_128()
-    h.update(json.dumps({"quant": QUANT_NAME, "shape": list(q.shape)}).encode())
+    h.update(json.dumps({"quant": f"int{q.bits}", "shape": list(q.shape)}).encode())
     h.update(q.symbols.astype(np.int8, copy=False).tobytes())
     h.update(q.scales.astype("<f2", copy=False).tobytes())
     return h.hexdigest()
@@ -60,7 +60,7 @@ def encode(q: Quantized, codec: str, record: dict[str, Any]) -> Encoded:
     full = {
         **record,
         "codec": codec,
-        "quant": QUANT_NAME,
+        "quant": f"int{q.bits}",
         "rows": int(q.symbols.shape[0]),
         "content_xxh3_128": content_digest(q),
     }
@@ -81,6 +81,7 @@ class _Plan:
     scales: np.ndarray
     body: memoryview
     record: dict[str, Any]
+    bits: int
 
 
 def _plan(f: AprFile, name: str, verify: bool) -> _Plan:
@@ -92,8 +93,11 @@ def _plan(f: AprFile, name: str, verify: bool) -> _Plan:
         raise UsageError(f"tensor {name!r}: {info.dtype.name} is not an encoded tensor")
     record = info.record or {}
     codec = CODEC_BY_DTYPE[info.dtype.name]
-    if record.get("codec") != codec or record.get("quant") != QUANT_NAME:
+    if record.get("codec") != codec:
         raise DecodeError(f"tensor {name!r}: record says {record.get('codec')!r}, dtype says {codec!r}")
+    bits = QUANT_NAMES.get(record.get("quant")) if isinstance(record.get("quant"), str) else None
+    if bits is None:
+        raise DecodeError(f"tensor {name!r}: record quant {str(record.get('quant'))[:20]!r} is not int4..int8")
     if not info.shape:
         raise DecodeError(f"tensor {name!r}: an encoded tensor needs at least one dimension (rows)")
     if info.numel > C.MAX_DECODED_ELEMENTS:
@@ -106,12 +110,13 @@ def _plan(f: AprFile, name: str, verify: bool) -> _Plan:
     bad = int(np.count_nonzero(~np.isfinite(scales) | (scales < 0)))
     if bad:
         raise DecodeError(f"tensor {name!r}: {bad} row scale(s) are NaN, infinite or negative")
-    return _Plan(codec, rows, cols, scales, payload[2 * rows :], record)
+    return _Plan(codec, rows, cols, scales, payload[2 * rows :], record, bits)
 
 
-def _symbols_in_range(name: str, chunk: np.ndarray) -> None:
-    if chunk.size and (chunk.min() < -LEVELS or chunk.max() > LEVELS):
-        raise DecodeError(f"tensor {name!r}: symbols outside -{LEVELS}..{LEVELS}")
+def _symbols_in_range(name: str, chunk: np.ndarray, bits: int) -> None:
+    levels = levels_for(bits)
+    if chunk.size and (chunk.min() < -levels or chunk.max() > levels):
+        raise DecodeError(f"tensor {name!r}: symbols outside -{levels}..{levels} (int{bits})")
 
 
 def decode(f: AprFile, name: str, *, verify: bool = True) -> Quantized:
@@ -123,8 +128,8 @@ def decode(f: AprFile, name: str, *, verify: bool = True) -> Quantized:
         symbols = CODERS[plan.codec].decode(plan.body, n)
     except DecodeError as exc:
         raise DecodeError(f"tensor {name!r}: {exc}") from None
-    _symbols_in_range(name, symbols)
-    q = Quantized(symbols.reshape(plan.rows, plan.cols), plan.scales, tuple(f.info(name).shape))
+    _symbols_in_range(name, symbols, plan.bits)
+    q = Quantized(symbols.reshape(plan.rows, plan.cols), plan.scales, tuple(f.info(name).shape), plan.bits)
     if verify and content_digest(q) != plan.record.get("content_xxh3_128"):
         raise DecodeError(f"tensor {name!r}: decoded content digest differs from content_xxh3_128")
     return q
@@ -136,11 +141,11 @@ def check_encoded(f: AprFile, name: str) -> None:
     plan = _plan(f, name, verify=True)
     n = plan.rows * plan.cols
     h = xxhash.xxh3_128()
-    h.update(json.dumps({"quant": QUANT_NAME, "shape": list(f.info(name).shape)}).encode())
+    h.update(json.dumps({"quant": f"int{plan.bits}", "shape": list(f.info(name).shape)}).encode())
     produced = 0
     try:
         for chunk in CODERS[plan.codec].stream(plan.body, n):
-            _symbols_in_range(name, chunk)
+            _symbols_in_range(name, chunk, plan.bits)
             h.update(chunk)
             produced += chunk.size
     except DecodeError as exc:

@@ -76,6 +76,8 @@ MAX_EXPANSION = {"INT6_RAW": 1, "INT6_LZMA": 10_000, "INT6_ZSTD": 32_768}
 # int6 quantization (section 5.1): symbols -INT6_LEVELS..INT6_LEVELS, one fp16 scale per row. The defaults
 # are `compress`'s, and late QAT uses them too, so a model is trained against the grid it will be stored on.
 INT6_LEVELS = 31
+QUANT_BITS = (4, 5, 6, 7, 8)  # widths a record's `quant` may name ("int4".."int8"): symbols -(2^(b-1)-1)..2^(b-1)-1
+DEFAULT_BITS = 6
 DEFAULT_CLIP = "std:12.85"  # parameter-golf's setting for matrices: ~3.3 bits/weight after coding
 DEFAULT_MIN_ELEMENTS = 65_536  # smaller tensors (and every 1-D one) are kept as fp16, as parameter-golf does
 

@@ -70,6 +70,7 @@ def inspect_file(path: str | os.PathLike[str], *, checksums: bool = True) -> dic
                     "stored_bytes": t.size,
                     "codec": t.codec,
                     "checksum": t.record.get(C.CHECKSUM_ALGORITHM) if t.record else None,
+                    **({"quant": t.record.get("quant")} if t.codec else {}),  # int4..int8: the symbols' width
                 }
                 for t in f.tensors.values()
             ],

@@ -43,6 +43,7 @@ class CompressOptions:
     force: bool = False  # replace an existing OUT (atomically); without it an existing OUT is refused
     dry_run: bool = False  # everything but writing OUT
     workers: int = 0  # threads for quantizing and coding (0: every core); 1 for clean per-codec timings
+    bits: str = str(C.DEFAULT_BITS)  # one width 4..8, or per tensor kind: "mlp=5,attn=6,embed=7" (see parse_bits)
     calibrate: bool = False  # GPTQ rounding under each layer's calibration Hessian (aprtool Llama models)
     calib_tokens: int = DEFAULT_CALIB_TOKENS
     calib_data: str | None = None  # prepared shards or text; None: the model's run data, else the default corpus
@@ -57,6 +58,7 @@ class CompressOptions:
             raise UsageError("--min-elements must be >= 0")
         if self.workers < 0:
             raise UsageError("workers must be >= 0")
+        parse_bits(self.bits)
         if self.calibrate and self.quant != "int6":
             raise UsageError("--calibrate chooses int6 symbols: it needs --quant int6")
         if not 0 < self.calib_tokens <= MAX_CALIB_TOKENS:
@@ -102,6 +104,36 @@ class _Source:
 
 _NUMPY_NAMES = {"float32": "F32", "float16": "F16", "float64": "F64"}
 FLOATS = ("F32", "F16", "F64", "BF16")
+
+
+BIT_KINDS = ("embed", "attn", "mlp", "default")
+
+
+def parse_bits(text: str) -> dict[str, int]:
+    """`6`, or `mlp=5,attn=6,embed=7[,default=6]` (a bare number is the default): kind -> width."""
+    spec = {"default": C.DEFAULT_BITS}
+    for part in (p.strip() for p in str(text).split(",")):
+        kind, _, value = part.rpartition("=")
+        kind = kind.strip() or "default"
+        try:
+            bits = int(value)
+        except ValueError:
+            bits = -1
+        if kind not in BIT_KINDS or bits not in C.QUANT_BITS:
+            widths = f"{C.QUANT_BITS[0]}..{C.QUANT_BITS[-1]}"
+            raise UsageError(f"--bits {text!r}: each part is a width {widths}, alone or as KIND=WIDTH with KIND one of "
+                             f"{', '.join(BIT_KINDS)} (e.g. mlp=5,attn=6,embed=7)")  # fmt: skip
+        spec[kind] = bits
+    return spec
+
+
+def tensor_kind(name: str) -> str:
+    """Which --bits pattern a tensor follows, by its (HF Llama) name."""
+    if "embed_tokens" in name or name.startswith("lm_head"):
+        return "embed"
+    if ".self_attn." in name:
+        return "attn"
+    return "mlp" if ".mlp." in name else "default"
 
 
 def default_output(src: Path, options: CompressOptions) -> Path:
@@ -198,7 +230,7 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
             kept = ("clip", "rel_rmse", "source_dtype", "method", "output_error", "calib_loss")
             record = {k: v for k, v in source.file.info(name).record.items() if k in kept}
             plan.quantized[name] = (q, record)
-            plan.rows[name] = {"name": name, "shape": list(q.shape), "action": "repack", **record}
+            plan.rows[name] = {"name": name, "shape": list(q.shape), "action": "repack", "bits": q.bits, **record}
             continue
         array, dtype_name = source.array(name), source.dtype_name(name)
         if quantizing and array.ndim >= 2 and array.size >= max(options.min_elements, 1):
@@ -221,12 +253,12 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
 
 
 def _quantize_one(
-    weights: np.ndarray, clip: Clip, dtype_name: str, hessian: np.ndarray | None, name: str
+    weights: np.ndarray, clip: Clip, dtype_name: str, hessian: np.ndarray | None, name: str, bits: int
 ) -> list[tuple[Quantized, dict[str, Any]]]:
     """The tensor's symbols and record: round-to-nearest, and with a Hessian the GPTQ candidate first."""
-    candidates = [(quantize(weights, clip), "rtn")]
+    candidates = [(quantize(weights, clip, bits), "rtn")]
     if hessian is not None:
-        candidates.insert(0, (gptq_quantize(weights, hessian, clip, name=name), "gptq"))
+        candidates.insert(0, (gptq_quantize(weights, hessian, clip, name=name, bits=bits), "gptq"))
     out = []
     for q, method in candidates:
         _ = q.counts  # computed here, in parallel, for the entropy bound and the rANS table
@@ -261,15 +293,24 @@ def _quantize_all(
 ) -> None:  # fmt: skip
     """numpy releases the GIL: one thread per core."""
     hessians = calibration.hessians if calibration is not None else {}
+    widths = parse_bits(options.bits)
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
         jobs = {
-            n: pool.submit(_quantize_one, source.as_float32(n), clip, source.dtype_name(n), hessians.get(n), n)
+            n: pool.submit(
+                _quantize_one,
+                source.as_float32(n),
+                clip,
+                source.dtype_name(n),
+                hessians.get(n),
+                n,
+                widths.get(tensor_kind(n), widths["default"]),
+            )  # fmt: skip
             for n in plan.to_quantize
         }
         for done, (name, job) in enumerate(jobs.items(), 1):
             q, record = _choose(name, job.result(), calibration)
             plan.quantized[name] = (q, record)
-            plan.rows[name] = {"name": name, "shape": list(q.shape), "action": "int6", **record}
+            plan.rows[name] = {"name": name, "shape": list(q.shape), "action": f"int{q.bits}", "bits": q.bits, **record}
             progress("quantize", done, len(jobs))
 
 
