@@ -13,6 +13,7 @@ from rich.table import Table
 from aprtool.cli._common import ForceOption, JsonOption, emit, handle_errors
 from aprtool.cli.choices import Codec, Passthrough, Quant
 from aprtool.ops.compress import CompressOptions, compress_file
+from aprtool.sizes import parse_size
 from aprtool.text import markup_safe
 
 _DEFAULTS = CompressOptions()
@@ -22,6 +23,7 @@ Examples:
   aprtool compress run/model.apr              # writes run/model.int6.apr (int6 + rANS)
   aprtool compress model.apr --dry-run --compare    # every codec's size; nothing written
   aprtool compress run/model.apr --calibrate  # GPTQ rounding, calibrated on the run's training data
+  aprtool compress run/model.apr --calibrate --budget 16MB   # the best widths that fit in 16,000,000 bytes
 """
 
 
@@ -39,7 +41,7 @@ def _codec_summary(report: dict[str, Any]) -> str:
     """The chosen codec's line, always printed: size, bits/weight, distance to the order-0 bound."""
     c = report["codecs"][report["codec"]]
     return (
-        f"{report['codec']}: {c['bytes']:,} bytes for {report['quantized_params']:,} int6 weights, "
+        f"{report['codec']}: {c['bytes']:,} bytes for {report['quantized_params']:,} quantized weights, "
         f"{c['bits_per_weight']:.4f} bits/weight, {c['over_entropy_pct']:+.3f}% over the order-0 bound "
         f"({report['entropy_bound_bytes']:,} bytes)"
     )
@@ -74,6 +76,11 @@ def _render(report: dict[str, Any]):
             console.print("no tensor was quantized")
             return
         console.print(_codec_summary(report))
+        if report.get("budget"):
+            b = report["budget"]
+            widths = ", ".join(f"{n} ×{k}" for n, k in b["widths"].items())
+            console.print(f"budget {b['bytes']:,} bytes: file {b['file_bytes']:,} bytes; widths {widths} "
+                          f"(smallest reachable {b['smallest_bytes']:,}; cost: {b['cost']})")  # fmt: skip
         if len(report["codecs"]) > 1:
             console.print(_table(report))
 
@@ -132,6 +139,15 @@ def compress_command(
             "e.g. mlp=5,attn=6,embed=7.",
         ),
     ] = _DEFAULTS.bits,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            metavar="BYTES",
+            help="The file may take at most this many bytes (16000000, 16MB, 15.5MiB): each tensor's width is chosen "
+            "to fit.",
+        ),
+    ] = None,
     calibrate: Annotated[
         bool,
         typer.Option("--calibrate", help="GPTQ: round each weight matrix under its layer's calibration inputs."),
@@ -168,6 +184,7 @@ def compress_command(
         force=force,
         dry_run=dry_run,
         bits=bits,
+        budget=parse_size(budget, "--budget") if budget is not None else None,
         calibrate=calibrate,
         calib_tokens=calib_tokens,
         calib_data=calib_data,

@@ -24,7 +24,8 @@ from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
 from aprtool.data.tokenizer import embed_tokenizer
-from aprtool.errors import UsageError
+from aprtool.errors import IntegrityError, UsageError
+from aprtool.ops.budget import Choice, allocate, measured_size, rounding_cost, undo_last
 from aprtool.ops.calibrate import DEFAULT_CALIB_TOKENS, MAX_CALIB_TOKENS, Calibration, calibrate
 from aprtool.paths import input_file, output_path
 
@@ -44,6 +45,7 @@ class CompressOptions:
     dry_run: bool = False  # everything but writing OUT
     workers: int = 0  # threads for quantizing and coding (0: every core); 1 for clean per-codec timings
     bits: str = str(C.DEFAULT_BITS)  # one width 4..8, or per tensor kind: "mlp=5,attn=6,embed=7" (see parse_bits)
+    budget: int | None = None  # bytes the written file may take: each tensor's width chosen to fit (ops/budget.py)
     calibrate: bool = False  # GPTQ rounding under each layer's calibration Hessian (aprtool Llama models)
     calib_tokens: int = DEFAULT_CALIB_TOKENS
     calib_data: str | None = None  # prepared shards or text; None: the model's run data, else the default corpus
@@ -59,6 +61,8 @@ class CompressOptions:
         if self.workers < 0:
             raise UsageError("workers must be >= 0")
         parse_bits(self.bits)
+        if self.budget is not None and (self.budget < 0 or self.quant != "int6"):
+            raise UsageError("--budget needs --quant int6 and a byte count >= 0")
         if self.calibrate and self.quant != "int6":
             raise UsageError("--calibrate chooses int6 symbols: it needs --quant int6")
         if not 0 < self.calib_tokens <= MAX_CALIB_TOKENS:
@@ -162,26 +166,84 @@ def compress_file(
     try:
         plan = _plan(source, options)
         calibration = _calibration(src, plan, options)
-        _quantize_all(source, plan, clip, options, progress or _quiet, calibration)
-        stats = _code_all(plan, options, progress or _quiet)
-        warnings: list[str] = []
+        metadata, warning = embed_tokenizer(source.metadata, src)
+        warnings: list[str] = [warning] if warning else []
         if calibration is not None:
+            metadata = {**metadata, "calibration": calibration.record}
+        budget = None
+        if options.budget is not None:
+            metadata = {**metadata, "budget": {"bytes": options.budget, "cost": _cost_name(calibration)}}
+            budget = _fit_budget(source, plan, clip, options, calibration, metadata, dst)
+        else:
+            _quantize_all(source, plan, clip, options, progress or _quiet, calibration)
+        stats = _code_all(plan, options, progress or _quiet)
+        if calibration is not None and budget is None:
             warnings += _uncalibrated(plan)
         size = None
         if not options.dry_run:
-            metadata, warning = embed_tokenizer(source.metadata, src)
-            warnings += [warning] if warning else []
-            if calibration is not None:
-                metadata = {**metadata, "calibration": calibration.record}
             size = write_apr(dst, {n: plan.out[n] for n in source.names}, metadata).size_bytes
         report = _report(src, dst, size, source, plan, stats, options, clip, warnings)
-        return report | {"calibration": calibration.record if calibration is not None else None}
+        return report | {"calibration": calibration.record if calibration is not None else None, "budget": budget}
     finally:
         source.close()
 
 
 def _quiet(stage: str, done: int, total: int) -> None:
     pass
+
+
+def _cost_name(calibration: Calibration | None) -> str:
+    return "the model's loss on calibration text with the tensor rounded" if calibration else "squared weight error"
+
+
+def _choices(source: _Source, plan: _Plan, clip: Clip, options: CompressOptions, calibration: Calibration | None):
+    """Every quantized tensor at every width, coded for real (GPTQ with calibration), on every core."""
+    hessians = calibration.hessians if calibration is not None else {}
+
+    def one(name: str, bits: int) -> Choice:
+        w, h = source.as_float32(name), hessians.get(name)
+        q, record = _quantize_one(w, clip, source.dtype_name(name), h, name, bits)[0]
+        tensor = enc.encode(q, options.codec, record).tensor
+        return Choice(q, record, len(tensor.payload), rounding_cost(w, q, h))
+
+    with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
+        jobs = {n: [pool.submit(one, n, b) for b in C.QUANT_BITS] for n in plan.to_quantize}
+        return {n: [j.result() for j in js] for n, js in jobs.items()}
+
+
+def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -> dict[str, Any]:
+    """Choose each quantized tensor's width so that the written file is at most --budget bytes, measured
+    by writing it (a temp file beside OUT, removed); exit 5 naming the smallest size if nothing fits."""
+    choices = _choices(source, plan, clip, options, calibration)
+    if calibration is not None:  # measured: the model's loss on calibration text with this one tensor rounded
+        for name, options_of in choices.items():
+            for c in options_of:
+                c.cost = calibration.loss_with(name, c.q.dequantize())
+    smallest = {n: min(range(len(c)), key=lambda i, c=c: c[i].payload) for n, c in choices.items()}
+
+    def measure(chosen: dict[str, int]) -> int:
+        tensors = {n: plan.out[n] if n in plan.out else
+                   enc.encode(choices[n][chosen[n]].q, options.codec, choices[n][chosen[n]].record).tensor
+                   for n in source.names}  # fmt: skip
+        return measured_size(tensors, metadata, None if options.dry_run else dst.parent)
+
+    floor = measure(smallest)
+    if floor > options.budget:
+        raise IntegrityError(f"--budget {options.budget:,} bytes: the smallest file reachable is {floor:,} bytes "
+                             f"(every quantized tensor at {C.QUANT_BITS[0]} bits)")  # fmt: skip
+    payload = sum(choices[n][i].payload for n, i in smallest.items())
+    chosen, taken = allocate(choices, options.budget - (floor - payload))
+    size = measure(chosen)
+    while size > options.budget and undo_last(chosen, taken, choices):
+        size = measure(chosen)
+    for name, i in chosen.items():
+        c = choices[name][i]
+        plan.quantized[name] = (c.q, c.record)
+        plan.rows[name] = {"name": name, "shape": list(c.q.shape), "action": f"int{c.bits}", "bits": c.bits,
+                           "cost": c.cost, **c.record}  # fmt: skip
+    widths = [choices[n][i].bits for n, i in chosen.items()]
+    return {"bytes": options.budget, "file_bytes": size, "smallest_bytes": floor, "cost": _cost_name(calibration),
+            "widths": {f"int{b}": widths.count(b) for b in C.QUANT_BITS if b in widths}}  # fmt: skip
 
 
 def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibration | None:

@@ -1,0 +1,120 @@
+"""`compress --budget BYTES`: the bit width of each quantized tensor chosen so that the written file fits.
+
+Every quantized tensor gets one candidate per width (4..8 bits), each coded for real, so its size is
+the exact payload, not a nominal bits/weight. Its cost is an estimate of what the rounding does to
+the model: with calibration, the layer's output error tr(E·H·Eᵀ) under its input Hessian; without,
+the squared error of the weights ||E||². The allocation starts every tensor at its smallest candidate
+and spends the remaining bytes greedily on the upgrade with the largest cost saved per byte (on each
+tensor's lower convex hull, so the greedy choice is the knapsack's optimum up to the last upgrade).
+Then the file is written and measured; while it is over the budget, the upgrade that saved least per
+byte is undone. A budget even the smallest file cannot meet is refused, naming that size.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aprtool.codecs.quant import Quantized, as_rows
+from aprtool.container import write_apr
+
+
+@dataclass
+class Choice:
+    """One way to store one tensor."""
+
+    q: Quantized
+    record: dict[str, Any]
+    payload: int  # exact bytes the codec writes (scales + body)
+    cost: float  # the estimated loss increase (see the module docstring)
+
+    @property
+    def bits(self) -> int:
+        return self.q.bits
+
+
+def rounding_cost(weights: np.ndarray, q: Quantized, hessian: np.ndarray | None) -> float:
+    """tr(E·H·Eᵀ) with the layer's Hessian, else ||E||²: E is the rounding error of the weights."""
+    rows, cols = as_rows(q.shape)
+    e = q.dequantize(np.float64).reshape(rows, cols) - np.asarray(weights, np.float64).reshape(rows, cols)
+    if hessian is None:
+        return float(np.einsum("ij,ij->", e, e))
+    return float(np.einsum("ij,jk,ik->", e, hessian, e))
+
+
+def _hull(choices: list[Choice]) -> list[int]:
+    """Indices of the choices on the lower convex hull of (payload, cost), by payload: the only upgrades
+    a greedy allocation should take (a dearer choice that costs more is never worth its bytes)."""
+    order = sorted(range(len(choices)), key=lambda i: (choices[i].payload, choices[i].cost))
+    hull: list[int] = []
+    for i in order:
+        if hull and choices[i].cost >= choices[hull[-1]].cost:
+            continue  # more bytes, no less cost
+        while len(hull) >= 2:
+            a, b = choices[hull[-2]], choices[hull[-1]]
+            c = choices[i]
+            # b is above the segment a-c: c's saving per byte beats b's
+            if (a.cost - b.cost) * (c.payload - a.payload) <= (a.cost - c.cost) * (b.payload - a.payload):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return hull
+
+
+def allocate(choices: dict[str, list[Choice]], payload_budget: int) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """Per tensor the index of its choice, and the upgrades taken in order (name, index), so the
+    least valuable ones can be undone last-first."""
+    hulls = {name: _hull(c) for name, c in choices.items()}
+    at = {name: 0 for name in choices}  # position on the hull
+    spent = sum(choices[n][h[0]].payload for n, h in hulls.items())
+    heap: list[tuple[float, str]] = []
+
+    def push(name: str) -> None:
+        h, k = hulls[name], at[name]
+        if k + 1 < len(h):
+            cur, nxt = choices[name][h[k]], choices[name][h[k + 1]]
+            gain = (cur.cost - nxt.cost) / max(nxt.payload - cur.payload, 1)
+            heapq.heappush(heap, (-gain, name))
+
+    for name in choices:
+        push(name)
+    taken: list[tuple[str, int]] = []
+    while heap:
+        _, name = heapq.heappop(heap)
+        h, k = hulls[name], at[name]
+        extra = choices[name][h[k + 1]].payload - choices[name][h[k]].payload
+        if spent + extra > payload_budget:
+            continue  # this upgrade does not fit; a smaller one elsewhere still may
+        spent += extra
+        at[name] = k + 1
+        taken.append((name, h[k + 1]))
+        push(name)
+    return {name: hulls[name][at[name]] for name in choices}, taken
+
+
+def undo_last(chosen: dict[str, int], taken: list[tuple[str, int]], choices: dict[str, list[Choice]]) -> bool:
+    """Step back the most recent upgrade (the one that saved least per byte); False if none is left."""
+    if not taken:
+        return False
+    name, _ = taken.pop()
+    earlier = [i for n, i in taken if n == name]
+    chosen[name] = earlier[-1] if earlier else _hull(choices[name])[0]
+    return True
+
+
+def measured_size(tensors: dict[str, Any], metadata: dict[str, Any], directory: Path | None) -> int:
+    """The exact size of the APR file these tensors and metadata make: written to a temp file of our
+    own in `directory` (beside OUT; None: the system's temp directory) and removed."""
+    fd, name = tempfile.mkstemp(prefix=".aprtool-budget-", suffix=".apr", dir=directory)
+    os.close(fd)
+    try:
+        return write_apr(Path(name), tensors, metadata).size_bytes
+    finally:
+        Path(name).unlink(missing_ok=True)

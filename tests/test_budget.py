@@ -1,0 +1,69 @@
+"""compress --budget BYTES (issue #14 §3): each tensor's width chosen so that the written file fits,
+measured on the file itself; an unreachable budget names the smallest size; bad budgets are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import aprtool
+from aprtool.codecs import Clip, quantize
+from aprtool.ops.budget import Choice, allocate, rounding_cost, undo_last
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "fixtures" / "models" / "tiny-bytes.apr"
+ARGS = ("--min-elements", "4096")
+
+
+def _smallest(cli, tmp_path) -> int:
+    r = cli("compress", MODEL, "-o", tmp_path / "floor.apr", *ARGS, "--budget", "1", "--json")
+    assert r.code == 5 and "the smallest file reachable is" in r.stderr, r.stderr
+    return int(r.stderr.split("the smallest file reachable is ")[1].split(" bytes")[0].replace(",", ""))
+
+
+def test_the_file_never_exceeds_the_budget_and_uses_it(cli, tmp_path):
+    floor = _smallest(cli, tmp_path)
+    uniform6 = tmp_path / "u6.apr"
+    assert cli("compress", MODEL, "-o", uniform6, *ARGS).code == 0
+    previous = 0
+    for budget in (floor, floor + 3000, floor + 9000, uniform6.stat().st_size, 10**7):
+        out = tmp_path / f"b{budget}.apr"
+        r = cli("compress", MODEL, "-o", out, *ARGS, "--budget", str(budget), "--json")
+        assert r.code == 0, r.stderr
+        size = out.stat().st_size
+        assert size <= budget and r.json()["budget"]["file_bytes"] == size == r.json()["output_bytes"]
+        assert size >= previous  # more bytes allowed, never a smaller file
+        previous = size
+        assert aprtool.verify_file(out, deep=True).valid
+    widths = r.json()["budget"]["widths"]
+    assert widths == {"int8": sum(widths.values())}  # an ample budget buys the widest grid everywhere
+
+
+def test_an_unreachable_budget_names_the_smallest_size_and_writes_nothing(cli, tmp_path):
+    out = tmp_path / "o.apr"
+    floor = _smallest(cli, tmp_path)
+    r = cli("compress", MODEL, "-o", out, *ARGS, "--budget", str(floor - 1))
+    assert r.code == 5 and f"{floor:,} bytes" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".aprtool-budget-*"))  # no temp file left either
+
+
+@pytest.mark.parametrize("budget", ["lots", "-5", "16 furlongs", "1.5B"])
+def test_an_unparsable_budget_is_a_usage_error(cli, tmp_path, budget):
+    r = cli("compress", MODEL, "-o", tmp_path / "o.apr", "--budget", budget)
+    assert r.code == 2 and "--budget" in r.stderr and not (tmp_path / "o.apr").exists()
+
+
+def test_the_allocation_follows_cost_saved_per_byte():
+    import numpy as np
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+
+    def options(scale: float) -> list[Choice]:
+        qs = [quantize(w, Clip.parse("absmax"), b) for b in (4, 5, 6)]
+        return [Choice(q, {}, 100 * q.bits, scale * rounding_cost(w, q, None)) for q in qs]
+
+    choices = {"cheap": options(1.0), "dear": options(100.0)}  # same sizes, 'dear' errors cost 100x
+    chosen, taken = allocate(choices, 800 + 100 + 100)  # room for two upgrades past 4 + 4 bits
+    assert choices["dear"][chosen["dear"]].bits == 6 and choices["cheap"][chosen["cheap"]].bits == 4
+    assert undo_last(chosen, taken, choices) and choices["dear"][chosen["dear"]].bits == 5
