@@ -105,6 +105,41 @@ def _progress():
     return bar, update
 
 
+# The options of calibrated and budgeted compression (issue #14), declared here to keep the command short.
+BitsOption = Annotated[
+    str,
+    typer.Option(
+        "--bits",
+        metavar="BITS",
+        help="Bits per weight, 4..8: one width, or per kind (embed, attn, mlp; a bare number for the rest), "
+        "e.g. mlp=5,attn=6,embed=7.",
+    ),
+]
+BudgetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--budget",
+        metavar="BYTES",
+        help="The file may take at most this many bytes (16000000, 16MB, 15.5MiB): each tensor's width is chosen "
+        "to fit.",
+    ),
+]
+CalibrateOption = Annotated[
+    bool, typer.Option("--calibrate", help="GPTQ: round each weight matrix under its layer's calibration inputs.")
+]
+CalibTokensOption = Annotated[
+    int, typer.Option("--calib-tokens", metavar="N", help="Calibration tokens (training split).")
+]
+CalibDataOption = Annotated[
+    str | None,
+    typer.Option(
+        "--calib-data",
+        metavar="PATH",
+        help="Prepared shards or text files to calibrate on. Default: the model's run data/, else the stdlib.",
+    ),
+]
+
+
 @handle_errors
 def compress_command(
     src: Annotated[Path, typer.Argument(metavar="IN", help=".apr or .safetensors input.", show_default=False)],
@@ -130,39 +165,11 @@ def compress_command(
         bool,
         typer.Option("--compare/--no-compare", help="Also code with every codec (on every core) and print the table."),
     ] = _DEFAULTS.compare,
-    bits: Annotated[
-        str,
-        typer.Option(
-            "--bits",
-            metavar="BITS",
-            help="Bits per weight, 4..8: one width, or per kind (embed, attn, mlp; a bare number for the rest), "
-            "e.g. mlp=5,attn=6,embed=7.",
-        ),
-    ] = _DEFAULTS.bits,
-    budget: Annotated[
-        str | None,
-        typer.Option(
-            "--budget",
-            metavar="BYTES",
-            help="The file may take at most this many bytes (16000000, 16MB, 15.5MiB): each tensor's width is chosen "
-            "to fit.",
-        ),
-    ] = None,
-    calibrate: Annotated[
-        bool,
-        typer.Option("--calibrate", help="GPTQ: round each weight matrix under its layer's calibration inputs."),
-    ] = _DEFAULTS.calibrate,
-    calib_tokens: Annotated[
-        int, typer.Option("--calib-tokens", metavar="N", help="Calibration tokens (training split).")
-    ] = _DEFAULTS.calib_tokens,
-    calib_data: Annotated[
-        str | None,
-        typer.Option(
-            "--calib-data",
-            metavar="PATH",
-            help="Prepared shards or text files to calibrate on. Default: the model's run data/, else the stdlib.",
-        ),
-    ] = None,
+    bits: BitsOption = _DEFAULTS.bits,
+    budget: BudgetOption = None,
+    calibrate: CalibrateOption = _DEFAULTS.calibrate,
+    calib_tokens: CalibTokensOption = _DEFAULTS.calib_tokens,
+    calib_data: CalibDataOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Quantize and code, print the report, write nothing.")] = (
         False
     ),
