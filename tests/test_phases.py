@@ -129,3 +129,37 @@ def test_kill_9_resume_is_bitwise_with_warmdown_swa_and_qat(tmp_path, shards):
         for name in a.names():
             assert np.array_equal(a.numpy(name), b.numpy(name)), name
         assert a.metadata["training_summary"]["averaged"] == b.metadata["training_summary"]["averaged"]
+
+
+def test_compress_keeps_the_clip_late_qat_trained_the_model_for(tmp_path, shards, cli):
+    run = tmp_path / "run"
+    pretrain(run, {**TINY, "corpus": str(shards), "steps": 10, "qat_frac": 0.5, "qat_clip": "std:9"},
+             log=lambda _m: None)  # fmt: skip
+    with open_apr(run / "model.apr") as f:
+        qat = f.metadata["qat"]
+    assert qat["clip"] == "std:9" and qat["min_elements"] == 4096 and qat["bits"] == 6 and 1 <= qat["from_step"] <= 10
+    kept = cli("compress", run / "model.apr", "-o", tmp_path / "a.apr", "--min-elements", "4096", "--json").json()
+    assert kept["clip"] == "std:9" and kept["clip_source"].startswith("late QAT")
+    assert {t["clip"] for t in kept["tensors"] if t["action"] == "int6"} == {"std:9"}
+    given = cli("compress", run / "model.apr", "-o", tmp_path / "b.apr", "--clip", "absmax", "--json").json()
+    assert given["clip"] == "absmax" and given["clip_source"] == "--clip"
+
+    plain = tmp_path / "plain"
+    pretrain(plain, {**TINY, "corpus": str(shards), "steps": 4}, log=lambda _m: None)
+    with open_apr(plain / "model.apr") as f:
+        assert "qat" not in f.metadata
+    default = cli("compress", plain / "model.apr", "-o", tmp_path / "c.apr", "--json").json()
+    assert default["clip"] == "std:12.85" and default["clip_source"] == "default"
+
+
+def test_a_malformed_qat_clip_in_metadata_is_exit_4(tmp_path, cli):
+    from aprtool import write_apr
+
+    with open_apr(ROOT / "fixtures" / "models" / "tiny-bytes.apr") as f:
+        tensors = {n: np.array(f.numpy(n)) for n in f.names()}
+        metadata = {k: v for k, v in f.metadata.items() if k != "aprtool"}
+    bad = tmp_path / "bad.apr"
+    write_apr(bad, tensors, {**metadata, "qat": {"clip": "std:banana\x1b[31m"}})
+    r = cli("compress", bad, "-o", tmp_path / "o.apr")
+    assert r.code == 4 and "metadata.qat.clip" in r.stderr and "\x1b" not in r.stderr
+    assert not (tmp_path / "o.apr").exists()

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from aprtool.cli._common import ForceOption, JsonOption, emit, handle_errors
 from aprtool.cli.choices import Codec, Passthrough, Quant
+from aprtool.container import constants as C
 from aprtool.ops.compress import CompressOptions, compress_file
 from aprtool.sizes import parse_size
 from aprtool.text import markup_safe
@@ -44,6 +45,7 @@ def _codec_summary(report: dict[str, Any]) -> str:
         f"{report['codec']}: {c['bytes']:,} bytes for {report['quantized_params']:,} quantized weights, "
         f"{c['bits_per_weight']:.4f} bits/weight, {c['over_entropy_pct']:+.3f}% over the order-0 bound "
         f"({report['entropy_bound_bytes']:,} bytes)"
+        + (f"; clip {report['clip']} ({report['clip_source']})" if report.get("clip") else "")
     )
 
 
@@ -152,9 +154,12 @@ def compress_command(
         Quant, typer.Option(help="int6: quantize float matrices once; none: keep floats as they are.")
     ] = Quant(_DEFAULTS.quant),
     clip: Annotated[
-        str,
-        typer.Option(help="Row scale: absmax (max|row|/31) or std:K (K*std(row)/31, larger values clipped)."),
-    ] = _DEFAULTS.clip,
+        str | None,
+        typer.Option(
+            help="Row scale: absmax (max|row|/L) or std:K (K*std(row)/L, larger values clipped). Default: the clip "
+            f"late QAT trained the model for (metadata.qat), else {C.DEFAULT_CLIP}."
+        ),
+    ] = None,
     min_elements: Annotated[
         int, typer.Option(help="Tensors with fewer elements (and every 1-D tensor) are not quantized.")
     ] = _DEFAULTS.min_elements,

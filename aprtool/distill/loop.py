@@ -254,7 +254,9 @@ def _train(cfg, ckpt, teach, plan, run_id, corpus, corpus_origin, tok_info, ckpt
             summary = {**distillation, **_trained_facts(state, cfg, corpus.fingerprint), "averaged": averaged}
             latest = ckpts.latest()
             where = f"The trained student is in checkpoint {latest if latest else '(none written)'}."
-            checked = export_trained(out / "model.apr", student, {**metadata, "distillation": summary}, start,
+            qat = engine.qat_record()
+            final_meta = {**metadata, "distillation": summary, **({"qat": qat} if qat else {})}
+            checked = export_trained(out / "model.apr", student, final_meta, start,
                                      state.step - start_step, log, where, role="student")  # fmt: skip
             final = ckpts.step_path(state.step)
             status.update(status="completed", step=state.step, final=final.name if latest == final else None,

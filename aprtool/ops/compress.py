@@ -24,10 +24,11 @@ from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
 from aprtool.data.tokenizer import embed_tokenizer
-from aprtool.errors import IntegrityError, UsageError
+from aprtool.errors import IntegrityError, MetadataError, UsageError
 from aprtool.ops.budget import Choice, allocate, measured_size, rounding_cost, undo_last
 from aprtool.ops.calibrate import DEFAULT_CALIB_TOKENS, MAX_CALIB_TOKENS, Calibration, calibrate
 from aprtool.paths import input_file, output_path
+from aprtool.text import printable
 
 QUANT_MODES = ("int6", "none")
 PASSTHROUGH_MODES = ("f16", "keep")
@@ -37,7 +38,7 @@ PASSTHROUGH_MODES = ("f16", "keep")
 class CompressOptions:
     codec: str = "rans"
     quant: str = "int6"
-    clip: str = C.DEFAULT_CLIP
+    clip: str | None = None  # None: the clip a late-QAT model was trained with (metadata.qat), else DEFAULT_CLIP
     min_elements: int = C.DEFAULT_MIN_ELEMENTS
     passthrough: str = "f16"  # float tensors left unquantized: stored as fp16, or kept as they are
     compare: bool = False  # also code the symbols with every other codec, for the comparison table
@@ -67,7 +68,21 @@ class CompressOptions:
             raise UsageError("--calibrate chooses int6 symbols: it needs --quant int6")
         if not 0 < self.calib_tokens <= MAX_CALIB_TOKENS:
             raise UsageError(f"--calib-tokens {self.calib_tokens}: must be between 1 and {MAX_CALIB_TOKENS:,}")
-        return Clip.parse(self.clip)
+        return Clip.parse(self.clip or C.DEFAULT_CLIP)
+
+
+def resolve_clip(metadata: dict[str, Any], options: CompressOptions) -> tuple[Clip, str]:
+    """The clip and where it came from: --clip; else the clip late QAT trained the model for (its
+    weights sit on that grid); else the default."""
+    if options.clip is not None:
+        return Clip.parse(options.clip), "--clip"
+    qat = metadata.get("qat")
+    if isinstance(qat, dict) and "clip" in qat:
+        try:
+            return Clip.parse(str(qat["clip"])), "late QAT (metadata.qat.clip)"
+        except UsageError:
+            raise MetadataError(f"metadata.qat.clip: {printable(str(qat['clip']))[:40]!r} is not a clip") from None
+    return Clip.parse(C.DEFAULT_CLIP), "default"
 
 
 class _Source:
@@ -157,7 +172,7 @@ def compress_file(
     """Compress `src` (.apr or .safetensors) into `dst` (default: `default_output`); return the report
     (the CLI's --json). `progress(stage, done, total)` is called as tensors are quantized and coded."""
     options = options or CompressOptions()
-    clip = options.validate()
+    options.validate()
     src = input_file(src)
     dst = Path(dst) if dst is not None else default_output(src, options)
     if not options.dry_run:
@@ -165,6 +180,7 @@ def compress_file(
     source = _Source(src)
     try:
         plan = _plan(source, options)
+        clip, clip_source = resolve_clip(source.metadata, options)
         calibration = _calibration(src, plan, options)
         metadata, warning = embed_tokenizer(source.metadata, src)
         warnings: list[str] = [warning] if warning else []
@@ -183,6 +199,7 @@ def compress_file(
         if not options.dry_run:
             size = write_apr(dst, {n: plan.out[n] for n in source.names}, metadata).size_bytes
         report = _report(src, dst, size, source, plan, stats, options, clip, warnings)
+        report["clip_source"] = None if plan.repack else clip_source
         return report | {"calibration": calibration.record if calibration is not None else None, "budget": budget}
     finally:
         source.close()

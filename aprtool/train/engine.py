@@ -395,6 +395,15 @@ class Engine:
         self.ckpts.save(path, tensors, self.optimizer, self.names, self.training_meta(), self.metadata,
                         pointer=pointer, on_saved=on_saved)  # fmt: skip
 
+    def qat_record(self) -> dict[str, Any] | None:
+        """The grid late QAT trained the weights for, for the model's metadata (`qat`): `compress` uses
+        this clip by default, since the weights were trained to sit on it."""
+        began = self.state.phases.get("qat")
+        if began is None:
+            return None
+        return {"clip": self.cfg.qat_clip, "min_elements": self.cfg.qat_min_elements, "bits": 6,
+                "from_step": int(began["step"])}  # fmt: skip
+
     def finish(self) -> dict[str, Any] | None:
         """After the loop: the final checkpoint, then the averaged weights (SWA/EMA) put in the model.
         Returns what was averaged, or None."""

@@ -142,7 +142,9 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
     if status is not None:
         latest = ckpts.latest()
         where = f"The trained weights are in checkpoint {latest if latest else '(none written)'}."
-        export_trained(model_path, model, {**metadata, "training_summary": summary_meta}, start,
+        qat = engine.qat_record()
+        final_meta = {**metadata, "training_summary": summary_meta, **({"qat": qat} if qat else {})}
+        export_trained(model_path, model, final_meta, start,
                        state.step - start_step, log, where)  # fmt: skip
         status.update(status="completed", step=state.step, model=model_path.name, val_loss=state.val_loss,
                       stopped_early=state.stopped_early)  # fmt: skip
