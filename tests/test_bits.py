@@ -86,3 +86,25 @@ def test_bits_outside_4_to_8_or_unknown_kinds_are_usage_errors(cli, tmp_path, bi
     r = cli("compress", MODEL, "-o", out, "--bits", bits)
     assert r.code == 2 and "--bits" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_clip_auto_takes_per_tensor_the_clip_with_the_least_error(cli, tmp_path):
+    from aprtool.ops.budget import rounding_cost
+    from aprtool.ops.compress import AUTO_CLIPS
+
+    out = tmp_path / "auto.apr"
+    r = cli("compress", MODEL, "-o", out, "--min-elements", "4096", "--clip", "auto", "--bits", "mlp=5", "--json")
+    assert r.code == 0, r.stderr
+    report = r.json()
+    assert report["clip"] == "auto" and report["clip_source"].startswith("--clip auto")
+    with aprtool.open_apr(MODEL) as f:
+        for t in (t for t in report["tensors"] if t["action"].startswith("int")):
+            w = np.array(f.numpy(t["name"]), np.float32)
+            costs = {c: rounding_cost(w, quantize(w, Clip.parse(c), t["bits"]), None) for c in AUTO_CLIPS}
+            assert t["clip"] in AUTO_CLIPS and costs[t["clip"]] == min(costs.values()), t["name"]
+    assert aprtool.verify_file(out, deep=True).valid
+    fixed = cli("compress", MODEL, "-o", tmp_path / "fixed.apr", "--min-elements", "4096", "--bits", "mlp=5", "--json")
+    errors = {
+        t["name"]: t["rel_rmse"] for t in fixed.json()["tensors"] if "rel_rmse" in t and t["action"] != "passthrough"
+    }
+    assert all(t["rel_rmse"] <= errors[t["name"]] for t in report["tensors"] if t["name"] in errors)

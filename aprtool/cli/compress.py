@@ -156,8 +156,8 @@ def compress_command(
     clip: Annotated[
         str | None,
         typer.Option(
-            help="Row scale: absmax (max|row|/L) or std:K (K*std(row)/L, larger values clipped). Default: the clip "
-            f"late QAT trained the model for (metadata.qat), else {C.DEFAULT_CLIP}."
+            help="Row scale: absmax (max|row|/L), std:K (K*std(row)/L, larger values clipped), or auto (per tensor "
+            f"the least error: a bigger file). Default: the clip late QAT trained the model for, else {C.DEFAULT_CLIP}."
         ),
     ] = None,
     min_elements: Annotated[

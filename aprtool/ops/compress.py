@@ -68,12 +68,25 @@ class CompressOptions:
             raise UsageError("--calibrate chooses int6 symbols: it needs --quant int6")
         if not 0 < self.calib_tokens <= MAX_CALIB_TOKENS:
             raise UsageError(f"--calib-tokens {self.calib_tokens}: must be between 1 and {MAX_CALIB_TOKENS:,}")
-        return Clip.parse(self.clip or C.DEFAULT_CLIP)
+        return Clip.parse(C.DEFAULT_CLIP if self.clip in (None, AUTO) else self.clip)
 
 
-def resolve_clip(metadata: dict[str, Any], options: CompressOptions) -> tuple[Clip, str]:
-    """The clip and where it came from: --clip; else the clip late QAT trained the model for (its
-    weights sit on that grid); else the default."""
+AUTO = "auto"  # --clip auto: per tensor, the clip with the least error at its width
+AUTO_CLIPS = ("absmax", "std:3", "std:4", "std:5", "std:6", "std:8", "std:10", "std:12.85", "std:16")
+
+
+def best_clip(weights: np.ndarray, bits: int, hessian: np.ndarray | None) -> Clip:
+    """The clip of AUTO_CLIPS whose rounding costs least: tr(E·H·Eᵀ) with a calibration Hessian, else ||E||².
+    Less error costs bytes: a finer grid has more entropy (with --budget, the widths pay for it)."""
+    clips = [Clip.parse(c) for c in AUTO_CLIPS]
+    return min(clips, key=lambda c: rounding_cost(weights, quantize(weights, c, bits), hessian))
+
+
+def resolve_clip(metadata: dict[str, Any], options: CompressOptions) -> tuple[Clip | None, str]:
+    """The clip (None: chosen per tensor, --clip auto) and where it came from: --clip; else the clip late
+    QAT trained the model for (its weights sit on that grid); else the default."""
+    if options.clip == AUTO:
+        return None, "--clip auto: per tensor, the least " + ("output error" if options.calibrate else "squared error")
     if options.clip is not None:
         return Clip.parse(options.clip), "--clip"
     qat = metadata.get("qat")
@@ -213,7 +226,9 @@ def _cost_name(calibration: Calibration | None) -> str:
     return "the model's loss on calibration text with the tensor rounded" if calibration else "squared weight error"
 
 
-def _choices(source: _Source, plan: _Plan, clip: Clip, options: CompressOptions, calibration: Calibration | None):
+def _choices(
+    source: _Source, plan: _Plan, clip: Clip | None, options: CompressOptions, calibration: Calibration | None
+):
     """Every quantized tensor at every width, coded for real (GPTQ with calibration), on every core."""
     hessians = calibration.hessians if calibration is not None else {}
 
@@ -332,9 +347,11 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
 
 
 def _quantize_one(
-    weights: np.ndarray, clip: Clip, dtype_name: str, hessian: np.ndarray | None, name: str, bits: int
+    weights: np.ndarray, clip: Clip | None, dtype_name: str, hessian: np.ndarray | None, name: str, bits: int
 ) -> list[tuple[Quantized, dict[str, Any]]]:
-    """The tensor's symbols and record: round-to-nearest, and with a Hessian the GPTQ candidate first."""
+    """The tensor's symbols and record: round-to-nearest, and with a Hessian the GPTQ candidate first.
+    `clip` None: the best of AUTO_CLIPS for this tensor and width."""
+    clip = clip if clip is not None else best_clip(weights, bits, hessian)
     candidates = [(quantize(weights, clip, bits), "rtn")]
     if hessian is not None:
         candidates.insert(0, (gptq_quantize(weights, hessian, clip, name=name, bits=bits), "gptq"))
@@ -367,8 +384,8 @@ def _workers(options: CompressOptions) -> int:
 
 
 def _quantize_all(
-    source: _Source, plan: _Plan, clip: Clip, options: CompressOptions, progress: Callable[[str, int, int], None],
-    calibration: Calibration | None,
+    source: _Source, plan: _Plan, clip: Clip | None, options: CompressOptions,
+    progress: Callable[[str, int, int], None], calibration: Calibration | None,
 ) -> None:  # fmt: skip
     """numpy releases the GIL: one thread per core."""
     hessians = calibration.hessians if calibration is not None else {}
@@ -455,7 +472,7 @@ def _report(src, dst, size, source, plan, stats, options, clip, warnings) -> dic
         "output_bytes": size,
         "mode": "repack" if plan.repack else options.quant,
         "codec": options.codec,
-        "clip": None if plan.repack else str(clip),
+        "clip": None if plan.repack else (AUTO if clip is None else str(clip)),
         "params": sum(int(np.prod(r["shape"])) for r in plan.rows.values()),
         "quantized_params": weights,
         "raw_float_bytes": 4 * weights,
