@@ -193,7 +193,7 @@ def compress_file(
     source = _Source(src)
     try:
         plan = _plan(source, options)
-        clip, clip_source = resolve_clip(source.metadata, options)
+        clip, clip_source = resolve_clip(source.metadata, options) if not plan.repack else (None, None)
         calibration = _calibration(src, plan, options)
         metadata, warning = embed_tokenizer(source.metadata, src)
         warnings: list[str] = [warning] if warning else []
