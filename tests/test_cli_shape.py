@@ -160,3 +160,11 @@ def test_sizes_are_parsed_as_written():
     for bad in ("", "-1", "1.5B", "16M", "MB", "1e6"):
         with pytest.raises(UsageError):
             parse_size(bad)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "distill"])
+def test_adam_betas_outside_0_to_1_are_usage_errors(cli, tmp_path, command):
+    extra = ["--teacher", "fixtures/models/tiny-bytes.apr"] if command == "distill" else []
+    r = cli(command, *extra, "--run-dir", tmp_path / "run", "--beta2", "1.0")
+    assert r.code == 2 and "--beta1 and --beta2 must be in [0, 1)" in r.stderr
+    assert not (tmp_path / "run").exists()

@@ -45,8 +45,6 @@ CKPT_PREFIX = "ckpt-step-"
 class Distillation(Task):
     """The student learns the teacher's logits (KD + label cross-entropy) or each block's output."""
 
-    command = "distill"
-
     def __init__(self, student: LlamaForCausalLM, teacher: LlamaForCausalLM, cfg: DistillConfig) -> None:
         self.model, self.teacher, self.cfg = student, teacher, cfg
         self.blocks = block_parameters(student) if cfg.mode == "blockwise" else None

@@ -101,7 +101,6 @@ class RunState:
 class Task:
     """What a trainer supplies to the engine; the defaults are plain language-model training."""
 
-    command = "train"
     model: LlamaForCausalLM
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -38,8 +38,6 @@ from aprtool.train.runs import RunStatus, write_run_config
 class LanguageModeling(Task):
     """Next-token cross-entropy on the corpus."""
 
-    command = "pretrain"
-
     def __init__(self, model: LlamaForCausalLM) -> None:
         self.model = model
 
@@ -67,7 +65,7 @@ def pretrain(
         require_tensorboard()
     d = init_distributed(overrides.get("device", "cpu"))
     status = RunStatus(run_dir, "pretrain")
-    resume_command = f"aprtool pretrain --run-dir {run_dir} --resume latest"
+    resume_command = _resume_command(run_dir)
     try:
         log = log if d.main else lambda _m: None
         return _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status if d.main else None, d)
@@ -77,6 +75,10 @@ def pretrain(
         raise
     finally:
         shutdown(d)
+
+
+def _resume_command(run_dir: Path) -> str:
+    return f"aprtool pretrain --run-dir {run_dir} --resume latest"
 
 
 def _configure(
@@ -130,7 +132,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
     run_meta = {"config": cfg.to_dict(), "data_fingerprint": corpus.fingerprint,
                 "tokenizer": without_tokenizer_text(tok_info)}  # the text itself is in the model metadata  # fmt: skip
     engine = Engine(cfg, LanguageModeling(model), optimizer, names, loader, val_windows, ckpts, metrics, status, d,
-                    log, progress, state, metadata, run_meta, f"aprtool pretrain --run-dir {run_dir} --resume latest",
+                    log, progress, state, metadata, run_meta, _resume_command(run_dir),
                     average)  # fmt: skip
     start, start_step = start_digests(model, list(model.weights())), state.step
     engine.train()
