@@ -62,7 +62,19 @@ def no_tensors() -> tuple[dict, dict, bool]:
     return {}, {"name": "no-tensors"}, True
 
 
-VECTORS = {"golden-v2": golden_v2, "all-dtypes": all_dtypes, "no-tensors": no_tensors}
+def int6() -> tuple[dict, dict, bool]:
+    """Encoded tensors (int6 rANS, int5 raw) beside a plain one: what `compress` writes (section 5.1)."""
+    from aprtool.codecs import Clip, encode, quantize
+
+    rng = np.random.default_rng(11)
+    weight = (rng.standard_normal((4, 24)) * 0.02).astype(np.float32)
+    rans = encode(quantize(weight, Clip.parse("std:12.85")), "rans", {"clip": "std:12.85", "source_dtype": "F32"})
+    raw = encode(quantize(weight[:2], Clip.parse("absmax"), bits=5), "raw", {"clip": "absmax", "source_dtype": "F32"})
+    tensors = {"w.rans": rans.tensor, "w.raw": raw.tensor, "norm": np.ones(4, dtype=np.float16)}
+    return tensors, {"name": "int6", "architecture": "none"}, True
+
+
+VECTORS = {"golden-v2": golden_v2, "all-dtypes": all_dtypes, "no-tensors": no_tensors, "int6": int6}
 
 
 def write_vector(name: str, path: Path) -> None:
