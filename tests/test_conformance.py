@@ -88,3 +88,82 @@ def test_no_tensors_vector_inspects_but_never_verifies(cli):
     result = cli("verify", "--json", VECTORS / "no-tensors.apr")
     assert result.code == 5
     assert result.json()["valid"] is False
+
+
+# ---------------------------------------------------------------- encoded tensors (spec §5.1)
+
+STANDARD_DTYPES = {0: "F32", 1: "F16", 3: "F64", 4: "I32", 5: "I64", 6: "I8", 7: "U8", 30: "BF16"}
+ITEMSIZE = {0: 4, 1: 2, 3: 8, 4: 4, 5: 8, 6: 1, 7: 1, 30: 2}
+
+
+def stock_listing(raw: bytes) -> dict[str, tuple[str, list[int]]]:
+    """What a reader that knows only APR v2's standard dtypes sees (as aprender's does): it refuses any
+    other code. Written from the spec's tables, with no aprtool code."""
+    count, md_size, index_at, data_at = (
+        struct.unpack_from(c, raw, o)[0] for c, o in [("<I", 8), ("<I", 20), ("<Q", 24), ("<Q", 32)]
+    )
+    json.loads(raw[64 : 64 + md_size])
+    listing, pos = {}, index_at
+    for _ in range(count):
+        (name_len,) = struct.unpack_from("<H", raw, pos)
+        name = raw[pos + 2 : pos + 2 + name_len].decode()
+        code, ndim = raw[pos + 2 + name_len], raw[pos + 3 + name_len]
+        if code not in STANDARD_DTYPES:
+            raise ValueError(f"tensor {name}: unknown dtype code {code}")
+        dims = list(struct.unpack_from(f"<{ndim}Q", raw, pos + 4 + name_len))
+        offset, size = struct.unpack_from("<QQ", raw, pos + 4 + name_len + 8 * ndim)
+        n = 1
+        for d in dims:
+            n *= d
+        assert size == n * ITEMSIZE[code] and data_at + offset + size <= len(raw) - 4
+        listing[name] = (STANDARD_DTYPES[code], dims)
+        pos += 4 + name_len + 8 * ndim + 16
+    return listing
+
+
+def test_a_reader_of_standard_dtypes_lists_every_tensor_of_an_encoded_file():
+    raw = (VECTORS / "int6.apr").read_bytes()
+    listing = stock_listing(raw)
+    assert sorted(listing) == ["norm", "w.rans", "w.raw"]
+    assert listing["norm"] == ("F16", [4])
+    records = json.loads(raw[64 : 64 + struct.unpack_from("<I", raw, 20)[0]])["aprtool"]["tensors"]
+    for name, logical in [("w.rans", "INT6_RANS"), ("w.raw", "INT6_RAW")]:
+        assert listing[name][0] == "U8" and len(listing[name][1]) == 1  # the payload, as bytes
+        assert records[name]["logical_dtype"] == logical
+    assert records["w.rans"]["logical_shape"] == [4, 24] and records["w.raw"]["logical_shape"] == [2, 24]
+    with pytest.raises(ValueError, match="unknown dtype code 161"):  # what the encoding of before did to it
+        stock_listing((VECTORS / "int6-legacy.apr").read_bytes())
+
+
+def test_files_in_the_encoding_of_before_read_as_the_same_tensors(cli):
+    from aprtool import open_apr
+    from aprtool.codecs import decode
+
+    with open_apr(VECTORS / "int6.apr") as new, open_apr(VECTORS / "int6-legacy.apr") as old:
+        assert {n: (i.dtype.name, i.shape) for n, i in new.tensors.items()} == {
+            n: (i.dtype.name, i.shape) for n, i in old.tensors.items()
+        }
+        assert old.info("w.rans").stored_dtype is None and new.info("w.rans").stored_dtype.name == "U8"
+        for name in ("w.rans", "w.raw"):
+            a, b = decode(new, name), decode(old, name)
+            assert a.bits == b.bits and a.symbols.tobytes() == b.symbols.tobytes()
+            assert a.scales.tobytes() == b.scales.tobytes()
+    expected = json.loads((VECTORS / "int6-legacy.inspect.json").read_text(encoding="utf-8"))
+    got = cli("inspect", "--json", VECTORS / "int6-legacy.apr").json()
+    got.pop("file")
+    assert got == expected
+    assert cli("verify", "--deep", VECTORS / "int6-legacy.apr").code == 0
+
+
+def test_a_repack_writes_a_file_of_before_in_the_new_encoding(cli, tmp_path):
+    out = tmp_path / "repacked.apr"
+    result = cli("compress", VECTORS / "int6-legacy.apr", "-o", out, "--codec", "zstd", "--json")
+    assert result.code == 0, result.stderr
+    stock_listing(out.read_bytes())  # readable by a reader of standard dtypes now
+    from aprtool import open_apr
+
+    with open_apr(out) as f, open_apr(VECTORS / "int6-legacy.apr") as old:
+        for name in ("w.rans", "w.raw"):
+            assert f.info(name).codec == "zstd" and f.info(name).stored_dtype.name == "U8"
+            assert f.info(name).record["content_xxh3_128"] == old.info(name).record["content_xxh3_128"]
+    assert cli("verify", "--deep", out).code == 0

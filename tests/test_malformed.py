@@ -613,3 +613,95 @@ def test_empty_tensor_with_the_largest_addressable_shape_is_accepted(path):
         assert f.numpy("empty").shape == (0, (2**63 - 1) // 4)
         assert tuple(f.torch("empty").shape) == (0, (2**63 - 1) // 4)
     assert aprtool.verify_file(path).valid
+
+
+# ---------------------------------------------------------------- encoded tensors stored as U8 (spec §5.1)
+
+
+@pytest.fixture
+def encoded(path) -> bytearray:
+    """TENSORS plus an int6 rANS tensor 'enc0', which the writer stores as U8 with a logical dtype/shape."""
+    from aprtool.codecs import Clip, encode, quantize
+
+    weight = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
+    tensor = encode(quantize(weight, Clip.parse("absmax")), "rans", {"clip": "absmax"}).tensor
+    buf = bytearray(valid_bytes(path, {**TENSORS, "enc0": tensor}, METADATA))
+    e = entry(buf, "enc0")
+    assert (e.dtype, e.dims, e.size) == (7, (len(tensor.payload),), len(tensor.payload)), "U8 [payload bytes]"
+    return buf
+
+
+def with_record(buf: bytearray, name: str, **changes) -> bytearray:
+    doc = json.loads(metadata_bytes(buf))
+    record = doc["aprtool"]["tensors"][name]
+    for key, value in changes.items():
+        if value is None:
+            record.pop(key)
+        else:
+            record[key] = value
+    return replace_metadata(buf, json.dumps(doc).encode())
+
+
+def test_encoded_tensor_reads_as_its_logical_dtype_and_shape(path, encoded):
+    with aprtool.open_apr(path) as f:
+        info = f.info("enc0")
+        assert (info.dtype.name, info.shape, info.stored_dtype.name) == ("INT6_RANS", (8, 16), "U8")
+    assert get_header(encoded, "flags") & 0x0020, "the quantized flag says a tensor is encoded"
+    assert aprtool.verify_file(path, deep=True).valid
+
+
+def test_encoded_logical_dtype_names_a_plain_dtype(path, encoded):
+    rejected(path, with_record(encoded, "enc0", logical_dtype="F32"), MetadataError, "'enc0'", "logical_dtype")
+
+
+def test_encoded_logical_dtype_missing(path, encoded):
+    rejected(path, with_record(encoded, "enc0", logical_dtype=None), MetadataError, "'enc0'", "logical_dtype")
+
+
+def test_encoded_logical_dtype_unknown(path, encoded):
+    rejected(path, with_record(encoded, "enc0", logical_dtype="INT6_BROTLI"), MetadataError, "INT6_BROTLI")
+
+
+@pytest.mark.parametrize("shape", ["8x16", [8, -16], [8, 16.0], [True, 16], [1] * 9, [2**64, 1]], ids=str)
+def test_encoded_logical_shape_malformed(path, encoded, shape):
+    rejected(path, with_record(encoded, "enc0", logical_shape=shape), MetadataError, "'enc0'", "logical_shape")
+
+
+def test_encoded_logical_shape_missing(path, encoded):
+    rejected(path, with_record(encoded, "enc0", logical_shape=None), MetadataError, "'enc0'", "logical_shape")
+
+
+def test_encoded_logical_shape_too_large_for_any_array(path, encoded):
+    bad = with_record(encoded, "enc0", logical_shape=[2**62, 4])
+    rejected(path, bad, TensorIndexError, "'enc0'", "too large")
+
+
+def test_encoded_logical_shape_with_elements_but_no_payload(path):
+    from aprtool.codecs import Clip, encode, quantize
+
+    empty = encode(quantize(np.zeros((0, 4), np.float32), Clip.parse("absmax")), "raw", {}).tensor
+    buf = bytearray(valid_bytes(path, {**TENSORS, "enc0": empty}, METADATA))
+    rejected(path, with_record(buf, "enc0", logical_shape=[4, 4]), TensorIndexError, "'enc0'", "stores 0 bytes")
+
+
+def test_logical_dtype_on_a_plain_f32_tensor(path, encoded):
+    bad = with_record(encoded, "attn", logical_dtype="INT6_RANS", logical_shape=[4, 4])
+    rejected(path, bad, TensorIndexError, "'attn'", "one-dimensional U8")
+
+
+def test_logical_dtype_on_a_two_dimensional_u8_tensor(path):
+    buf = bytearray(valid_bytes(path, {**TENSORS, "core": TENSORS["core"].reshape(10, 10)}, METADATA))
+    bad = with_record(buf, "core", logical_dtype="INT6_RAW", logical_shape=[10, 10])
+    rejected(path, bad, TensorIndexError, "'core'", "one-dimensional U8")
+
+
+def test_encoded_tensor_with_the_quantized_flag_cleared(path, encoded):
+    set_header(encoded, "flags", get_header(encoded, "flags") & ~0x0020)
+    rejected(path, fix_crcs(encoded), FormatError, "quantized")
+
+
+def test_encoded_logical_shape_beyond_the_element_limit_is_refused_before_decoding(path, encoded):
+    write(path, with_record(encoded, "enc0", logical_shape=[2**20, 2**20], rows=2**20))
+    report = aprtool.verify_file(path, deep=True)  # opens: the shape is plausible as an array
+    assert not report.valid and report.exit_code == EXIT_INVALID
+    assert any("'enc0'" in e and "exceeds" in e for e in report.errors), report.errors

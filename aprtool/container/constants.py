@@ -63,6 +63,11 @@ PLAIN_DTYPES: tuple[DType, ...] = (
 )
 
 ENCODED_DTYPE_MIN = 160
+# An encoded tensor is stored as a one-dimensional U8 tensor (its payload), so that readers knowing only
+# the standard dtypes can parse and list the file; its record names what it decodes to (section 5.1).
+# Files written before this keep the encoded dtype code in the index, and are still read.
+LOGICAL_DTYPE_KEY = "logical_dtype"  # an encoded dtype's name, e.g. "INT6_RANS"
+LOGICAL_SHAPE_KEY = "logical_shape"  # the decoded shape
 
 # Limits on what an encoded tensor may claim, checked before anything is decoded or allocated
 # (formats/APR.md section 5.2). The largest tensor of any published LLM has ~2.1e9 elements.

@@ -70,7 +70,12 @@ def inspect_file(path: str | os.PathLike[str], *, checksums: bool = True) -> dic
                     "stored_bytes": t.size,
                     "codec": t.codec,
                     "checksum": t.record.get(C.CHECKSUM_ALGORITHM) if t.record else None,
-                    **({"quant": t.record.get("quant")} if t.codec else {}),  # int4..int8: the symbols' width
+                    # int4..int8: the symbols' width; stored as U8 (or, in files from before, the encoded code)
+                    **(
+                        {"quant": t.record.get("quant"), "stored_dtype": (t.stored_dtype or t.dtype).name}
+                        if t.codec
+                        else {}
+                    ),
                 }
                 for t in f.tensors.values()
             ],

@@ -9,7 +9,7 @@ import json
 import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aprtool.container import constants as C
@@ -190,6 +190,7 @@ class TensorInfo:
     offset: int  # relative to the header's data_offset
     size: int  # stored bytes
     record: dict[str, Any] | None = None  # this tensor's entry under metadata["aprtool"]["tensors"]
+    stored_dtype: C.DType | None = None  # the index's dtype when it differs from `dtype` (U8 for encoded)
 
     @property
     def numel(self) -> int:
@@ -197,7 +198,41 @@ class TensorInfo:
 
     @property
     def codec(self) -> str | None:
-        return self.record.get("codec") if self.record else None
+        return self.record.get("codec") if self.record and not self.dtype.itemsize else None
+
+
+def check_shape(where: str, dtype: C.DType, shape: tuple[int, ...], size: int) -> None:
+    """The shape agrees with the stored size (plain dtypes) and could exist as an array at all."""
+    numel = math.prod(shape)  # python ints: a product of eight u64s cannot overflow
+    if dtype.itemsize and numel * dtype.itemsize != size:
+        raise TensorIndexError(f"{where}: size {size} != shape {list(shape)} x {dtype.itemsize} bytes ({dtype.name})")
+    # no array of this shape can exist, even with 0 elements: numpy and torch address < 2**63 bytes
+    if math.prod(d for d in shape if d) * max(dtype.itemsize, 1) >= 2**63:
+        raise TensorIndexError(f"{where}: shape {list(shape)} is too large for any array")
+    if not dtype.itemsize and numel and not size:
+        raise TensorIndexError(f"{where}: encoded tensor with {numel} elements stores 0 bytes")
+
+
+def logical_view(info: TensorInfo) -> TensorInfo:
+    """An encoded tensor stored as U8 (section 5.1) as what it decodes to: the dtype and shape its record
+    names, checked as an index entry's would be. Every other tensor is returned as it is."""
+    record = info.record or {}
+    if C.LOGICAL_DTYPE_KEY not in record and C.LOGICAL_SHAPE_KEY not in record:
+        return info
+    where = f"tensor {info.name!r}"
+    name = record.get(C.LOGICAL_DTYPE_KEY)
+    dtype = DTYPES_BY_NAME.get(name) if isinstance(name, str) else None
+    if dtype is None or dtype.itemsize:
+        raise MetadataError(f"{where}: {C.LOGICAL_DTYPE_KEY} {str(name)[:24]!r} is not an encoded dtype")
+    if info.dtype.name != "U8" or len(info.shape) != 1:
+        found = f"{info.dtype.name} {list(info.shape)}"
+        raise TensorIndexError(f"{where}: an encoded tensor is stored as one-dimensional U8, found {found}")
+    shape = record.get(C.LOGICAL_SHAPE_KEY)
+    dims_ok = isinstance(shape, list) and all(type(d) is int and 0 <= d < 2**64 for d in shape)
+    if not dims_ok or len(shape) > C.MAX_NDIM:
+        raise MetadataError(f"{where}: {C.LOGICAL_SHAPE_KEY} must be a list of at most {C.MAX_NDIM} u64 dimensions")
+    check_shape(where, dtype, tuple(shape), info.size)
+    return replace(info, dtype=dtype, shape=tuple(shape), stored_dtype=info.dtype)
 
 
 def encode_index_entry(name: bytes, code: int, shape: tuple[int, ...], offset: int, size: int) -> bytes:
@@ -258,16 +293,7 @@ def parse_index(raw: bytes | memoryview, count: int, data_len: int) -> list[Tens
             raise TensorIndexError(
                 f"{where}: bytes [{offset}, {offset + size}) lie past the end of the {data_len}-byte data section"
             )
-        numel = math.prod(shape)  # python ints: a product of eight u64s cannot overflow
-        if dtype.itemsize and numel * dtype.itemsize != size:
-            raise TensorIndexError(
-                f"{where}: size {size} != shape {list(shape)} x {dtype.itemsize} bytes ({dtype.name})"
-            )
-        # no array of this shape can exist, even with 0 elements: numpy and torch address < 2**63 bytes
-        if math.prod(d for d in shape if d) * max(dtype.itemsize, 1) >= 2**63:
-            raise TensorIndexError(f"{where}: shape {list(shape)} is too large for any array")
-        if not dtype.itemsize and numel and not size:
-            raise TensorIndexError(f"{where}: encoded tensor with {numel} elements stores 0 bytes")
+        check_shape(where, dtype, shape, size)
         tensors.append(TensorInfo(name, dtype, tuple(shape), offset, size))
     if any(buf[pos:]):
         raise TensorIndexError("tensor index: non-zero bytes after the last entry")

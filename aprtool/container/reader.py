@@ -17,6 +17,7 @@ from aprtool.container.layout import (
     Header,
     TensorInfo,
     header_crc,
+    logical_view,
     pad64,
     parse_index,
     parse_metadata,
@@ -146,13 +147,14 @@ class AprFile:
             raise TruncatedError(f"data: {data_len} bytes, the tensor index needs {stored_end}")
         if data_len > stored_end:
             raise FormatError(f"data: {data_len - stored_end} unexpected bytes after the last tensor")
-        has_encoded = any(t.dtype.code >= C.ENCODED_DTYPE_MIN for t in infos)
-        if has_encoded != bool(h.flags & C.FLAG_QUANTIZED):
-            raise FormatError("flags: quantized bit 0x0020 disagrees with the tensors' dtypes")
         records = _tensor_records(self.metadata, {t.name for t in infos})
         self.tensors: dict[str, TensorInfo] = {
-            t.name: TensorInfo(t.name, t.dtype, t.shape, t.offset, t.size, records.get(t.name)) for t in infos
+            t.name: logical_view(TensorInfo(t.name, t.dtype, t.shape, t.offset, t.size, records.get(t.name)))
+            for t in infos
         }
+        has_encoded = any(t.dtype.code >= C.ENCODED_DTYPE_MIN for t in self.tensors.values())
+        if has_encoded != bool(h.flags & C.FLAG_QUANTIZED):
+            raise FormatError("flags: quantized bit 0x0020 disagrees with the tensors' dtypes")
         self.has_tensor_records = bool(records)
         (self.stored_footer_crc,) = struct.unpack("<I", self._read(end, C.FOOTER_SIZE))
 

@@ -38,9 +38,10 @@ _TORCH_TO_APR = {**_NUMPY_TO_APR, "bfloat16": "BF16"}
 
 @dataclass(frozen=True)
 class EncodedTensor:
-    """A tensor already encoded by a codec: the writer stores `payload` as-is."""
+    """A tensor already encoded by a codec: the writer stores `payload` as-is, as a U8 tensor whose record
+    names `dtype` and `shape` (logical_dtype, logical_shape), so stock APR v2 readers can list it."""
 
-    dtype: C.DType  # an encoded dtype, code >= 160
+    dtype: C.DType  # an encoded dtype (INT6_*), named in the record, never written to the index
     shape: tuple[int, ...]  # logical shape of the decoded tensor
     payload: bytes | memoryview
     record: dict[str, Any] = field(default_factory=dict)  # codec parameters, content digest
@@ -54,6 +55,7 @@ class _Entry:
     shape: tuple[int, ...]
     data: memoryview  # flat bytes, zero-copy where the source allows
     record: dict[str, Any]
+    encoded: bool = False  # an EncodedTensor, stored as U8 with its logical dtype and shape in `record`
 
 
 def _as_bytes(array: np.ndarray) -> memoryview:
@@ -71,7 +73,9 @@ def _entry(name: str, value: Any) -> _Entry:
         if value.dtype.code < C.ENCODED_DTYPE_MIN:
             raise UsageError(f"tensor {name!r}: encoded tensors need a dtype code >= 160")
         data = memoryview(value.payload).cast("B")
-        return _Entry(name, name_bytes, value.dtype, tuple(value.shape), data, dict(value.record))
+        logical = {C.LOGICAL_DTYPE_KEY: value.dtype.name, C.LOGICAL_SHAPE_KEY: [int(d) for d in value.shape]}
+        record = {**value.record, **logical}
+        return _Entry(name, name_bytes, DTYPES_BY_NAME["U8"], (data.nbytes,), data, record, encoded=True)
     if type(value).__module__.startswith("torch"):
         tensor = value.detach().cpu().contiguous()
         kind = str(tensor.dtype).removeprefix("torch.")
@@ -155,7 +159,7 @@ def write_apr(
     index_offset = C.HEADER_SIZE + pad64(len(metadata_bytes))
     data_offset = index_offset + pad64(len(index))
     flags = C.FLAG_ROW_MAJOR
-    if any(e.dtype.code >= C.ENCODED_DTYPE_MIN for e in entries):
+    if any(e.encoded for e in entries):
         flags |= C.FLAG_QUANTIZED
     if carries_tokenizer(meta):
         flags |= C.FLAG_HAS_VOCAB
