@@ -45,7 +45,7 @@ def rounding_cost(weights: np.ndarray, q: Quantized, hessian: np.ndarray | None)
     e = q.dequantize(np.float64).reshape(rows, cols) - np.asarray(weights, np.float64).reshape(rows, cols)
     if hessian is None:
         return float(np.einsum("ij,ij->", e, e))
-    return float(np.einsum("ij,jk,ik->", e, hessian, e))
+    return float(np.einsum("ij,ij->", e @ np.asarray(hessian, np.float64), e))  # BLAS: O(rows·cols²) fast
 
 
 def _hull(choices: list[Choice]) -> list[int]:

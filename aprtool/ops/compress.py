@@ -355,15 +355,22 @@ def _quantize_one(
     candidates = [(quantize(weights, clip, bits), "rtn")]
     if hessian is not None:
         candidates.insert(0, (gptq_quantize(weights, hessian, clip, name=name, bits=bits), "gptq"))
-    out = []
-    for q, method in candidates:
-        _ = q.counts  # computed here, in parallel, for the entropy bound and the rANS table
-        record = {"clip": str(clip), "rel_rmse": round(relative_rmse(weights, q.dequantize()), 6),
-                  "source_dtype": dtype_name}  # fmt: skip
-        if hessian is not None:
-            record |= {"method": method, "output_error": round(output_error(weights, q, hessian), 8)}
-        out.append((q, record))
-    return out
+    return [(q, _record(weights, q, clip, dtype_name, hessian, method)) for q, method in candidates]
+
+
+def _record(
+    weights: np.ndarray, q: Quantized, clip: Clip, dtype_name: str, hessian: np.ndarray | None, method: str
+) -> dict[str, Any]:
+    """The tensor's record: how its symbols were chosen and what they lose."""
+    _ = q.counts  # computed here, in parallel, for the entropy bound and the rANS table
+    record = {
+        "clip": str(clip),
+        "rel_rmse": round(relative_rmse(weights, q.dequantize()), 6),
+        "source_dtype": dtype_name,
+    }
+    if hessian is not None:
+        record |= {"method": method, "output_error": round(output_error(weights, q, hessian), 8)}
+    return record
 
 
 def _choose(name: str, candidates: list[tuple[Quantized, dict[str, Any]]], calibration: Calibration | None):
