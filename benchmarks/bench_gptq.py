@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_qat import WORK, train_pair  # noqa: E402
 
+from aprtool.container.constants import DEFAULT_CLIP  # noqa: E402
 from aprtool.data.prepare import prepare_corpus  # noqa: E402
 from aprtool.evaluate.bpb import evaluate_bpb  # noqa: E402
 from aprtool.ops.compress import CompressOptions, compress_file  # noqa: E402
@@ -32,7 +33,10 @@ from aprtool.ops.compress import CompressOptions, compress_file  # noqa: E402
 def compare(run: Path, corpus: Path, eval_tokens: int) -> dict:
     model = run / "model.apr"
     out: dict = {}
-    for label, options in (("rtn", CompressOptions(force=True)), ("gptq", CompressOptions(force=True, calibrate=True))):
+    for label, options in (
+        ("rtn", CompressOptions(force=True, clip=DEFAULT_CLIP)),
+        ("gptq", CompressOptions(force=True, clip=DEFAULT_CLIP, calibrate=True)),
+    ):
         start = time.perf_counter()
         report = compress_file(model, run / f"model.{label}.apr", options)
         out[f"{label}_seconds"] = round(time.perf_counter() - start, 2)
@@ -55,10 +59,12 @@ def small_timing(corpus: Path) -> dict:
                "--size", "small", "--steps", "2", "--eval-every", "1000", "--eval-tokens", "4096"]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True)
     start = time.perf_counter()
-    compress_file(run / "model.apr", run / "model.gptq.apr", CompressOptions(force=True, calibrate=True))
+    compress_file(
+        run / "model.apr", run / "model.gptq.apr", CompressOptions(force=True, clip=DEFAULT_CLIP, calibrate=True)
+    )
     calibrated = time.perf_counter() - start
     start = time.perf_counter()
-    compress_file(run / "model.apr", run / "model.rtn.apr", CompressOptions(force=True))
+    compress_file(run / "model.apr", run / "model.rtn.apr", CompressOptions(force=True, clip=DEFAULT_CLIP))
     return {"small_calibrate_gptq_compress_s": round(calibrated, 1), "small_rtn_compress_s": round(
         time.perf_counter() - start, 1)}  # fmt: skip
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from aprtool.container.constants import DEFAULT_CLIP
 from aprtool.data.prepare import prepare_corpus
 from aprtool.evaluate.bpb import evaluate_bpb
 from aprtool.ops.compress import CompressOptions, compress_file
@@ -66,7 +67,9 @@ def main() -> None:
     for seed in args.seeds:
         row = {}
         for label, (run, summary) in train_pair(corpus, seed, args).items():
-            compress_file(run / "model.apr", run / "model.int6.apr", CompressOptions(compare=False, force=True))
+            compress_file(
+                run / "model.apr", run / "model.int6.apr", CompressOptions(clip=DEFAULT_CLIP, compare=False, force=True)
+            )
             f = evaluate_bpb(run / "model.apr", corpus=corpus, max_tokens=args.eval_tokens)["bits_per_byte"]
             q = evaluate_bpb(run / "model.int6.apr", corpus=corpus, max_tokens=args.eval_tokens)["bits_per_byte"]
             row[label] = {"steps": summary["steps"], "phases": summary["phases"], "float_bpb": round(f, 5),

@@ -67,3 +67,18 @@ def test_the_allocation_follows_cost_saved_per_byte():
     chosen, taken = allocate(choices, 800 + 100 + 100)  # room for two upgrades past 4 + 4 bits
     assert choices["dear"][chosen["dear"]].bits == 6 and choices["cheap"][chosen["cheap"]].bits == 4
     assert undo_last(chosen, taken, choices) and choices["dear"][chosen["dear"]].bits == 5
+
+
+def test_without_a_clip_the_budget_also_chooses_each_tensors_clip(cli, tmp_path):
+    uniform6 = tmp_path / "u6.apr"
+    assert cli("compress", MODEL, "-o", uniform6, *ARGS, "--clip", "std:12.85").code == 0
+    budget = str(uniform6.stat().st_size)
+    fixed = cli("compress", MODEL, "-o", tmp_path / "f.apr", *ARGS, "--clip", "std:12.85", "--budget", budget, "--json")
+    free = cli("compress", MODEL, "-o", tmp_path / "a.apr", *ARGS, "--budget", budget, "--json")
+    assert fixed.code == 0 and free.code == 0, free.stderr
+    fixed, free = fixed.json(), free.json()
+    assert fixed["budget"]["clips"] == {"std:12.85": sum(fixed["budget"]["widths"].values())}
+    assert sum(free["budget"]["clips"].values()) == sum(fixed["budget"]["clips"].values())
+    assert free["budget"]["file_bytes"] <= int(budget) and free["clip_source"].startswith("default: per tensor")
+    cost = {name: sum(t["cost"] for t in r["tensors"] if "cost" in t) for name, r in (("fixed", fixed), ("free", free))}
+    assert cost["free"] < 0.9 * cost["fixed"], cost  # more ways to spend the same bytes: less squared error

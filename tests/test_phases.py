@@ -19,6 +19,7 @@ from aprtool import open_apr
 from aprtool.codecs.quant import Clip, quantize
 from aprtool.data.prepare import prepare_corpus
 from aprtool.model.llama import PRESETS, LlamaForCausalLM
+from aprtool.ops.compress import AUTO_CLIPS
 from aprtool.train.loop import pretrain
 from aprtool.train.phases import Phases
 
@@ -149,7 +150,8 @@ def test_compress_keeps_the_clip_late_qat_trained_the_model_for(tmp_path, shards
     with open_apr(plain / "model.apr") as f:
         assert "qat" not in f.metadata
     default = cli("compress", plain / "model.apr", "-o", tmp_path / "c.apr", "--json").json()
-    assert default["clip"] == "std:12.85" and default["clip_source"] == "default"
+    assert default["clip"] == "auto" and default["clip_source"] == "default: per tensor, the least squared error"
+    assert {t["clip"] for t in default["tensors"] if t["action"] == "int6"} <= set(AUTO_CLIPS)
 
 
 def test_a_malformed_qat_clip_in_metadata_is_exit_4(tmp_path, cli):

@@ -13,7 +13,7 @@ from rich.table import Table
 from aprtool.cli._common import ForceOption, JsonOption, emit, handle_errors
 from aprtool.cli.choices import Codec, Passthrough, Quant
 from aprtool.container import constants as C
-from aprtool.ops.compress import CompressOptions, compress_file
+from aprtool.ops.compress import AUTO_CLIPS, CompressOptions, compress_file
 from aprtool.sizes import parse_size
 from aprtool.text import markup_safe
 
@@ -157,7 +157,8 @@ def compress_command(
         str | None,
         typer.Option(
             help="Row scale: absmax (max|row|/L), std:K (K*std(row)/L, larger values clipped), or auto (per tensor "
-            f"the least error: a bigger file). Default: the clip late QAT trained the model for, else {C.DEFAULT_CLIP}."
+            f"the one with the least error at its width, of {', '.join(AUTO_CLIPS)}). Default: the clip late QAT "
+            f"trained the model for, else auto. {C.DEFAULT_CLIP} gives smaller files with more error."
         ),
     ] = None,
     min_elements: Annotated[

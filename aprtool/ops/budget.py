@@ -1,13 +1,15 @@
-"""`compress --budget BYTES`: the bit width of each quantized tensor chosen so that the written file fits.
+"""`compress --budget BYTES`: each quantized tensor's width, clip and rounding chosen so that the file fits.
 
-Every quantized tensor gets one candidate per width (4..8 bits), each coded for real, so its size is
-the exact payload, not a nominal bits/weight. Its cost is an estimate of what the rounding does to
-the model: with calibration, the layer's output error tr(E·H·Eᵀ) under its input Hessian; without,
-the squared error of the weights ||E||². The allocation starts every tensor at its smallest candidate
-and spends the remaining bytes greedily on the upgrade with the largest cost saved per byte (on each
-tensor's lower convex hull, so the greedy choice is the knapsack's optimum up to the last upgrade).
-Then the file is written and measured; while it is over the budget, the upgrade that saved least per
-byte is undone. A budget even the smallest file cannot meet is refused, naming that size.
+Every quantized tensor gets candidates (each width 4..8 bits, with every clip `compress` may choose, and
+with calibration GPTQ's symbols too), each coded for real, so its size is the exact payload, not a
+nominal bits/weight. Its cost is an estimate of what the rounding does to the model: with calibration,
+the model's loss on calibration text with the tensor so rounded (after a first cut by the layer's output
+error tr(E·H·Eᵀ) under its input Hessian); without, the squared error of the weights ||E||². The
+allocation starts every tensor at its smallest candidate and spends the remaining bytes greedily on the
+upgrade with the largest cost saved per byte (on each tensor's lower convex hull, so the greedy choice is
+the knapsack's optimum up to the last upgrade). Then the file is written and measured; while it is over
+the budget, the upgrade that saved least per byte is undone. A budget even the smallest file cannot meet
+is refused, naming that size.
 """
 
 from __future__ import annotations
@@ -48,30 +50,30 @@ def rounding_cost(weights: np.ndarray, q: Quantized, hessian: np.ndarray | None)
     return float(np.einsum("ij,ij->", e @ np.asarray(hessian, np.float64), e))  # BLAS: O(rows·cols²) fast
 
 
-def _hull(choices: list[Choice]) -> list[int]:
+def lower_hull(choices: list[Choice]) -> list[int]:
     """Indices of the choices on the lower convex hull of (payload, cost), by payload: the only upgrades
     a greedy allocation should take (a dearer choice that costs more is never worth its bytes)."""
     order = sorted(range(len(choices)), key=lambda i: (choices[i].payload, choices[i].cost))
-    hull: list[int] = []
+    kept: list[int] = []
     for i in order:
-        if hull and choices[i].cost >= choices[hull[-1]].cost:
+        if kept and choices[i].cost >= choices[kept[-1]].cost:
             continue  # more bytes, no less cost
-        while len(hull) >= 2:
-            a, b = choices[hull[-2]], choices[hull[-1]]
+        while len(kept) >= 2:
+            a, b = choices[kept[-2]], choices[kept[-1]]
             c = choices[i]
             # b is above the segment a-c: c's saving per byte beats b's
             if (a.cost - b.cost) * (c.payload - a.payload) <= (a.cost - c.cost) * (b.payload - a.payload):
-                hull.pop()
+                kept.pop()
             else:
                 break
-        hull.append(i)
-    return hull
+        kept.append(i)
+    return kept
 
 
 def allocate(choices: dict[str, list[Choice]], payload_budget: int) -> tuple[dict[str, int], list[tuple[str, int]]]:
     """Per tensor the index of its choice, and the upgrades taken in order (name, index), so the
     least valuable ones can be undone last-first."""
-    hulls = {name: _hull(c) for name, c in choices.items()}
+    hulls = {name: lower_hull(c) for name, c in choices.items()}
     at = {name: 0 for name in choices}  # position on the hull
     spent = sum(choices[n][h[0]].payload for n, h in hulls.items())
     heap: list[tuple[float, str]] = []
@@ -105,7 +107,7 @@ def undo_last(chosen: dict[str, int], taken: list[tuple[str, int]], choices: dic
         return False
     name, _ = taken.pop()
     earlier = [i for n, i in taken if n == name]
-    chosen[name] = earlier[-1] if earlier else _hull(choices[name])[0]
+    chosen[name] = earlier[-1] if earlier else lower_hull(choices[name])[0]
     return True
 
 

@@ -25,7 +25,7 @@ from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
 from aprtool.data.tokenizer import embed_tokenizer
 from aprtool.errors import IntegrityError, MetadataError, UsageError
-from aprtool.ops.budget import Choice, allocate, measured_size, rounding_cost, undo_last
+from aprtool.ops.budget import Choice, allocate, lower_hull, measured_size, rounding_cost, undo_last
 from aprtool.ops.calibrate import DEFAULT_CALIB_TOKENS, MAX_CALIB_TOKENS, Calibration, calibrate
 from aprtool.paths import input_file, output_path
 from aprtool.text import printable
@@ -38,7 +38,7 @@ PASSTHROUGH_MODES = ("f16", "keep")
 class CompressOptions:
     codec: str = "rans"
     quant: str = "int6"
-    clip: str | None = None  # None: the clip a late-QAT model was trained with (metadata.qat), else DEFAULT_CLIP
+    clip: str | None = None  # None: the clip late QAT trained the model for (metadata.qat), else per tensor (auto)
     min_elements: int = C.DEFAULT_MIN_ELEMENTS
     passthrough: str = "f16"  # float tensors left unquantized: stored as fp16, or kept as they are
     compare: bool = False  # also code the symbols with every other codec, for the comparison table
@@ -71,7 +71,7 @@ class CompressOptions:
         return Clip.parse(C.DEFAULT_CLIP if self.clip in (None, AUTO) else self.clip)
 
 
-AUTO = "auto"  # --clip auto: per tensor, the clip with the least error at its width
+AUTO = "auto"  # per tensor, the clip with the least error at its width (the default without late QAT)
 AUTO_CLIPS = ("absmax", "std:3", "std:4", "std:5", "std:6", "std:8", "std:10", "std:12.85", "std:16")
 
 
@@ -83,10 +83,11 @@ def best_clip(weights: np.ndarray, bits: int, hessian: np.ndarray | None) -> Cli
 
 
 def resolve_clip(metadata: dict[str, Any], options: CompressOptions) -> tuple[Clip | None, str]:
-    """The clip (None: chosen per tensor, --clip auto) and where it came from: --clip; else the clip late
-    QAT trained the model for (its weights sit on that grid); else the default."""
+    """The clip (None: chosen per tensor) and where it came from: --clip; else the clip late QAT trained
+    the model for (its weights sit on that grid); else per tensor, the clip with the least error."""
+    per_tensor = "per tensor, the least " + ("output error" if options.calibrate else "squared error")
     if options.clip == AUTO:
-        return None, "--clip auto: per tensor, the least " + ("output error" if options.calibrate else "squared error")
+        return None, f"--clip auto: {per_tensor}"
     if options.clip is not None:
         return Clip.parse(options.clip), "--clip"
     qat = metadata.get("qat")
@@ -95,7 +96,7 @@ def resolve_clip(metadata: dict[str, Any], options: CompressOptions) -> tuple[Cl
             return Clip.parse(str(qat["clip"])), "late QAT (metadata.qat.clip)"
         except UsageError:
             raise MetadataError(f"metadata.qat.clip: {printable(str(qat['clip']))[:40]!r} is not a clip") from None
-    return Clip.parse(C.DEFAULT_CLIP), "default"
+    return None, f"default: {per_tensor}"
 
 
 class _Source:
@@ -228,26 +229,40 @@ def _cost_name(calibration: Calibration | None) -> str:
 
 def _choices(
     source: _Source, plan: _Plan, clip: Clip | None, options: CompressOptions, calibration: Calibration | None
-):
-    """Every quantized tensor at every width, coded for real (GPTQ with calibration), on every core."""
+) -> dict[str, list[Choice]]:
+    """Ways to store each quantized tensor, coded for real, on every core: every width with the given clip
+    (or, with none given, every clip of AUTO_CLIPS), rounded to nearest; with calibration also GPTQ's
+    symbols for each setting on the tensor's lower hull. Kept: the lower hull of (bytes, estimated cost),
+    the only choices an allocation takes; `cost` is tr(E·H·Eᵀ) with a Hessian, else ||E||²."""
     hessians = calibration.hessians if calibration is not None else {}
+    clips = [clip] if clip is not None else [Clip.parse(c) for c in AUTO_CLIPS]
 
-    def one(name: str, bits: int) -> Choice:
+    def one(name: str, bits: int, c: Clip, method: str) -> Choice:
         w, h = source.as_float32(name), hessians.get(name)
-        q, record = _quantize_one(w, clip, source.dtype_name(name), h, name, bits)[0]
-        tensor = enc.encode(q, options.codec, record).tensor
-        return Choice(q, record, len(tensor.payload), rounding_cost(w, q, h))
+        q = gptq_quantize(w, h, c, name=name, bits=bits) if method == "gptq" else quantize(w, c, bits)
+        record = _record(w, q, c, source.dtype_name(name), h, method)
+        return Choice(q, record, len(enc.encode(q, options.codec, record).tensor.payload), rounding_cost(w, q, h))
+
+    def hull(options_of: list[Choice]) -> list[Choice]:
+        return [options_of[i] for i in lower_hull(options_of)]
 
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
-        jobs = {n: [pool.submit(one, n, b) for b in C.QUANT_BITS] for n in plan.to_quantize}
-        return {n: [j.result() for j in js] for n, js in jobs.items()}
+        jobs = {n: [pool.submit(one, n, b, c, "rtn") for b in C.QUANT_BITS for c in clips] for n in plan.to_quantize}
+        choices = {n: hull([j.result() for j in js]) for n, js in jobs.items()}
+        gptq = {n: [pool.submit(one, n, c.bits, Clip.parse(c.record["clip"]), "gptq") for c in choices[n]]
+                for n in choices if n in hessians}  # fmt: skip
+        for name, js in gptq.items():
+            choices[name] = hull(choices[name] + [j.result() for j in js])
+    return choices
 
 
 def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -> dict[str, Any]:
-    """Choose each quantized tensor's width so that the written file is at most --budget bytes, measured
-    by writing it (a temp file beside OUT, removed); exit 5 naming the smallest size if nothing fits."""
+    """Choose each quantized tensor's width, clip and rounding so that the written file is at most --budget
+    bytes, measured by writing it (a temp file beside OUT, removed); exit 5 naming the smallest size if
+    nothing fits. With calibration each remaining choice is costed by the model's loss on calibration
+    text with that tensor so rounded."""
     choices = _choices(source, plan, clip, options, calibration)
-    if calibration is not None:  # measured: the model's loss on calibration text with this one tensor rounded
+    if calibration is not None:
         for name, options_of in choices.items():
             for c in options_of:
                 c.cost = calibration.loss_with(name, c.q.dequantize())
@@ -262,7 +277,7 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -
     floor = measure(smallest)
     if floor > options.budget:
         raise IntegrityError(f"--budget {options.budget:,} bytes: the smallest file reachable is {floor:,} bytes "
-                             f"(every quantized tensor at {C.QUANT_BITS[0]} bits)")  # fmt: skip
+                             f"(every quantized tensor at {C.QUANT_BITS[0]} bits, its smallest clip)")  # fmt: skip
     payload = sum(choices[n][i].payload for n, i in smallest.items())
     chosen, taken = allocate(choices, options.budget - (floor - payload))
     size = measure(chosen)
@@ -273,9 +288,17 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -
         plan.quantized[name] = (c.q, c.record)
         plan.rows[name] = {"name": name, "shape": list(c.q.shape), "action": f"int{c.bits}", "bits": c.bits,
                            "cost": c.cost, **c.record}  # fmt: skip
-    widths = [choices[n][i].bits for n, i in chosen.items()]
+    picked = [choices[n][i] for n, i in chosen.items()]
     return {"bytes": options.budget, "file_bytes": size, "smallest_bytes": floor, "cost": _cost_name(calibration),
-            "widths": {f"int{b}": widths.count(b) for b in C.QUANT_BITS if b in widths}}  # fmt: skip
+            "widths": _tally(f"int{c.bits}" for c in picked), "clips": _tally(c.record["clip"] for c in picked),
+            **({"methods": _tally(c.record["method"] for c in picked)} if calibration is not None else {})}  # fmt: skip
+
+
+def _tally(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibration | None:
