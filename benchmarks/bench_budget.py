@@ -1,6 +1,6 @@
 """`compress --budget` against uniform widths on the same model, scored on the same held-out tokens.
 
-    .venv/bin/python benchmarks/bench_budget.py [--model PATH] [--eval-tokens 30000]
+    .venv/bin/python benchmarks/bench_budget.py [--model PATH --corpus PREPARED_DIR] [--eval-tokens 30000]
 
 The model is bench_qat.py's no-QAT `tiny` run (train it with bench_qat.py or bench_gptq.py first), every
 matrix quantized (`--min-elements 4096`). Rows: uniform int6 and int5 with the fixed clip std:12.85 (the
@@ -24,13 +24,13 @@ MODEL = WORK / "qat" / "seed0" / "no_qat" / "model.apr"
 CORPUS = WORK / "stdlib-bpe"
 
 
-def run(model: Path, label: str, eval_tokens: int, **options) -> dict:
-    out = WORK / "budget" / f"{label}.apr"
+def run(model: Path, corpus: Path, label: str, eval_tokens: int, **options) -> dict:
+    out = WORK / "budget" / model.parent.name / f"{label}.apr"
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     report = compress_file(model, out, CompressOptions(force=True, min_elements=4096, **options))
     seconds = time.perf_counter() - start
-    bpb = evaluate_bpb(out, corpus=CORPUS, max_tokens=eval_tokens)["bits_per_byte"]
+    bpb = evaluate_bpb(out, corpus=corpus, max_tokens=eval_tokens)["bits_per_byte"]
     row = {"label": label, "bytes": report["output_bytes"], "bpb": bpb, "seconds": round(seconds, 1)}
     if report["budget"]:
         row |= {k: report["budget"].get(k) for k in ("widths", "clips", "methods")}
@@ -41,22 +41,25 @@ def run(model: Path, label: str, eval_tokens: int, **options) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=MODEL)
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="prepared data in the model's tokenizer")
     parser.add_argument("--eval-tokens", type=int, default=30_000)
     args = parser.parse_args()
     if not args.model.is_file():
         raise SystemExit(f"{args.model}: train it first (benchmarks/bench_gptq.py)")
-    rows = [{"label": "float", "bytes": args.model.stat().st_size,
-             "bpb": evaluate_bpb(args.model, corpus=CORPUS, max_tokens=args.eval_tokens)["bits_per_byte"]}]  # fmt: skip
+    float_bpb = evaluate_bpb(args.model, corpus=args.corpus, max_tokens=args.eval_tokens)["bits_per_byte"]
+    rows = [{"label": "float", "bytes": args.model.stat().st_size, "bpb": float_bpb}]
     print(json.dumps(rows[0]), flush=True)
     for bits in (6, 5):
-        rows.append(run(args.model, f"int{bits}-std12.85", args.eval_tokens, bits=str(bits), clip="std:12.85"))
-        rows.append(run(args.model, f"int{bits}-auto", args.eval_tokens, bits=str(bits)))
+        rows.append(
+            run(args.model, args.corpus, f"int{bits}-std12.85", args.eval_tokens, bits=str(bits), clip="std:12.85")
+        )
+        rows.append(run(args.model, args.corpus, f"int{bits}-auto", args.eval_tokens, bits=str(bits)))
     int6, int5 = rows[1]["bytes"], rows[3]["bytes"]
     budgets = [("budget-int6", int6, True), ("budget-int5", int5, True), ("budget-75pct", int6 * 3 // 4, True),
                ("budget-int6-uncalibrated", int6, False)]  # fmt: skip
     for label, budget, calibrate in budgets:
-        rows.append(run(args.model, label, args.eval_tokens, budget=budget, calibrate=calibrate))
-    (WORK / "budget" / "results.json").write_text(json.dumps(rows, indent=2))
+        rows.append(run(args.model, args.corpus, label, args.eval_tokens, budget=budget, calibrate=calibrate))
+    (WORK / "budget" / args.model.parent.name / "results.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -80,5 +80,6 @@ def test_without_a_clip_the_budget_also_chooses_each_tensors_clip(cli, tmp_path)
     assert fixed["budget"]["clips"] == {"std:12.85": sum(fixed["budget"]["widths"].values())}
     assert sum(free["budget"]["clips"].values()) == sum(fixed["budget"]["clips"].values())
     assert free["budget"]["file_bytes"] <= int(budget) and free["clip_source"].startswith("default: per tensor")
+    assert any(w.startswith("--budget without --calibrate") for w in free["warnings"])  # the proxy is said to be weak
     cost = {name: sum(t["cost"] for t in r["tensors"] if "cost" in t) for name, r in (("fixed", fixed), ("free", free))}
     assert cost["free"] < 0.9 * cost["fixed"], cost  # more ways to spend the same bytes: less squared error

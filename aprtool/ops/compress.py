@@ -207,8 +207,7 @@ def compress_file(
         else:
             _quantize_all(source, plan, clip, options, progress or _quiet, calibration)
         stats = _code_all(plan, options, progress or _quiet)
-        if calibration is not None and budget is None:
-            warnings += _uncalibrated(plan)
+        warnings += _calibration_notes(plan, calibration, budget)
         size = None
         if not options.dry_run:
             size = write_apr(dst, {n: plan.out[n] for n in source.names}, metadata).size_bytes
@@ -310,6 +309,16 @@ def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibratio
     calibration = calibrate(src, calib_data, options.calib_tokens)
     calibration.record |= {"damp": DEFAULT_DAMP, "act_order": True}
     return calibration
+
+
+UNCALIBRATED_BUDGET = ("--budget without --calibrate weighs every weight's squared error alike, which does not know "
+                       "which weights the model needs; --calibrate measures it (docs/performance.md)")  # fmt: skip
+
+
+def _calibration_notes(plan: _Plan, calibration: Calibration | None, budget: dict[str, Any] | None) -> list[str]:
+    if budget is not None:
+        return [] if calibration is not None else [UNCALIBRATED_BUDGET]
+    return _uncalibrated(plan) if calibration is not None else []
 
 
 def _uncalibrated(plan: _Plan) -> list[str]:
