@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_gptq.py [--budget 240] [--size tiny] [--seed 0] [--eval-tokens 30000]
 
 Trains the pair of bench_qat.py (no QAT and late QAT, the same --time-budget, side by side), then
-compresses each model twice with compress's defaults (std:12.85, tensors of >= 65,536 elements, rANS):
+compresses each model twice at the fixed clip std:12.85 (compress's default before per-tensor clips;
+tensors of >= 65,536 elements, rANS):
 round-to-nearest, and `--calibrate` (GPTQ on the run's own training data). `eval` scores the float model
 and both artifacts on the same held-out tokens; the result is the float->int6 gap of each and how much
 of it GPTQ removes, with the artifact sizes (GPTQ changes which symbols are written, so the coded size

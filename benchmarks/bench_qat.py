@@ -6,9 +6,9 @@ For each seed, two `aprtool pretrain` runs on the default corpus with the same -
 warmup-stable-warmdown schedule, one with --qat-frac and one without. The two runs of a pair train at
 the same time, each on half the cores, so a slower or busier machine slows both alike (running them one
 after the other let machine noise decide the step counts). Each model is compressed to int6 with the
-defaults QAT also uses (std:12.85, tensors of >= 65,536 elements) and both files are scored by `eval`
-on the same held-out tokens. The int6 gap only shows once a model is trained well enough to be
-sensitive to rounding, so on a 2-core CPU the benchmark trains the `tiny` preset for minutes.
+clip QAT trains for (std:12.85, also given to the no-QAT model; tensors of >= 65,536 elements) and both
+files are scored by `eval` on the same held-out tokens. The int6 gap only shows once a model is trained
+well enough to be sensitive to rounding, so on a 2-core CPU the benchmark trains the `tiny` preset for minutes.
 """
 
 from __future__ import annotations
