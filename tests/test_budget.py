@@ -83,3 +83,18 @@ def test_without_a_clip_the_budget_also_chooses_each_tensors_clip(cli, tmp_path)
     assert any(w.startswith("--budget without --calibrate") for w in free["warnings"])  # the proxy is said to be weak
     cost = {name: sum(t["cost"] for t in r["tensors"] if "cost" in t) for name, r in (("fixed", fixed), ("free", free))}
     assert cost["free"] < 0.9 * cost["fixed"], cost  # more ways to spend the same bytes: less squared error
+
+
+def test_the_allocation_is_printed_as_a_table_and_the_default_clips_as_a_tally(cli, tmp_path):
+    r = cli("compress", MODEL, "-o", tmp_path / "b.apr", *ARGS, "--budget", "60000", "--json")
+    chosen = [t for t in r.json()["tensors"] if "cost" in t]
+    shown = cli("compress", MODEL, "-o", tmp_path / "b.apr", *ARGS, "--budget", "60000", "--force")
+    assert shown.code == 0 and "allocation under --budget 60,000 bytes" in shown.stdout
+    for t in chosen:  # one row per tensor: its name, width and clip as --json has them
+        row = next(line for line in shown.stdout.splitlines() if f" {t['name']} " in line)
+        assert f"int{t['bits']}" in row and f" {t['clip']} " in row
+    plain = cli("compress", MODEL, "-o", tmp_path / "p.apr", *ARGS)
+    report = cli("compress", MODEL, "-o", tmp_path / "p.apr", *ARGS, "--force", "--json").json()
+    clips = [t["clip"] for t in report["tensors"] if t["action"] != "passthrough"]
+    expected = ", ".join(f"{c} ×{clips.count(c)}" for c in sorted(set(clips)))
+    assert f"clips: {expected}" in plain.stdout

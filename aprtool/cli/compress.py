@@ -69,6 +69,30 @@ def _table(report: dict[str, Any]) -> Table:
     return table
 
 
+def _clips(report: dict[str, Any]) -> str:
+    """How many quantized tensors got each clip (chosen per tensor without --clip)."""
+    tally: dict[str, int] = {}
+    for t in report["tensors"]:
+        if t.get("clip") and t["action"] != "passthrough":
+            tally[t["clip"]] = tally.get(t["clip"], 0) + 1
+    return "clips: " + ", ".join(f"{markup_safe(c)} ×{k}" for c, k in sorted(tally.items()))
+
+
+def _allocation(report: dict[str, Any]) -> Table:
+    """--budget's choice per tensor: width, clip, rounding, stored bytes and the estimated cost."""
+    table = Table(
+        title=f"allocation under --budget {report['budget']['bytes']:,} bytes (cost: {report['budget']['cost']})"
+    )
+    for col in ("tensor", "shape", "width", "clip", "rounding", "bytes", "cost"):
+        table.add_column(col, justify="left" if col in ("tensor", "clip", "rounding") else "right")
+    for t in report["tensors"]:
+        if "cost" in t:
+            shape = "×".join(str(d) for d in t["shape"])
+            table.add_row(markup_safe(t["name"]), shape, f"int{t['bits']}", markup_safe(t["clip"]),
+                          t.get("method", "rtn"), f"{t.get('stored_bytes', 0):,}", f"{t['cost']:.6g}")  # fmt: skip
+    return table
+
+
 def _render(report: dict[str, Any]):
     def render(console: Console) -> None:
         console.print(_headline(report))
@@ -83,6 +107,9 @@ def _render(report: dict[str, Any]):
             widths = ", ".join(f"{n} ×{k}" for n, k in b["widths"].items())
             console.print(f"budget {b['bytes']:,} bytes: file {b['file_bytes']:,} bytes; widths {widths} "
                           f"(smallest reachable {b['smallest_bytes']:,}; cost: {b['cost']})")  # fmt: skip
+            console.print(_allocation(report))
+        elif report.get("clip") == "auto":
+            console.print(_clips(report))
         if len(report["codecs"]) > 1:
             console.print(_table(report))
 
