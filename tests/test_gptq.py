@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import aprtool
-from aprtool.codecs.gptq import gptq_quantize, output_error
+from aprtool.codecs.gptq import gptq_quantize, gptq_rows, output_error
 from aprtool.codecs.quant import Clip, quantize
 from aprtool.errors import IntegrityError
 from fixtures.corpora import materialize
@@ -53,6 +53,40 @@ def test_a_hessian_that_cannot_guide_the_rounding_is_an_error(hessian, said):
         gptq_quantize(w, hessian, Clip.parse("std:12.85"), name="layer")
 
 
+def test_per_row_gptq_with_one_shared_hessian_is_gptq():
+    w, h = _layer(rows=64, cols=48)
+    shared = gptq_quantize(w, h, Clip.parse("std:8"), damp=0.1, act_order=False)
+    per_row = gptq_rows(w, np.repeat(h[None], len(w), axis=0), Clip.parse("std:8"), damp=0.1)
+    assert np.array_equal(shared.symbols, per_row.symbols) and np.array_equal(shared.scales, per_row.scales)
+
+
+def test_per_row_gptq_lowers_each_rows_own_error_and_rounds_an_unseen_row_to_nearest():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(40, 32)).astype(np.float32)
+    mix = rng.normal(size=(40, 32, 32))
+    hessians = np.einsum("rij,rkj->rik", mix, mix) + np.eye(32)  # a different curvature per row
+    hessians[7] = 0.0  # a token calibration never reached
+    clip = Clip.parse("std:12.85")
+    gptq, rtn = gptq_rows(w, hessians, clip, damp=0.01), quantize(w, clip)
+
+    def cost(q):
+        e = q.dequantize(np.float64) - w
+        return np.einsum("ri,rij,rj->r", e, hessians, e)
+
+    assert np.array_equal(gptq.symbols[7], rtn.symbols[7])
+    lower = np.delete(cost(gptq) < cost(rtn), 7)
+    assert lower.mean() > 0.9, lower.mean()  # (a row may tie with round-to-nearest)
+
+
+@pytest.mark.parametrize("bad", ["nan", "zero", "shape"])
+def test_per_row_hessians_that_cannot_guide_the_rounding_are_an_error(bad):
+    w, h = _layer(rows=8, cols=16)
+    rows = np.repeat(h[None], 8, axis=0)
+    rows = {"nan": np.where(rows > 1, np.nan, rows), "zero": rows * 0, "shape": rows[:, :8, :8]}[bad]
+    with pytest.raises(IntegrityError, match="Hessians"):
+        gptq_rows(w, rows, Clip.parse("absmax"))
+
+
 def test_a_calibrated_artifact_is_a_plain_int6_file_that_records_its_calibration(cli, tmp_path):
     out = tmp_path / "m.gptq.apr"
     r = cli("compress", MODEL, "-o", out, "--min-elements", "4096", "--calibrate", "--calib-tokens", "4096", "--json")
@@ -60,6 +94,7 @@ def test_a_calibrated_artifact_is_a_plain_int6_file_that_records_its_calibration
     report = r.json()
     assert report["calibration"]["method"] == "gptq" and report["calibration"]["tokens"] >= 4096
     assert report["calibration"]["source"] == "python-stdlib" and report["calibration"]["split"] == "train"
+    assert report["calibration"]["row_hessians"] == ["model.embed_tokens.weight"]  # tied, small: one H per token
     quantized = [t for t in report["tensors"] if t["action"] == "int6"]
     assert quantized and all(t["output_error"] >= 0 for t in quantized)
     for t in quantized:  # each tensor kept the symbols that cost the model less on calibration text

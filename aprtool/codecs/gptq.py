@@ -85,6 +85,53 @@ def gptq_quantize(
     return Quantized(symbols[:, inverse], grid.scales, grid.shape, bits)
 
 
+# Per-row Hessians (gptq_rows) are each a sum over the positions where that token is used, so a row's
+# own mean diagonal is its natural scale; 0.1 of it kept the most on held-out text (docs/performance.md).
+ROW_DAMP = 0.1
+
+
+def _row_factors(hessians: np.ndarray, damp: float, name: str) -> np.ndarray:
+    """Per row, the upper Cholesky factor of (H_r + damp·mean(diag H_r)·I)⁻¹; a row no calibration input
+    reached (all-zero H_r) gets the identity, which rounds it to nearest."""
+    h = np.array(hessians, dtype=np.float64)
+    idx = np.arange(h.shape[1])
+    mean = h[:, idx, idx].mean(axis=1)
+    h[mean <= 0] = np.eye(h.shape[1])
+    h[:, idx, idx] += (damp * np.where(mean > 0, mean, 0.0))[:, None]
+    try:
+        inverse_lower = np.linalg.inv(np.linalg.cholesky(h))
+        return np.swapaxes(np.linalg.cholesky(np.swapaxes(inverse_lower, 1, 2) @ inverse_lower), 1, 2)
+    except np.linalg.LinAlgError:
+        raise IntegrityError(f"tensor {name!r}: a row's calibration Hessian is not positive definite") from None
+
+
+def gptq_rows(
+    weights: np.ndarray, hessians: np.ndarray, clip: Clip, *, damp: float = ROW_DAMP, name: str = "tensor",
+    bits: int = 6,
+) -> Quantized:  # fmt: skip
+    """GPTQ with one Hessian per row (rows × cols × cols), columns in their own order, all rows at once:
+    for a tied embedding each token's row has its own curvature (calibrate.collect_row_hessians), where one
+    shared H = E[x xᵀ] weighs a token that is never predicted like the most frequent one."""
+    grid = quantize(weights, clip, bits)
+    levels = levels_for(bits)
+    rows, cols = as_rows(grid.shape)
+    if hessians.shape != (rows, cols, cols):
+        raise IntegrityError(f"tensor {name!r}: per-row Hessians are {hessians.shape}, need {(rows, cols, cols)}")
+    if not np.isfinite(hessians).all() or not np.any(hessians):
+        raise IntegrityError(f"tensor {name!r}: per-row calibration Hessians are all zero or hold NaN/Inf")
+    u = _row_factors(hessians, damp, name)
+    w = np.asarray(weights, dtype=np.float64).reshape(rows, cols).copy()
+    scale = grid.scales.astype(np.float64)
+    divisor = np.where(scale > 0, scale, np.inf)
+    symbols = np.zeros((rows, cols), np.int8)
+    for j in range(cols):
+        q = np.clip(np.rint(w[:, j] / divisor), -levels, levels)
+        symbols[:, j] = q
+        err = (w[:, j] - q * scale) / u[:, j, j]
+        w[:, j + 1 :] -= err[:, None] * u[:, j, j + 1 :]
+    return Quantized(symbols, grid.scales, grid.shape, bits)
+
+
 def output_error(weights: np.ndarray, q: Quantized, hessian: np.ndarray) -> float:
     """tr(E H Eᵀ) / tr(W H Wᵀ): the relative output error the rounding causes on the calibration inputs."""
     rows, cols = as_rows(q.shape)

@@ -13,7 +13,7 @@ too: it gets lm_head's inputs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +37,19 @@ MAX_CALIB_TOKENS = 16 * 1024 * 1024
 SELECT_TOKENS = 8_192  # calibration tokens on which each tensor's GPTQ and round-to-nearest symbols are scored
 
 
+# Per-row Hessians of the tied embedding (vocab × hidden × hidden, float64) are kept up to this many
+# elements (256 MiB): the `tiny` preset needs 16.8 M; `small` (4096 × 256²) and larger use the shared one.
+MAX_ROW_HESSIAN_ELEMENTS = 2**25
+EMBEDDING = "model.embed_tokens.weight"
+
+
 @dataclass
 class Calibration:
     hessians: dict[str, np.ndarray]  # weight name -> H (cols × cols), float64
     record: dict[str, Any]  # what calibration used, for the artifact's metadata
     model: Any  # the float model (LlamaForCausalLM)
     select: Any  # the windows candidates are scored on (a torch tensor)
+    row_hessians: dict[str, np.ndarray] = field(default_factory=dict)  # name -> one H per row (rows × cols × cols)
 
     def loss_with(self, name: str, values: np.ndarray) -> float:
         """Mean cross-entropy (nats/token) on the selection windows with tensor `name` set to `values`
@@ -162,6 +169,48 @@ def collect_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_size:
     return {name: (total / counts[name]).numpy() for name, total in sums.items()}
 
 
+def collect_row_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_size: int = 16) -> np.ndarray:
+    """One Hessian per token row of a tied embedding, summed over the windows' positions: its output role's
+    Gauss-Newton term p_t(1 − p_t)·h hᵀ (h: lm_head's input, p_t: the token's probability there) plus its
+    input role's Fisher term g gᵀ wherever the token is read (g: the loss gradient at the embedding's
+    output). A frequent token's row gets the curvature of both its uses; a rare one little of either."""
+    import torch
+    import torch.nn.functional as F
+
+    vocab, hidden = model.model.embed_tokens.weight.shape
+    out = torch.zeros(vocab, hidden * hidden, dtype=torch.float64)
+    into = torch.zeros(vocab, hidden, hidden, dtype=torch.float64)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_input(key: str, retain: bool):
+        def hook(_module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+            if retain:
+                inputs[0].retain_grad()
+            seen[key] = inputs[0]
+
+        return hook
+
+    handles = [model.lm_head.register_forward_pre_hook(keep_input("h", False)),
+               model.model.layers[0].register_forward_pre_hook(keep_input("x", True))]  # fmt: skip
+    try:
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start : start + batch_size]
+            logits = model(batch[:, :-1])
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").backward()
+            with torch.no_grad():
+                h = seen["h"].detach().flatten(0, 1).double()
+                p = torch.softmax(logits.detach().float().flatten(0, 1), -1).double()
+                out += (p * (1 - p)).T @ (h[:, :, None] * h[:, None, :]).reshape(len(h), -1)
+                g = seen["x"].grad.flatten(0, 1).double()
+                into.index_add_(0, batch[:, :-1].flatten(), g[:, :, None] * g[:, None, :])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+    return (out.reshape(vocab, hidden, hidden) + into).numpy()
+
+
 def calibrate(
     model_path: Path, calib_data: Path | None = None, calib_tokens: int = DEFAULT_CALIB_TOKENS
 ) -> Calibration:
@@ -188,4 +237,9 @@ def calibrate(
     select = _windows(tokens, seq_len + 1, math.ceil(min(calib_tokens, SELECT_TOKENS) / seq_len), source)
     record = {"method": "gptq", "source": source, "split": "train", "tokens": int(windows.numel()),
               "windows": len(windows), "seq_len": seq_len, "select_tokens": int(select[:, 1:].numel())}  # fmt: skip
-    return Calibration(hessians, record, model, select)
+    rows: dict[str, np.ndarray] = {}
+    vocab, hidden = model.model.embed_tokens.weight.shape
+    if model.cfg.tie_word_embeddings and vocab * hidden * hidden <= MAX_ROW_HESSIAN_ELEMENTS:
+        rows[EMBEDDING] = collect_row_hessians(model, _windows(tokens, seq_len + 1, len(windows), source))
+        record["row_hessians"] = [EMBEDDING]
+    return Calibration(hessians, record, model, select, rows)

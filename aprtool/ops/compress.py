@@ -18,7 +18,7 @@ import numpy as np
 
 from aprtool.codecs import tensor as enc
 from aprtool.codecs.coders import CODERS, order0_entropy_bits
-from aprtool.codecs.gptq import DEFAULT_DAMP, gptq_quantize, output_error
+from aprtool.codecs.gptq import DEFAULT_DAMP, ROW_DAMP, gptq_quantize, gptq_rows, output_error
 from aprtool.codecs.quant import Clip, Quantized, quantize, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
@@ -238,7 +238,8 @@ def _choices(
 
     def one(name: str, bits: int, c: Clip, method: str) -> Choice:
         w, h = source.as_float32(name), hessians.get(name)
-        q = gptq_quantize(w, h, c, name=name, bits=bits) if method == "gptq" else quantize(w, c, bits)
+        rows = calibration.row_hessians.get(name) if calibration is not None else None
+        q = _gptq(w, h, rows, c, name, bits) if method == "gptq" else quantize(w, c, bits)
         record = _record(w, q, c, source.dtype_name(name), h, method)
         return Choice(q, record, len(enc.encode(q, options.codec, record).tensor.payload), rounding_cost(w, q, h))
 
@@ -308,6 +309,8 @@ def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibratio
     calib_data = Path(options.calib_data) if options.calib_data is not None else None
     calibration = calibrate(src, calib_data, options.calib_tokens)
     calibration.record |= {"damp": DEFAULT_DAMP, "act_order": True}
+    if calibration.row_hessians:  # their GPTQ keeps each row's column order, damped per row
+        calibration.record |= {"row_damp": ROW_DAMP}
     return calibration
 
 
@@ -379,15 +382,26 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
 
 
 def _quantize_one(
-    weights: np.ndarray, clip: Clip | None, dtype_name: str, hessian: np.ndarray | None, name: str, bits: int
-) -> list[tuple[Quantized, dict[str, Any]]]:
+    weights: np.ndarray, clip: Clip | None, dtype_name: str, hessian: np.ndarray | None, name: str, bits: int,
+    row_hessians: np.ndarray | None = None,
+) -> list[tuple[Quantized, dict[str, Any]]]:  # fmt: skip
     """The tensor's symbols and record: round-to-nearest, and with a Hessian the GPTQ candidate first.
     `clip` None: the best of AUTO_CLIPS for this tensor and width."""
     clip = clip if clip is not None else best_clip(weights, bits, hessian)
     candidates = [(quantize(weights, clip, bits), "rtn")]
     if hessian is not None:
-        candidates.insert(0, (gptq_quantize(weights, hessian, clip, name=name, bits=bits), "gptq"))
+        candidates.insert(0, (_gptq(weights, hessian, row_hessians, clip, name, bits), "gptq"))
     return [(q, _record(weights, q, clip, dtype_name, hessian, method)) for q, method in candidates]
+
+
+def _gptq(
+    weights: np.ndarray, hessian: np.ndarray, row_hessians: np.ndarray | None, clip: Clip, name: str, bits: int
+) -> Quantized:
+    """GPTQ under the tensor's per-row Hessians when calibration has them (a small tied embedding), else
+    under its layer's shared input Hessian."""
+    if row_hessians is not None:
+        return gptq_rows(weights, row_hessians, clip, name=name, bits=bits)
+    return gptq_quantize(weights, hessian, clip, name=name, bits=bits)
 
 
 def _record(
@@ -428,6 +442,7 @@ def _quantize_all(
 ) -> None:  # fmt: skip
     """numpy releases the GIL: one thread per core."""
     hessians = calibration.hessians if calibration is not None else {}
+    row_hessians = calibration.row_hessians if calibration is not None else {}
     widths = parse_bits(options.bits)
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
         jobs = {
@@ -439,6 +454,7 @@ def _quantize_all(
                 hessians.get(n),
                 n,
                 widths.get(tensor_kind(n), widths["default"]),
+                row_hessians.get(n),
             )  # fmt: skip
             for n in plan.to_quantize
         }
