@@ -98,3 +98,11 @@ def test_the_allocation_is_printed_as_a_table_and_the_default_clips_as_a_tally(c
     clips = [t["clip"] for t in report["tensors"] if t["action"] != "passthrough"]
     expected = ", ".join(f"{c} ×{clips.count(c)}" for c in sorted(set(clips)))
     assert f"clips: {expected}" in plain.stdout
+
+
+def test_a_budget_for_an_already_quantized_file_is_refused(cli, tmp_path):
+    quantized = tmp_path / "q.apr"
+    assert cli("compress", MODEL, "-o", quantized, *ARGS).code == 0
+    r = cli("compress", quantized, "-o", tmp_path / "o.apr", "--budget", "60000")
+    assert r.code == 2 and "already quantized" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.apr").exists()

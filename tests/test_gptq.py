@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import aprtool
-from aprtool.codecs.gptq import gptq_quantize, gptq_rows, output_error
+from aprtool.codecs.gptq import gptq_quantize, gptq_rows, output_error, row_factors
 from aprtool.codecs.quant import Clip, quantize
 from aprtool.errors import IntegrityError
 from fixtures.corpora import materialize
@@ -56,7 +56,7 @@ def test_a_hessian_that_cannot_guide_the_rounding_is_an_error(hessian, said):
 def test_per_row_gptq_with_one_shared_hessian_is_gptq():
     w, h = _layer(rows=64, cols=48)
     shared = gptq_quantize(w, h, Clip.parse("std:8"), damp=0.1, act_order=False)
-    per_row = gptq_rows(w, np.repeat(h[None], len(w), axis=0), Clip.parse("std:8"), damp=0.1)
+    per_row = gptq_rows(w, row_factors(np.repeat(h[None], len(w), axis=0), damp=0.1), Clip.parse("std:8"))
     assert np.array_equal(shared.symbols, per_row.symbols) and np.array_equal(shared.scales, per_row.scales)
 
 
@@ -67,7 +67,7 @@ def test_per_row_gptq_lowers_each_rows_own_error_and_rounds_an_unseen_row_to_nea
     hessians = np.einsum("rij,rkj->rik", mix, mix) + np.eye(32)  # a different curvature per row
     hessians[7] = 0.0  # a token calibration never reached
     clip = Clip.parse("std:12.85")
-    gptq, rtn = gptq_rows(w, hessians, clip, damp=0.01), quantize(w, clip)
+    gptq, rtn = gptq_rows(w, row_factors(hessians, damp=0.01), clip), quantize(w, clip)
 
     def cost(q):
         e = q.dequantize(np.float64) - w
@@ -84,7 +84,7 @@ def test_per_row_hessians_that_cannot_guide_the_rounding_are_an_error(bad):
     rows = np.repeat(h[None], 8, axis=0)
     rows = {"nan": np.where(rows > 1, np.nan, rows), "zero": rows * 0, "shape": rows[:, :8, :8]}[bad]
     with pytest.raises(IntegrityError, match="Hessians"):
-        gptq_rows(w, rows, Clip.parse("absmax"))
+        gptq_rows(w, row_factors(rows) if bad != "shape" else rows, Clip.parse("absmax"))
 
 
 def test_a_calibrated_artifact_is_a_plain_int6_file_that_records_its_calibration(cli, tmp_path):
@@ -170,3 +170,12 @@ def test_calibrate_refuses_an_already_quantized_file(cli, tmp_path):
 def test_calibrate_json_errors_are_json(cli, tmp_path):
     r = cli("compress", MODEL, "-o", tmp_path / "o.apr", "--calibrate", "--calib-tokens", "-5", "--json")
     assert r.code == 2 and json.loads(r.stdout)["exit_code"] == 2
+
+
+def test_per_row_hessians_are_collected_only_for_an_embedding_that_is_quantized(cli, tmp_path):
+    r = cli("compress", MODEL, "-o", tmp_path / "m.apr", "--calibrate", "--calib-tokens", "4096", "--json")
+    assert r.code == 0, r.stderr  # the default threshold leaves the 257×64 embedding as fp16
+    assert not [
+        t for t in r.json()["tensors"] if t["name"] == "model.embed_tokens.weight" and t["action"] != "passthrough"
+    ]
+    assert "row_hessians" not in r.json()["calibration"] and "row_damp" not in r.json()["calibration"]

@@ -93,9 +93,14 @@ def gptq_quantize(
 ROW_DAMP = 0.03
 
 
-def _row_factors(hessians: np.ndarray, damp: float, name: str) -> np.ndarray:
+def row_factors(hessians: np.ndarray, damp: float = ROW_DAMP, name: str = "tensor") -> np.ndarray:
     """Per row, the upper Cholesky factor of (H_r + damp·sqrt(m_r·m)·I)⁻¹ (m_r: the row's mean diagonal, m:
-    their mean); a row no calibration input reached (all-zero H_r) gets the identity: round-to-nearest."""
+    their mean); a row no calibration input reached (all-zero H_r) gets the identity: round-to-nearest.
+    They depend on neither the clip nor the width, so a tensor's are computed once for every candidate."""
+    if hessians.ndim != 3 or hessians.shape[1] != hessians.shape[2]:
+        raise IntegrityError(f"tensor {name!r}: per-row Hessians are {hessians.shape}, need rows × cols × cols")
+    if not np.isfinite(hessians).all() or not np.any(hessians):
+        raise IntegrityError(f"tensor {name!r}: per-row calibration Hessians are all zero or hold NaN/Inf")
     h = np.array(hessians, dtype=np.float64)
     idx = np.arange(h.shape[1])
     mean = h[:, idx, idx].mean(axis=1)
@@ -110,20 +115,18 @@ def _row_factors(hessians: np.ndarray, damp: float, name: str) -> np.ndarray:
 
 
 def gptq_rows(
-    weights: np.ndarray, hessians: np.ndarray, clip: Clip, *, damp: float = ROW_DAMP, name: str = "tensor",
-    bits: int = 6,
-) -> Quantized:  # fmt: skip
-    """GPTQ with one Hessian per row (rows × cols × cols), columns in their own order, all rows at once:
-    for a tied embedding each token's row has its own curvature (calibrate.collect_row_hessians), where one
-    shared H = E[x xᵀ] weighs a token that is never predicted like the most frequent one."""
+    weights: np.ndarray, factors: np.ndarray, clip: Clip, *, name: str = "tensor", bits: int = 6
+) -> Quantized:
+    """GPTQ with one Hessian per row, given as `row_factors` (rows × cols × cols), columns in their own order,
+    all rows at once: for a tied embedding each token's row has its own curvature
+    (calibrate.collect_row_hessians), where one shared H = E[x xᵀ] weighs a token that is never
+    predicted like the most frequent one."""
     grid = quantize(weights, clip, bits)
     levels = levels_for(bits)
     rows, cols = as_rows(grid.shape)
-    if hessians.shape != (rows, cols, cols):
-        raise IntegrityError(f"tensor {name!r}: per-row Hessians are {hessians.shape}, need {(rows, cols, cols)}")
-    if not np.isfinite(hessians).all() or not np.any(hessians):
-        raise IntegrityError(f"tensor {name!r}: per-row calibration Hessians are all zero or hold NaN/Inf")
-    u = _row_factors(hessians, damp, name)
+    if factors.shape != (rows, cols, cols):
+        raise IntegrityError(f"tensor {name!r}: per-row Hessians are {factors.shape[:3]}, need {(rows, cols, cols)}")
+    u = factors
     w = np.asarray(weights, dtype=np.float64).reshape(rows, cols).copy()
     scale = grid.scales.astype(np.float64)
     divisor = np.where(scale > 0, scale, np.inf)

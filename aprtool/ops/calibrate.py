@@ -13,6 +13,7 @@ too: it gets lm_head's inputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ SELECT_TOKENS = 8_192  # calibration tokens on which each tensor's GPTQ and roun
 # elements (256 MiB): the `tiny` preset needs 16.8 M; `small` (4096 × 256²) and larger use the shared one.
 MAX_ROW_HESSIAN_ELEMENTS = 2**25
 EMBEDDING = "model.embed_tokens.weight"
+OUTER_ELEMENTS = 2**22  # float64 elements of per-position outer products held at once (32 MiB)
 
 
 @dataclass
@@ -201,9 +203,13 @@ def collect_row_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_s
             with torch.no_grad():
                 h = seen["h"].detach().flatten(0, 1).double()
                 p = torch.softmax(logits.detach().float().flatten(0, 1), -1).double()
-                out += (p * (1 - p)).T @ (h[:, :, None] * h[:, None, :]).reshape(len(h), -1)
                 g = seen["x"].grad.flatten(0, 1).double()
-                into.index_add_(0, batch[:, :-1].flatten(), g[:, :, None] * g[:, None, :])
+                ids = batch[:, :-1].flatten()
+                step = max(1, OUTER_ELEMENTS // hidden**2)  # positions whose outer products fit in 32 MiB
+                for i in range(0, len(h), step):
+                    hh, gg = h[i : i + step], g[i : i + step]
+                    out += (p[i : i + step] * (1 - p[i : i + step])).T @ (hh[:, :, None] * hh[:, None, :]).flatten(1)
+                    into.index_add_(0, ids[i : i + step], gg[:, :, None] * gg[:, None, :])
     finally:
         for handle in handles:
             handle.remove()
@@ -212,9 +218,11 @@ def collect_row_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_s
 
 
 def calibrate(
-    model_path: Path, calib_data: Path | None = None, calib_tokens: int = DEFAULT_CALIB_TOKENS
-) -> Calibration:
-    """Hessians of every linear layer of the aprtool Llama model in `model_path` (a Calibration)."""
+    model_path: Path, calib_data: Path | None = None, calib_tokens: int = DEFAULT_CALIB_TOKENS,
+    quantized: Collection[str] = (EMBEDDING,),
+) -> Calibration:  # fmt: skip
+    """Hessians of every linear layer of the aprtool Llama model in `model_path` (a Calibration); per-row
+    ones for the tied embedding when it is among the `quantized` tensors and small enough."""
     from aprtool.model.io import ARCHITECTURE, load_model, load_tokenizer_for, tokenizer_info
 
     if not 0 < calib_tokens <= MAX_CALIB_TOKENS:
@@ -239,7 +247,7 @@ def calibrate(
               "windows": len(windows), "seq_len": seq_len, "select_tokens": int(select[:, 1:].numel())}  # fmt: skip
     rows: dict[str, np.ndarray] = {}
     vocab, hidden = model.model.embed_tokens.weight.shape
-    if model.cfg.tie_word_embeddings and vocab * hidden * hidden <= MAX_ROW_HESSIAN_ELEMENTS:
+    if EMBEDDING in quantized and model.cfg.tie_word_embeddings and vocab * hidden**2 <= MAX_ROW_HESSIAN_ELEMENTS:
         rows[EMBEDDING] = collect_row_hessians(model, _windows(tokens, seq_len + 1, len(windows), source))
         record["row_hessians"] = [EMBEDDING]
     return Calibration(hessians, record, model, select, rows)

@@ -18,7 +18,7 @@ import numpy as np
 
 from aprtool.codecs import tensor as enc
 from aprtool.codecs.coders import CODERS, order0_entropy_bits
-from aprtool.codecs.gptq import DEFAULT_DAMP, ROW_DAMP, gptq_quantize, gptq_rows, output_error
+from aprtool.codecs.gptq import DEFAULT_DAMP, ROW_DAMP, gptq_quantize, gptq_rows, output_error, row_factors
 from aprtool.codecs.quant import Clip, Quantized, quantize, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
@@ -194,7 +194,8 @@ def compress_file(
     source = _Source(src)
     try:
         plan = _plan(source, options)
-        clip, clip_source = resolve_clip(source.metadata, options) if not plan.repack else (None, None)
+        quantizing = not plan.repack and options.quant == "int6"
+        clip, clip_source = resolve_clip(source.metadata, options) if quantizing else (None, None)
         calibration = _calibration(src, plan, options)
         metadata, warning = embed_tokenizer(source.metadata, src)
         warnings: list[str] = [warning] if warning else []
@@ -212,7 +213,7 @@ def compress_file(
         if not options.dry_run:
             size = write_apr(dst, {n: plan.out[n] for n in source.names}, metadata).size_bytes
         report = _report(src, dst, size, source, plan, stats, options, clip, warnings)
-        report["clip_source"] = None if plan.repack else clip_source
+        report["clip_source"] = clip_source
         return report | {"calibration": calibration.record if calibration is not None else None, "budget": budget}
     finally:
         source.close()
@@ -302,15 +303,19 @@ def _tally(values: Any) -> dict[str, int]:
 
 
 def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibration | None:
+    if plan.repack and options.budget is not None:  # a repack keeps the symbols: no width to choose
+        raise UsageError(f"--budget: {src} is already quantized; give its float model a budget instead")
     if not options.calibrate:
         return None
     if plan.repack:
         raise UsageError(f"--calibrate: {src} is already quantized; calibrate its float model instead")
     calib_data = Path(options.calib_data) if options.calib_data is not None else None
-    calibration = calibrate(src, calib_data, options.calib_tokens)
+    calibration = calibrate(src, calib_data, options.calib_tokens, quantized=plan.to_quantize)
     calibration.record |= {"damp": DEFAULT_DAMP, "act_order": True}
     if calibration.row_hessians:  # their GPTQ keeps each row's column order, damped per row
         calibration.record |= {"row_damp": ROW_DAMP}
+        # the factors depend on neither clip nor width: computed once, used by every candidate
+        calibration.row_hessians = {n: row_factors(h, name=n) for n, h in calibration.row_hessians.items()}
     return calibration
 
 
@@ -395,12 +400,12 @@ def _quantize_one(
 
 
 def _gptq(
-    weights: np.ndarray, hessian: np.ndarray, row_hessians: np.ndarray | None, clip: Clip, name: str, bits: int
+    weights: np.ndarray, hessian: np.ndarray, row_factors: np.ndarray | None, clip: Clip, name: str, bits: int
 ) -> Quantized:
-    """GPTQ under the tensor's per-row Hessians when calibration has them (a small tied embedding), else
-    under its layer's shared input Hessian."""
-    if row_hessians is not None:
-        return gptq_rows(weights, row_hessians, clip, name=name, bits=bits)
+    """GPTQ under the tensor's per-row Hessians (their factors) when calibration has them (a small tied
+    embedding), else under its layer's shared input Hessian."""
+    if row_factors is not None:
+        return gptq_rows(weights, row_factors, clip, name=name, bits=bits)
     return gptq_quantize(weights, hessian, clip, name=name, bits=bits)
 
 
@@ -527,7 +532,7 @@ def _report(src, dst, size, source, plan, stats, options, clip, warnings) -> dic
         "output_bytes": size,
         "mode": "repack" if plan.repack else options.quant,
         "codec": options.codec,
-        "clip": None if plan.repack else (AUTO if clip is None else str(clip)),
+        "clip": None if plan.repack or options.quant != "int6" else (AUTO if clip is None else str(clip)),
         "params": sum(int(np.prod(r["shape"])) for r in plan.rows.values()),
         "quantized_params": weights,
         "raw_float_bytes": 4 * weights,
