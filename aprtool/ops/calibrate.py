@@ -52,6 +52,7 @@ class Calibration:
     model: Any  # the float model (LlamaForCausalLM)
     select: Any  # the windows candidates are scored on (a torch tensor)
     row_hessians: dict[str, np.ndarray] = field(default_factory=dict)  # name -> one H per row (rows × cols × cols)
+    row_factors: dict[str, np.ndarray] = field(default_factory=dict)  # name -> gptq.row_factors of row_hessians
 
     def loss_with(self, name: str, values: np.ndarray) -> float:
         """Mean cross-entropy (nats/token) on the selection windows with tensor `name` set to `values`

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -239,7 +240,7 @@ def _choices(
 
     def one(name: str, bits: int, c: Clip, method: str) -> Choice:
         w, h = source.as_float32(name), hessians.get(name)
-        rows = calibration.row_hessians.get(name) if calibration is not None else None
+        rows = calibration.row_factors.get(name) if calibration is not None else None
         q = _gptq(w, h, rows, c, name, bits) if method == "gptq" else quantize(w, c, bits)
         record = _record(w, q, c, source.dtype_name(name), h, method)
         return Choice(q, record, len(enc.encode(q, options.codec, record).tensor.payload), rounding_cost(w, q, h))
@@ -296,10 +297,7 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -
 
 
 def _tally(values: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(values).items()))
 
 
 def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibration | None:
@@ -315,7 +313,8 @@ def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibratio
     if calibration.row_hessians:  # their GPTQ keeps each row's column order, damped per row
         calibration.record |= {"row_damp": ROW_DAMP}
         # the factors depend on neither clip nor width: computed once, used by every candidate
-        calibration.row_hessians = {n: row_factors(h, name=n) for n, h in calibration.row_hessians.items()}
+        calibration.row_factors = {n: row_factors(h, name=n) for n, h in calibration.row_hessians.items()}
+        calibration.row_hessians = {}  # 128 MiB each, not needed again
     return calibration
 
 
@@ -388,24 +387,24 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
 
 def _quantize_one(
     weights: np.ndarray, clip: Clip | None, dtype_name: str, hessian: np.ndarray | None, name: str, bits: int,
-    row_hessians: np.ndarray | None = None,
+    factors: np.ndarray | None = None,
 ) -> list[tuple[Quantized, dict[str, Any]]]:  # fmt: skip
     """The tensor's symbols and record: round-to-nearest, and with a Hessian the GPTQ candidate first.
     `clip` None: the best of AUTO_CLIPS for this tensor and width."""
     clip = clip if clip is not None else best_clip(weights, bits, hessian)
     candidates = [(quantize(weights, clip, bits), "rtn")]
     if hessian is not None:
-        candidates.insert(0, (_gptq(weights, hessian, row_hessians, clip, name, bits), "gptq"))
+        candidates.insert(0, (_gptq(weights, hessian, factors, clip, name, bits), "gptq"))
     return [(q, _record(weights, q, clip, dtype_name, hessian, method)) for q, method in candidates]
 
 
 def _gptq(
-    weights: np.ndarray, hessian: np.ndarray, row_factors: np.ndarray | None, clip: Clip, name: str, bits: int
+    weights: np.ndarray, hessian: np.ndarray, factors: np.ndarray | None, clip: Clip, name: str, bits: int
 ) -> Quantized:
     """GPTQ under the tensor's per-row Hessians (their factors) when calibration has them (a small tied
     embedding), else under its layer's shared input Hessian."""
-    if row_factors is not None:
-        return gptq_rows(weights, row_factors, clip, name=name, bits=bits)
+    if factors is not None:
+        return gptq_rows(weights, factors, clip, name=name, bits=bits)
     return gptq_quantize(weights, hessian, clip, name=name, bits=bits)
 
 
@@ -447,7 +446,7 @@ def _quantize_all(
 ) -> None:  # fmt: skip
     """numpy releases the GIL: one thread per core."""
     hessians = calibration.hessians if calibration is not None else {}
-    row_hessians = calibration.row_hessians if calibration is not None else {}
+    factors = calibration.row_factors if calibration is not None else {}
     widths = parse_bits(options.bits)
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
         jobs = {
@@ -459,7 +458,7 @@ def _quantize_all(
                 hessians.get(n),
                 n,
                 widths.get(tensor_kind(n), widths["default"]),
-                row_hessians.get(n),
+                factors.get(n),
             )  # fmt: skip
             for n in plan.to_quantize
         }
