@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_qat import WORK, train_pair  # noqa: E402
+from bench_qat import WORK, add_pair_arguments, train_pair  # noqa: E402
 
 from aprtool.container.constants import DEFAULT_CLIP  # noqa: E402
 from aprtool.data.prepare import prepare_corpus  # noqa: E402
@@ -72,12 +73,8 @@ def small_timing(corpus: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--budget", type=float, default=240.0)
-    parser.add_argument("--size", default="tiny")
+    add_pair_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--qat-frac", type=float, default=0.25)
-    parser.add_argument("--warmdown-frac", type=float, default=0.3)
-    parser.add_argument("--eval-tokens", type=int, default=30000)
     parser.add_argument("--reuse", action="store_true", help="use the models a previous run trained")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -85,7 +82,7 @@ def main() -> None:
     runs = {label: WORK / f"seed{args.seed}" / label for label in ("no_qat", "late_qat")}
     if not (args.reuse and all((r / "model.apr").is_file() for r in runs.values())):
         for run in runs.values():
-            subprocess.run(["rm", "-rf", str(run)], check=True)
+            shutil.rmtree(run, ignore_errors=True)
         train_pair(corpus, args.seed, args)
     result = {"size": args.size, "budget_s": args.budget, "seed": args.seed}
     for label, run in runs.items():

@@ -50,14 +50,19 @@ def train_pair(corpus: Path, seed: int, args: argparse.Namespace) -> dict[str, P
     return runs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the pair `train_pair` trains and of how its models are scored (bench_gptq.py too)."""
     parser.add_argument("--budget", type=float, default=240.0)
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--qat-frac", type=float, default=0.25)
     parser.add_argument("--warmdown-frac", type=float, default=0.3)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--eval-tokens", type=int, default=30000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    add_pair_arguments(parser)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)

@@ -195,6 +195,8 @@ def compress_file(
     source = _Source(src)
     try:
         plan = _plan(source, options)
+        if plan.repack and options.budget is not None:  # a repack keeps the symbols: no width to choose
+            raise UsageError(f"--budget: {src} is already quantized; give its float model a budget instead")
         quantizing = not plan.repack and options.quant == "int6"
         clip, clip_source = resolve_clip(source.metadata, options) if quantizing else (None, None)
         calibration = _calibration(src, plan, options)
@@ -301,8 +303,6 @@ def _tally(values: Any) -> dict[str, int]:
 
 
 def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibration | None:
-    if plan.repack and options.budget is not None:  # a repack keeps the symbols: no width to choose
-        raise UsageError(f"--budget: {src} is already quantized; give its float model a budget instead")
     if not options.calibrate:
         return None
     if plan.repack:

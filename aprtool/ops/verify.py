@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from typing import Any
 
 from aprtool.codecs import decode_all
 from aprtool.container.verify import VerifyReport
 from aprtool.container.verify import verify_file as verify_container
 
 
-def verify_file(
-    path: str | os.PathLike[str],
-    *,
-    deep: bool = False,
-    strict: bool = False,
-    expect_tensors: int | None = None,
-    require: Sequence[tuple[str, str]] = (),
-) -> VerifyReport:
-    """Every check of `aprtool.container.verify_file`; with `deep`, encoded tensors are decoded too."""
-    return verify_container(path, deep=deep, strict=strict, expect_tensors=expect_tensors, require=require,
-                            decoder=decode_all)  # fmt: skip
+def verify_file(path: str | os.PathLike[str], **options: Any) -> VerifyReport:
+    """`aprtool.container.verify_file` (the same options: deep, strict, expect_tensors, require) with the
+    codecs' decoder, so that with `deep` encoded tensors are decoded too."""
+    return verify_container(path, decoder=decode_all, **options)
