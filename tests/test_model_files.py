@@ -19,6 +19,7 @@ import torch
 from test_hostile import one_line_error, snapshot
 
 import aprtool
+from aprtool.container.tokenizer_text import embedded_text
 from aprtool.data.tokenizer import BpeTokenizer
 from aprtool.errors import EXIT_FAILED, EXIT_INVALID, AprError
 from aprtool.evaluate.bpb import evaluate_bpb
@@ -83,7 +84,7 @@ def test_a_tokenizer_path_in_the_metadata_is_never_opened(cli, tmp_path, bpe_jso
     r = cli("compress", model, "-o", tmp_path / "out" / "m.int6.apr", timeout=60)
     assert r.code == 0, r.stderr
     with aprtool.open_apr(tmp_path / "out" / "m.int6.apr") as f:  # embedded from the sidecar, not the path
-        assert f.metadata["tokenizer"]["json"].encode() == bpe_json
+        assert embedded_text(f.metadata["tokenizer"]).encode() == bpe_json
     assert not (tmp_path / "out" / "tokenizer.json").exists()
     (tmp_path / "m" / "tokenizer.json").unlink()  # now only the metadata's path would lead to a tokenizer
     for args in (["eval", model], ["export", model, "-o", tmp_path / "hf2", "--to", "hf"]):

@@ -8,6 +8,7 @@ from typing import Any
 from aprtool.container import constants as C
 from aprtool.container.reader import open_apr
 from aprtool.container.scan import scan_file
+from aprtool.container.tokenizer_text import has_embedded_text, summarise_tokenizer
 
 
 def param_count(tensors: Any) -> int:
@@ -34,11 +35,8 @@ def inspect_file(path: str | os.PathLike[str], *, checksums: bool = True) -> dic
         if isinstance(metadata.get(C.APRTOOL_KEY), dict):  # per-tensor records go in "tensors"
             metadata[C.APRTOOL_KEY] = {k: v for k, v in metadata[C.APRTOOL_KEY].items() if k != "tensors"}
         tok = metadata.get(C.TOKENIZER_KEY)
-        if isinstance(tok, dict) and isinstance(tok.get("json"), str):  # 100 KB+ of vocabulary: summarised
-            metadata[C.TOKENIZER_KEY] = {
-                **tok,
-                "json": f"<embedded tokenizer.json, {len(tok['json'].encode()):,} bytes>",
-            }
+        if has_embedded_text(tok):  # 100 KB+ of vocabulary: summarised
+            metadata[C.TOKENIZER_KEY] = summarise_tokenizer(tok)
         return {
             "file": str(path),
             "format": "APR v2",

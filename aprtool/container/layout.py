@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aprtool.container import constants as C
+from aprtool.container.tokenizer_text import has_embedded_text
 from aprtool.errors import (
     MetadataError,
     NotAprError,
@@ -107,7 +108,7 @@ def unpack_header(raw: bytes) -> Header:
 def carries_tokenizer(metadata: dict[str, Any]) -> bool:
     """The metadata holds a complete tokenizer: aprtool's bytes tokenizer, or a BPE with its JSON."""
     tok = metadata.get(C.TOKENIZER_KEY)
-    return isinstance(tok, dict) and (tok.get("kind") == "bytes" or isinstance(tok.get("json"), str))
+    return isinstance(tok, dict) and (tok.get("kind") == "bytes" or has_embedded_text(tok))
 
 
 def encode_metadata(metadata: dict[str, Any]) -> bytes:

@@ -11,6 +11,7 @@ from typing import Any
 from aprtool.container import constants as C
 from aprtool.container.reader import AprFile, open_apr
 from aprtool.container.scan import scan_file
+from aprtool.container.tokenizer_text import has_embedded_text, verified_text
 from aprtool.errors import (
     EXIT_FAILED,
     EXIT_INVALID,
@@ -157,10 +158,25 @@ def verify_file(
         _tensor_checksums(f, scan, report)
         _content(f, scan, report, strict)
         _counts(f, report, expect_tensors)
+        _tokenizer(f, report)
         check_required(report, f.metadata, require)
         if deep:
             _decode_all(f, report, decoder)
     return report
+
+
+def _tokenizer(f: AprFile, report: VerifyReport) -> None:
+    """An embedded tokenizer.json must decode and match its sha256 (section 3.2), or the model cannot run."""
+    info = f.metadata.get(C.TOKENIZER_KEY)
+    if not has_embedded_text(info):
+        return
+    try:
+        text = verified_text(info)
+    except FormatError as exc:
+        report.add("tokenizer", False, str(exc))
+        report.fail(str(exc), EXIT_INVALID)
+        return
+    report.add("tokenizer", True, f"embedded tokenizer.json, {len(text.encode('utf-8')):,} bytes, sha256 matches")
 
 
 def _decode_all(f: AprFile, report: VerifyReport, decoder: Decoder | None) -> None:

@@ -22,6 +22,7 @@ from aprtool.container.layout import (
     pack_header,
     pad64,
 )
+from aprtool.container.tokenizer_text import pack_tokenizer
 from aprtool.errors import FileAccessError, UsageError
 
 _NUMPY_TO_APR = {
@@ -135,7 +136,7 @@ def write_apr(
     """
     path = Path(path)
     entries = _entries(tensors)
-    meta = dict(metadata or {})
+    meta = pack_tokenizer(dict(metadata or {}))  # the tokenizer.json travels xz-compressed (section 3.2)
     if tensor_records:
         records = {e.name: {C.CHECKSUM_ALGORITHM: xxhash.xxh3_64_hexdigest(e.data), **e.record} for e in entries}
         aprtool_meta = dict(meta.get(C.APRTOOL_KEY) or {})

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from aprtool.container.tokenizer_text import PACKED_KEY, TEXT_KEY, has_embedded_text, verified_text
 from aprtool.errors import FormatError, UsageError
 
 EOS = "<|endoftext|>"
@@ -125,7 +126,7 @@ def check_tokenizer_info(info: Any, where: str, max_vocab: int = 1 << 21) -> dic
 
 def bpe_json(info: dict[str, Any], directory: Path) -> str:
     """The text of the BPE tokenizer `info` describes, checked against the sha256 `info` must record: the
-    copy embedded in `info["json"]` (files written by aprtool since the tokenizer travels inside them),
+    copy embedded in `info` (files written by aprtool since the tokenizer travels inside them),
     else DIRECTORY/tokenizer.json, whatever name `info` gives (a path inside a file is never opened)."""
     from aprtool.errors import FileAccessError
     from aprtool.paths import read_input
@@ -133,10 +134,8 @@ def bpe_json(info: dict[str, Any], directory: Path) -> str:
     digest = info.get("sha256")
     if not isinstance(digest, str) or len(digest) != 64:
         raise FormatError("tokenizer.sha256: a BPE tokenizer entry must record the sha256 of its tokenizer.json")
-    embedded = info.get("json")
+    embedded = verified_text(info)
     if embedded is not None:
-        if not isinstance(embedded, str) or hashlib.sha256(embedded.encode("utf-8")).hexdigest() != digest:
-            raise FormatError("tokenizer.json: the embedded tokenizer does not match the sha256 recorded for it")
         return embedded
     path = directory / TOKENIZER_FILE
     try:
@@ -168,7 +167,7 @@ def embed_tokenizer(metadata: dict[str, Any], path: Path) -> tuple[dict[str, Any
     from aprtool.errors import AprError
 
     info = metadata.get(TOKENIZER_KEY)
-    if not isinstance(info, dict) or info.get("kind") != "bpe" or isinstance(info.get("json"), str):
+    if not isinstance(info, dict) or info.get("kind") != "bpe" or has_embedded_text(info):
         return metadata, None
     try:
         text = bpe_json(info, path.parent)
@@ -179,4 +178,4 @@ def embed_tokenizer(metadata: dict[str, Any], path: Path) -> tuple[dict[str, Any
 
 def without_tokenizer_text(info: dict[str, Any]) -> dict[str, Any]:
     """A tokenizer entry without the embedded JSON (for records that only need to identify it)."""
-    return {k: v for k, v in info.items() if k != "json"}
+    return {k: v for k, v in info.items() if k not in (TEXT_KEY, PACKED_KEY)}
