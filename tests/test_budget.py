@@ -9,7 +9,7 @@ import pytest
 
 import aprtool
 from aprtool.codecs import Clip, quantize
-from aprtool.ops.budget import Choice, allocate, rounding_cost, undo_last
+from aprtool.ops.budget import Choice, allocate, refine, rounding_cost, undo_last
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "fixtures" / "models" / "tiny-bytes.apr"
@@ -40,6 +40,23 @@ def test_the_file_never_exceeds_the_budget_and_uses_it(cli, tmp_path):
     assert widths == {"int8": sum(widths.values())}  # an ample budget buys the widest grid everywhere
 
 
+def test_a_calibrated_budget_fits_exactly_and_reports_its_rounding_and_local_search(cli, tmp_path):
+    floor = _smallest(cli, tmp_path)
+    out = tmp_path / "c.apr"
+    r = cli("compress", MODEL, "-o", out, *ARGS, "--budget", str(floor + 6000), "--calibrate", "--calib-tokens", "4096",
+            "--json", timeout=300)  # fmt: skip
+    assert r.code == 0, r.stderr
+    budget = r.json()["budget"]
+    assert out.stat().st_size == budget["file_bytes"] <= floor + 6000
+    assert isinstance(budget["refine_steps"], int) and budget["refine_steps"] >= 0
+    quantized = sum(t["action"].startswith("int") for t in r.json()["tensors"])
+    assert sum(budget["methods"].values()) == sum(budget["widths"].values()) == quantized == 11
+    assert aprtool.verify_file(out, deep=True).valid
+    shown = cli("compress", MODEL, "-o", out, *ARGS, "--budget", str(floor + 6000), "--calibrate", "--calib-tokens",
+                "4096", "--force", timeout=300)  # fmt: skip
+    assert shown.code == 0 and f"file {budget['file_bytes']:,} bytes" in shown.stdout
+
+
 def test_an_unreachable_budget_names_the_smallest_size_and_writes_nothing(cli, tmp_path):
     out = tmp_path / "o.apr"
     floor = _smallest(cli, tmp_path)
@@ -67,6 +84,33 @@ def test_the_allocation_follows_cost_saved_per_byte():
     chosen, taken = allocate(choices, 800 + 100 + 100)  # room for two upgrades past 4 + 4 bits
     assert choices["dear"][chosen["dear"]].bits == 6 and choices["cheap"][chosen["cheap"]].bits == 4
     assert undo_last(chosen, taken, choices) and choices["dear"][chosen["dear"]].bits == 5
+
+
+def test_refine_corrects_costs_that_do_not_add_up_and_stays_within_the_payload():
+    import numpy as np
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    qs = [quantize(w, Clip.parse("absmax"), b) for b in (4, 5, 6)]
+
+    def options(costs: list[float]) -> list[Choice]:
+        return [Choice(q, {}, 100 * q.bits, c) for q, c in zip(qs, costs, strict=True)]
+
+    # One at a time "a" looks dearer to leave coarse, so the allocation upgrades it; but "a" and "b"
+    # coarse together compound (b at 4 bits is what hurts): the measured loss says upgrade b instead.
+    choices = {"a": options([10.0, 4.0, 3.0]), "b": options([8.0, 5.0, 4.0])}
+    chosen, _ = allocate(choices, 900)  # room for one upgrade
+    assert (chosen["a"], chosen["b"]) == (1, 0)
+
+    def joint_loss(allocation: dict[str, int]) -> float:  # b at 4 bits doubles a's cost
+        a, b = (choices[n][allocation[n]].cost for n in ("a", "b"))
+        return a * (2 if allocation["b"] == 0 else 1) + b
+
+    steps = refine(choices, chosen, 900, joint_loss, max_evals=20)
+    assert steps and (steps[-1]["a"], steps[-1]["b"]) == (0, 1)
+    assert all(sum(choices[n][i].payload for n, i in s.items()) <= 900 for s in steps)
+    losses = [joint_loss(chosen)] + [joint_loss(s) for s in steps]
+    assert losses == sorted(losses, reverse=True) and len(set(losses)) == len(losses)  # each step lower
+    assert refine(choices, chosen, 900, joint_loss, max_evals=1) == []  # the budget of evaluations holds
 
 
 def test_without_a_clip_the_budget_also_chooses_each_tensors_clip(cli, tmp_path):

@@ -105,8 +105,9 @@ def _render(report: dict[str, Any]):
         if report.get("budget"):
             b = report["budget"]
             widths = ", ".join(f"{n} ×{k}" for n, k in b["widths"].items())
+            refined = f"; {b['refine_steps']} steps of local search on the joint loss" if b.get("refine_steps") else ""
             console.print(f"budget {b['bytes']:,} bytes: file {b['file_bytes']:,} bytes; widths {widths} "
-                          f"(smallest reachable {b['smallest_bytes']:,}; cost: {b['cost']})")  # fmt: skip
+                          f"(smallest reachable {b['smallest_bytes']:,}; cost: {b['cost']}{refined})")  # fmt: skip
             console.print(_allocation(report))
         elif report.get("clip") == "auto":
             console.print(_clips(report))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ import numpy as np
 
 from aprtool.codecs.quant import Quantized, as_rows
 from aprtool.container import write_apr
+
+# Joint-loss evaluations the local search (refine) may spend, per quantized tensor: one forward pass over
+# the calibration selection each.
+REFINE_EVALS_PER_TENSOR = 4
 
 
 @dataclass
@@ -99,6 +104,57 @@ def allocate(choices: dict[str, list[Choice]], payload_budget: int) -> tuple[dic
         taken.append((name, h[k + 1]))
         push(name)
     return {name: hulls[name][at[name]] for name in choices}, taken
+
+
+def refine(
+    choices: dict[str, list[Choice]], chosen: dict[str, int], payload_budget: int,
+    joint_loss: Callable[[dict[str, int]], float], max_evals: int,
+) -> list[dict[str, int]]:  # fmt: skip
+    """Local search on the model's measured loss with every tensor rounded at once, which the allocation's
+    sum of one-tensor costs misjudges at coarse widths (errors compound): move one tensor a step up its
+    hull, or one up and another down, when the payloads fit and the joint loss is lower. The sum of costs
+    only orders the tries. Returns the accepted allocations in order (each lower than the one before)."""
+    hulls = {n: lower_hull(c) for n, c in choices.items()}
+    if any(i not in hulls[n] for n, i in chosen.items()):
+        return []
+    pos = {n: hulls[n].index(i) for n, i in chosen.items()}
+
+    def at(n: str, k: int) -> Choice:
+        return choices[n][hulls[n][k]]
+
+    def moves() -> list[tuple[float, tuple[tuple[str, int], ...]]]:
+        spent = sum(at(n, k).payload for n, k in pos.items())
+        out = []
+        for up in (n for n in pos if pos[n] + 1 < len(hulls[n])):
+            now, nxt = at(up, pos[up]), at(up, pos[up] + 1)
+            more, gain = nxt.payload - now.payload, now.cost - nxt.cost
+            if spent + more <= payload_budget:
+                out.append((-gain, ((up, 1),)))
+            for down in (n for n in pos if n != up and pos[n] > 0):
+                less = at(down, pos[down]).payload - at(down, pos[down] - 1).payload
+                if spent + more - less <= payload_budget:
+                    out.append((at(down, pos[down] - 1).cost - at(down, pos[down]).cost - gain, ((down, -1), (up, 1))))
+        return sorted(out)
+
+    def allocation(p: dict[str, int]) -> dict[str, int]:
+        return {n: hulls[n][k] for n, k in p.items()}
+
+    best, evals, accepted = joint_loss(allocation(pos)), 1, []
+    while evals < max_evals:
+        for _, move in moves():
+            if evals >= max_evals:
+                return accepted
+            trial = dict(pos)
+            for n, step in move:
+                trial[n] += step
+            loss, evals = joint_loss(allocation(trial)), evals + 1
+            if loss < best:
+                pos, best = trial, loss
+                accepted.append(allocation(pos))
+                break
+        else:
+            break  # no move lowers the loss
+    return accepted
 
 
 def undo_last(chosen: dict[str, int], taken: list[tuple[str, int]], choices: dict[str, list[Choice]]) -> bool:

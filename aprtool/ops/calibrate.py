@@ -57,15 +57,20 @@ class Calibration:
     def loss_with(self, name: str, values: np.ndarray) -> float:
         """Mean cross-entropy (nats/token) on the selection windows with tensor `name` set to `values`
         and every other tensor float: how much this one tensor's rounding costs the model."""
+        return self.loss_with_all({name: values})
+
+    def loss_with_all(self, values: dict[str, np.ndarray]) -> float:
+        """The same with every tensor of `values` set at once (the others float)."""
         import torch
         import torch.nn.functional as F
 
-        param = self.model.state_dict(keep_vars=True)[name]
-        saved = param.detach().clone()
+        params = self.model.state_dict(keep_vars=True)
+        saved = {n: params[n].detach().clone() for n in values}
         total, count = 0.0, 0
         try:
             with torch.no_grad():
-                param.copy_(torch.from_numpy(np.ascontiguousarray(values, np.float32)).reshape(param.shape))
+                for n, v in values.items():
+                    params[n].copy_(torch.from_numpy(np.ascontiguousarray(v, np.float32)).reshape(params[n].shape))
                 for start in range(0, len(self.select), 8):
                     batch = self.select[start : start + 8]
                     logits = self.model(batch[:, :-1])
@@ -74,7 +79,8 @@ class Calibration:
                     count += targets.numel()
         finally:
             with torch.no_grad():
-                param.copy_(saved)
+                for n, v in saved.items():
+                    params[n].copy_(v)
         return total / count
 
 

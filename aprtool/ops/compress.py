@@ -26,7 +26,16 @@ from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
 from aprtool.data.tokenizer import embed_tokenizer
 from aprtool.errors import IntegrityError, MetadataError, UsageError
-from aprtool.ops.budget import Choice, allocate, lower_hull, measured_size, rounding_cost, undo_last
+from aprtool.ops.budget import (
+    REFINE_EVALS_PER_TENSOR,
+    Choice,
+    allocate,
+    lower_hull,
+    measured_size,
+    refine,
+    rounding_cost,
+    undo_last,
+)
 from aprtool.ops.calibrate import DEFAULT_CALIB_TOKENS, MAX_CALIB_TOKENS, Calibration, calibrate
 from aprtool.paths import input_file, output_path
 from aprtool.text import printable
@@ -287,6 +296,9 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -
     size = measure(chosen)
     while size > options.budget and undo_last(chosen, taken, choices):
         size = measure(chosen)
+    steps = 0
+    if calibration is not None and size <= options.budget:
+        chosen, size, steps = _refined(choices, chosen, size, options.budget, calibration, measure)
     for name, i in chosen.items():
         c = choices[name][i]
         plan.quantized[name] = (c.q, c.record)
@@ -294,8 +306,26 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -
                            "cost": c.cost, **c.record}  # fmt: skip
     picked = [choices[n][i] for n, i in chosen.items()]
     return {"bytes": options.budget, "file_bytes": size, "smallest_bytes": floor, "cost": _cost_name(calibration),
-            "widths": _tally(f"int{c.bits}" for c in picked), "clips": _tally(c.record["clip"] for c in picked),
+            "refine_steps": steps, "widths": _tally(f"int{c.bits}" for c in picked),
+            "clips": _tally(c.record["clip"] for c in picked),
             **({"methods": _tally(c.record["method"] for c in picked)} if calibration is not None else {})}  # fmt: skip
+
+
+def _refined(choices, chosen, size: int, budget: int, calibration: Calibration, measure) -> tuple[dict, int, int]:
+    """The allocation after a local search on the joint calibration loss (budget.refine): its last
+    accepted step whose written file fits the budget (with its size and how many steps it took), else
+    the allocation as it was."""
+    room = sum(choices[n][i].payload for n, i in chosen.items()) + budget - size
+
+    def joint_loss(allocation: dict[str, int]) -> float:
+        return calibration.loss_with_all({n: choices[n][i].q.dequantize() for n, i in allocation.items()})
+
+    steps = refine(choices, chosen, room, joint_loss, REFINE_EVALS_PER_TENSOR * len(chosen))
+    for taken in range(len(steps), 0, -1):
+        refined_size = measure(steps[taken - 1])
+        if refined_size <= budget:
+            return steps[taken - 1], refined_size, taken
+    return chosen, size, 0
 
 
 def _tally(values: Any) -> dict[str, int]:
