@@ -138,6 +138,8 @@ def test_a_file_with_the_tokenizer_as_plain_text_is_read_and_compress_packs_it(c
     with aprtool.open_apr(tmp_path / "c.apr") as f:
         assert "json" not in f.metadata["tokenizer"] and embedded_text(f.metadata["tokenizer"]) == sidecar
     assert (tmp_path / "c.apr").stat().st_size < old.stat().st_size - len(sidecar) / 2
+    r = cli("diff", old, bpe_run / "model.apr", "--json")  # the same tokenizer, stored two ways
+    assert r.code == 0 and "tokenizer" not in r.json()["metadata_changed"], r.stdout
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from aprtool.container import constants as C
+from aprtool.container.tokenizer_text import PACKED_KEY, TEXT_KEY
 from aprtool.errors import UsageError
 from aprtool.files.views import GgufView, open_view
 from aprtool.interop.gguf_io import hf_name, unpermute_for_rope
@@ -57,8 +59,13 @@ def compare_values(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 def _metadata_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     skip = {"aprtool"}  # per-tensor checksums describe each file's bytes
     keys = sorted((set(a) | set(b)) - skip)
-    canon = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
-    return [k for k in keys if k not in a or k not in b or canon(a[k]) != canon(b[k])]
+
+    def canon(key: str, value: Any) -> str:
+        if key == C.TOKENIZER_KEY and isinstance(value, dict):  # its sha256 names the text, packed or not
+            value = {k: v for k, v in value.items() if k not in (TEXT_KEY, PACKED_KEY)}
+        return json.dumps(value, sort_keys=True, default=str)
+
+    return [k for k in keys if k not in a or k not in b or canon(k, a[k]) != canon(k, b[k])]
 
 
 def _comparable_metadata(va: Any, vb: Any) -> tuple[dict[str, Any], dict[str, Any]]:
