@@ -33,7 +33,7 @@ def run(model: Path, corpus: Path, label: str, eval_tokens: int, **options) -> d
     bpb = evaluate_bpb(out, corpus=corpus, max_tokens=eval_tokens)["bits_per_byte"]
     row = {"label": label, "bytes": report["output_bytes"], "bpb": bpb, "seconds": round(seconds, 1)}
     if report["budget"]:
-        row |= {k: report["budget"].get(k) for k in ("widths", "clips", "methods")}
+        row |= {k: report["budget"].get(k) for k in ("widths", "clips", "methods", "refine_steps")}
     print(json.dumps(row), flush=True)
     return row
 

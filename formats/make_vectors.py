@@ -74,11 +74,23 @@ def int6() -> tuple[dict, dict, bool]:
     return tensors, {"name": "int6", "architecture": "none"}, True
 
 
+def int6_scales() -> tuple[dict, dict, bool]:
+    """An int6 rANS tensor with enough rows that its scales are stored coded ("scales": "lzma-planes")."""
+    from aprtool.codecs import Clip, encode, quantize
+
+    rng = np.random.default_rng(12)
+    weight = (rng.standard_normal((256, 4)) * np.linspace(0.01, 0.05, 256)[:, None]).astype(np.float32)
+    coded = encode(quantize(weight, Clip.parse("absmax")), "rans", {"clip": "absmax", "source_dtype": "F32"})
+    assert coded.tensor.record.get("scales") == "lzma-planes", coded.tensor.record
+    return {"w": coded.tensor}, {"name": "int6-scales", "architecture": "none"}, True
+
+
 # Written by aprtool before encoded tensors were stored as U8 (dtype codes 160-163 in the index): kept
 # byte for byte so the reader for files already written stays tested.
 FROZEN = [VECTOR_DIR / "int6-legacy.apr"]
 
-VECTORS = {"golden-v2": golden_v2, "all-dtypes": all_dtypes, "no-tensors": no_tensors, "int6": int6}
+VECTORS = {"golden-v2": golden_v2, "all-dtypes": all_dtypes, "no-tensors": no_tensors, "int6": int6,
+           "int6-scales": int6_scales}  # fmt: skip
 
 
 def write_vector(name: str, path: Path) -> None:

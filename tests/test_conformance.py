@@ -167,3 +167,26 @@ def test_a_repack_writes_a_file_of_before_in_the_new_encoding(cli, tmp_path):
             assert f.info(name).codec == "zstd" and f.info(name).stored_dtype.name == "U8"
             assert f.info(name).record["content_xxh3_128"] == old.info(name).record["content_xxh3_128"]
     assert cli("verify", "--deep", out).code == 0
+
+
+def test_coded_scales_read_as_the_spec_describes_them():
+    """Scales of int6-scales.apr decoded from the spec's words alone (section 5.1), not aprtool's decoder."""
+    import lzma
+
+    import numpy as np
+
+    from aprtool.codecs import decode
+    from aprtool.container import open_apr
+
+    raw = (VECTORS / "int6-scales.apr").read_bytes()
+    record = json.loads(raw[64 : 64 + struct.unpack_from("<I", raw, 20)[0]])["aprtool"]["tensors"]["w"]
+    assert record["scales"] == "lzma-planes" and record["rows"] == 256
+    with open_apr(VECTORS / "int6-scales.apr") as f:
+        payload = bytes(f.raw("w"))
+        decoded = decode(f, "w").scales
+    filters = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20, "lc": 0, "lp": 0, "pb": 0}]
+    stream = payload[: record["scale_bytes"]]
+    planes = np.frombuffer(lzma.decompress(stream, lzma.FORMAT_RAW, filters=filters), np.uint8)
+    assert planes.size == 2 * 256
+    scales = ((planes[:256].astype(np.uint16) << 8) | planes[256:]).view("<f2")
+    assert np.array_equal(scales.view(np.uint16), decoded.view(np.uint16))

@@ -1,6 +1,7 @@
 """Encoded int6 tensors inside an APR file: payload layout, content digest, encode and decode.
 
-Payload (every codec): rows x fp16 scales (LE), then the codec's body holding rows x cols symbols.
+Payload (every codec): the row scales, rows x fp16 (LE) or coded (record `scales`, `scale_bytes`), then
+the codec's body holding rows x cols symbols.
 The metadata record carries the codec, the quantization settings and `content_xxh3_128`, a digest
 of the decoded content (shape, symbols, scales) that stays the same whatever codec stores it.
 """
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from aprtool.codecs.coders import CODERS, DecodeError
+from aprtool.codecs.coders import CODERS, DecodeError, decode_scales, encode_scales
 from aprtool.codecs.quant import Quantized, as_rows, levels_for
 from aprtool.container import constants as C
 from aprtool.container.layout import DTYPES_BY_NAME, TensorInfo
@@ -56,15 +57,26 @@ def encode(q: Quantized, codec: str, record: dict[str, Any]) -> Encoded:
     start = time.perf_counter()
     body = coder.encode(q.symbols, q.counts)
     seconds = time.perf_counter() - start
-    payload = q.scales.astype("<f2").tobytes() + body
+    scales, how = q.scales.astype("<f2").tobytes(), {}
+    coded = encode_scales(q.scales) if codec != "raw" else scales  # raw stays one plain byte per symbol
+    if len(coded) < len(scales):
+        scales, how = coded, {C.SCALES_KEY: C.SCALE_CODING, C.SCALE_BYTES_KEY: len(coded)}
+    payload = scales + body
     full = {
-        **record,
+        **{k: v for k, v in record.items() if k not in (C.SCALES_KEY, C.SCALE_BYTES_KEY)},  # a repack codes anew
         "codec": codec,
         "quant": f"int{q.bits}",
         "rows": int(q.symbols.shape[0]),
         "content_xxh3_128": content_digest(q),
+        **how,
     }
     return Encoded(EncodedTensor(DTYPES_BY_NAME[coder.dtype_name], q.shape, payload, full), seconds)
+
+
+def body_of(tensor: EncodedTensor) -> memoryview:
+    """The codec's body of a tensor `encode` made: its payload after the row scales."""
+    start = tensor.record.get(C.SCALE_BYTES_KEY, 2 * int(tensor.record["rows"]))
+    return memoryview(tensor.payload)[start:]
 
 
 def is_encoded(info: TensorInfo) -> bool:
@@ -104,13 +116,31 @@ def _plan(f: AprFile, name: str, verify: bool) -> _Plan:
         raise LimitError(f"tensor {name!r}: shape {list(info.shape)} exceeds {C.MAX_DECODED_ELEMENTS:,} elements")
     payload = f.raw(name, verify=verify)
     rows, cols = as_rows(info.shape)
-    if record.get("rows") != rows or len(payload) < 2 * rows:
-        raise DecodeError(f"tensor {name!r}: payload of {len(payload)} bytes is too short for {rows} row scales")
-    scales = np.frombuffer(payload[: 2 * rows], dtype="<f2").astype(np.float16)
+    if record.get("rows") != rows:
+        raise DecodeError(f"tensor {name!r}: record rows {str(record.get('rows'))[:20]!r}, shape has {rows}")
+    scales, used = _scales(name, record, payload, rows)
     bad = int(np.count_nonzero(~np.isfinite(scales) | (scales < 0)))
     if bad:
         raise DecodeError(f"tensor {name!r}: {bad} row scale(s) are NaN, infinite or negative")
-    return _Plan(codec, rows, cols, scales, payload[2 * rows :], record, bits)
+    return _Plan(codec, rows, cols, scales, payload[used:], record, bits)
+
+
+def _scales(name: str, record: dict[str, Any], payload: memoryview, rows: int) -> tuple[np.ndarray, int]:
+    """The row scales at the start of the payload (plain fp16, or coded: section 5) and their bytes."""
+    how = record.get(C.SCALES_KEY, "f16")
+    if how == "f16":
+        if len(payload) < 2 * rows:
+            raise DecodeError(f"tensor {name!r}: payload of {len(payload)} bytes is too short for {rows} row scales")
+        return np.frombuffer(payload[: 2 * rows], dtype="<f2").astype(np.float16), 2 * rows
+    if how != C.SCALE_CODING:
+        raise DecodeError(f"tensor {name!r}: record scales {str(how)[:20]!r} is not f16 or {C.SCALE_CODING}")
+    size = record.get(C.SCALE_BYTES_KEY)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= len(payload):
+        raise DecodeError(f"tensor {name!r}: record scale_bytes {str(size)[:20]!r} is not 1..{len(payload)}")
+    try:
+        return decode_scales(payload[:size], rows).astype(np.float16), size
+    except DecodeError as exc:
+        raise DecodeError(f"tensor {name!r}: {exc}") from None
 
 
 def _symbols_in_range(name: str, chunk: np.ndarray, bits: int) -> None:

@@ -69,6 +69,12 @@ ENCODED_DTYPE_MIN = 160
 LOGICAL_DTYPE_KEY = "logical_dtype"  # an encoded dtype's name, e.g. "INT6_RANS"
 LOGICAL_SHAPE_KEY = "logical_shape"  # the decoded shape
 
+# An encoded tensor's row scales are plain fp16 unless its record says how they are coded (section 5):
+# "scales": "lzma-planes" (high bytes, then low bytes, one raw LZMA2 stream) and "scale_bytes": its length.
+SCALES_KEY = "scales"
+SCALE_BYTES_KEY = "scale_bytes"
+SCALE_CODING = "lzma-planes"
+
 # Limits on what an encoded tensor may claim, checked before anything is decoded or allocated
 # (formats/APR.md section 5.2). The largest tensor of any published LLM has ~2.1e9 elements.
 MAX_DECODED_ELEMENTS = 2**32
