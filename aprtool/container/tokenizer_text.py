@@ -1,5 +1,5 @@
 """The embedded tokenizer.json (formats/APR.md section 3.2): written xz-compressed and base64-encoded as
-`json_xz`, 3.4x smaller than the JSON-escaped text for a 4,096-token BPE; `json` (the text) is still read.
+`json_xz`, ~3.2x smaller than the JSON-escaped text for a 4,096-token BPE; `json` (the text) is still read.
 The bytes are hostile until checked: the decoded size and the decoder's memory are bounded first.
 """
 

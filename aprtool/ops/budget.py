@@ -8,8 +8,9 @@ error tr(E·H·Eᵀ) under its input Hessian); without, the squared error of the
 allocation starts every tensor at its smallest candidate and spends the remaining bytes greedily on the
 upgrade with the largest cost saved per byte (on each tensor's lower convex hull, so the greedy choice is
 the knapsack's optimum up to the last upgrade). Then the file is written and measured; while it is over
-the budget, the upgrade that saved least per byte is undone. A budget even the smallest file cannot meet
-is refused, naming that size.
+the budget, the upgrade that saved least per byte is undone. With calibration a short local search
+(`refine`) then corrects the allocation on the loss with every tensor rounded at once. A budget even the
+smallest file cannot meet is refused, naming that size.
 """
 
 from __future__ import annotations
