@@ -46,15 +46,20 @@ def pack_tokenizer(metadata: dict[str, Any]) -> dict[str, Any]:
     return {**metadata, C.TOKENIZER_KEY: packed}
 
 
+def recorded_sha256(info: dict[str, Any]) -> str:
+    """The sha256 of its tokenizer.json that a BPE tokenizer entry must record."""
+    digest = info.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise FormatError("tokenizer.sha256: a BPE tokenizer entry must record the sha256 of its tokenizer.json")
+    return digest
+
+
 def verified_text(info: dict[str, Any]) -> str | None:
     """The tokenizer.json text `info` embeds, checked against the `sha256` it records (None: no text)."""
     text = embedded_text(info)
     if text is None:
         return None
-    digest = info.get("sha256")
-    if not isinstance(digest, str) or len(digest) != 64:
-        raise FormatError("tokenizer.sha256: a BPE tokenizer entry must record the sha256 of its tokenizer.json")
-    if hashlib.sha256(text.encode("utf-8")).hexdigest() != digest:
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != recorded_sha256(info):
         raise FormatError("tokenizer: the embedded tokenizer does not match the sha256 recorded for it")
     return text
 

@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from aprtool.container.tokenizer_text import PACKED_KEY, TEXT_KEY, has_embedded_text, verified_text
+from aprtool.container.tokenizer_text import (
+    PACKED_KEY,
+    TEXT_KEY,
+    has_embedded_text,
+    recorded_sha256,
+    verified_text,
+)
 from aprtool.errors import FormatError, UsageError
 
 EOS = "<|endoftext|>"
@@ -131,9 +137,7 @@ def bpe_json(info: dict[str, Any], directory: Path) -> str:
     from aprtool.errors import FileAccessError
     from aprtool.paths import read_input
 
-    digest = info.get("sha256")
-    if not isinstance(digest, str) or len(digest) != 64:
-        raise FormatError("tokenizer.sha256: a BPE tokenizer entry must record the sha256 of its tokenizer.json")
+    digest = recorded_sha256(info)
     embedded = verified_text(info)
     if embedded is not None:
         return embedded
