@@ -6,7 +6,8 @@ The model is bench_qat.py's no-QAT `tiny` run (train it with bench_qat.py or ben
 matrix quantized (`--min-elements 4096`). Rows: uniform int6 and int5 with the fixed clip std:12.85 (the
 default before per-tensor clips) and with the per-tensor clip (today's default); then `--budget` at the
 size of uniform int6 std:12.85, of uniform int5 std:12.85 and at 75 % of int6, with calibration, and
-once without. `eval` scores every file on the same held-out tokens; results go to benchmarks/_work/.
+once without; and an ample budget (the float file's size) against uniform int8. `eval` scores every
+file on the same held-out tokens; results go to benchmarks/_work/.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def run(model: Path, corpus: Path, label: str, eval_tokens: int, **options) -> d
     bpb = evaluate_bpb(out, corpus=corpus, max_tokens=eval_tokens)["bits_per_byte"]
     row = {"label": label, "bytes": report["output_bytes"], "bpb": bpb, "seconds": round(seconds, 1)}
     if report["budget"]:
-        row |= {k: report["budget"].get(k) for k in ("widths", "clips", "methods", "refine_steps")}
+        row |= {k: report["budget"].get(k) for k in ("widths", "clips", "methods", "refine_steps", "fill_steps")}
     print(json.dumps(row), flush=True)
     return row
 
@@ -54,9 +55,10 @@ def main() -> None:
             run(args.model, args.corpus, f"int{bits}-std12.85", args.eval_tokens, bits=str(bits), clip="std:12.85")
         )
         rows.append(run(args.model, args.corpus, f"int{bits}-auto", args.eval_tokens, bits=str(bits)))
-    int6, int5 = rows[1]["bytes"], rows[3]["bytes"]
+    rows.append(run(args.model, args.corpus, "int8-auto", args.eval_tokens, bits="8"))
+    int6, int5, ample = rows[1]["bytes"], rows[3]["bytes"], rows[0]["bytes"]
     budgets = [("budget-int6", int6, True), ("budget-int5", int5, True), ("budget-75pct", int6 * 3 // 4, True),
-               ("budget-int6-uncalibrated", int6, False)]  # fmt: skip
+               ("budget-int6-uncalibrated", int6, False), ("budget-ample", ample, True)]  # fmt: skip
     for label, budget, calibrate in budgets:
         rows.append(run(args.model, args.corpus, label, args.eval_tokens, budget=budget, calibrate=calibrate))
     (WORK / "budget" / args.model.parent.name / "results.json").write_text(json.dumps(rows, indent=2))

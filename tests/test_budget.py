@@ -9,7 +9,7 @@ import pytest
 
 import aprtool
 from aprtool.codecs import Clip, quantize
-from aprtool.ops.budget import Choice, allocate, refine, rounding_cost, undo_last
+from aprtool.ops.budget import Choice, allocate, fill, refine, rounding_cost, undo_last
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "fixtures" / "models" / "tiny-bytes.apr"
@@ -111,6 +111,44 @@ def test_refine_corrects_costs_that_do_not_add_up_and_stays_within_the_payload()
     losses = [joint_loss(chosen)] + [joint_loss(s) for s in steps]
     assert losses == sorted(losses, reverse=True) and len(set(losses)) == len(losses)  # each step lower
     assert refine(choices, chosen, 900, joint_loss, max_evals=1) == []  # the budget of evaluations holds
+
+
+def test_fill_spends_bytes_the_loss_cannot_place_on_weight_error_and_stays_within_the_payload():
+    import numpy as np
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    qs = [quantize(w, Clip.parse("absmax"), b) for b in (4, 5, 6, 7, 8)]
+
+    def options(scale: float) -> list[Choice]:  # the measured loss is flat: it cannot tell the widths apart
+        return [Choice(q, {}, 100 * q.bits, 1.0, scale * rounding_cost(w, q, None)) for q in qs]
+
+    choices = {"a": options(1.0), "b": options(50.0)}
+    chosen, taken = allocate(choices, 1300)
+    assert chosen == {"a": 0, "b": 0} and not taken  # no upgrade lowers the estimated cost
+    before = dict(chosen)
+    upgrades = fill(choices, chosen, 1300)  # room for 500 more bytes of 800 to the top
+    assert sum(choices[n][i].payload for n, i in chosen.items()) <= 1300 and len(upgrades) >= 2
+    errors = {n: choices[n][i].weight_error for n, i in chosen.items()}
+    assert all(errors[n] < choices[n][0].weight_error for n in chosen)  # lower error, never higher
+    assert fill(choices, dict(chosen), 1300) == []  # nothing fits any more
+    top = dict(before)
+    fill(choices, top, 10**6)
+    assert top == {"a": 4, "b": 4}  # ample room: the widest grid everywhere
+    while undo_last(chosen, upgrades, choices, before):
+        pass
+    assert chosen == before  # undone last-first back to the allocation, not to the smallest
+
+
+def test_an_ample_calibrated_budget_buys_the_widest_grid_everywhere(cli, tmp_path):
+    # On this barely trained model the calibration loss cannot tell widths apart; the allocation alone
+    # stopped at a 48 kB file of mostly int4 under a 10 MB budget.
+    out = tmp_path / "ample.apr"
+    r = cli("compress", MODEL, "-o", out, *ARGS, "--budget", "10MB", "--calibrate", "--calib-tokens", "4096",
+            "--json", timeout=300)  # fmt: skip
+    assert r.code == 0, r.stderr
+    budget = r.json()["budget"]
+    assert budget["widths"] == {"int8": 11} and budget["fill_steps"] > 0
+    assert out.stat().st_size == budget["file_bytes"] <= 10**7 and aprtool.verify_file(out, deep=True).valid
 
 
 def test_without_a_clip_the_budget_also_chooses_each_tensors_clip(cli, tmp_path):

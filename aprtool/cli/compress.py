@@ -106,6 +106,7 @@ def _render(report: dict[str, Any]):
             b = report["budget"]
             widths = ", ".join(f"{n} ×{k}" for n, k in b["widths"].items())
             refined = f"; {b['refine_steps']} steps of local search on the joint loss" if b.get("refine_steps") else ""
+            refined += f"; {b['fill_steps']} upgrades on weight error alone" if b.get("fill_steps") else ""
             console.print(f"budget {b['bytes']:,} bytes: file {b['file_bytes']:,} bytes; widths {widths} "
                           f"(smallest reachable {b['smallest_bytes']:,}; cost: {b['cost']}{refined})")  # fmt: skip
             console.print(_allocation(report))

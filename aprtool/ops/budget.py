@@ -9,13 +9,15 @@ allocation starts every tensor at its smallest candidate and spends the remainin
 upgrade with the largest cost saved per byte (on each tensor's lower convex hull, so the greedy choice is
 the knapsack's optimum up to the last upgrade). Then the file is written and measured; while it is over
 the budget, the upgrade that saved least per byte is undone. With calibration a short local search
-(`refine`) then corrects the allocation on the loss with every tensor rounded at once. A budget even the
-smallest file cannot meet is refused, naming that size.
+(`refine`) then corrects the allocation on the loss with every tensor rounded at once. Bytes still left
+(no upgrade lowers the estimated cost) buy lower weight error (`fill`). A budget even the smallest file
+cannot meet is refused, naming that size.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -41,6 +43,11 @@ class Choice:
     record: dict[str, Any]
     payload: int  # exact bytes the codec writes (scales + body)
     cost: float  # the estimated loss increase (see the module docstring)
+    error: float | None = None  # the weights' rounding error tr(E·H·Eᵀ) or ||E||², when cost is not it
+
+    @property
+    def weight_error(self) -> float:
+        return self.cost if self.error is None else self.error
 
     @property
     def bits(self) -> int:
@@ -158,13 +165,44 @@ def refine(
     return accepted
 
 
-def undo_last(chosen: dict[str, int], taken: list[tuple[str, int]], choices: dict[str, list[Choice]]) -> bool:
-    """Step back the most recent upgrade (the one that saved least per byte); False if none is left."""
+def fill(choices: dict[str, list[Choice]], chosen: dict[str, int], payload_budget: int) -> list[tuple[str, int]]:
+    """Bytes left once no upgrade lowers the estimated cost: the allocation stops there when the model's
+    loss cannot tell these tensors' finer settings apart (their differences are below what the
+    calibration text measures). They go to the weights' own error instead: the upgrade that divides a
+    tensor's error most per byte, again and again, while the payloads fit. Updates `chosen`; returns the
+    upgrades in order (name, index), to be undone last-first like the allocation's."""
+    spent = sum(choices[n][i].payload for n, i in chosen.items())
+    taken: list[tuple[str, int]] = []
+    while True:
+        best: tuple[float, str, int] | None = None
+        for name, i in chosen.items():
+            now = choices[name][i]
+            for j, c in enumerate(choices[name]):
+                extra = c.payload - now.payload
+                if extra <= 0 or spent + extra > payload_budget or c.weight_error >= now.weight_error:
+                    continue
+                gain = math.inf if c.weight_error <= 0 else math.log(now.weight_error / c.weight_error) / extra
+                if best is None or gain > best[0]:
+                    best = (gain, name, j)
+        if best is None:
+            return taken
+        _, name, j = best
+        spent += choices[name][j].payload - choices[name][chosen[name]].payload
+        chosen[name] = j
+        taken.append((name, j))
+
+
+def undo_last(
+    chosen: dict[str, int], taken: list[tuple[str, int]], choices: dict[str, list[Choice]],
+    before: dict[str, int] | None = None,
+) -> bool:  # fmt: skip
+    """Step back the most recent upgrade (the one that saved least per byte) to the tensor's previous
+    choice: its upgrade before, else its choice in `before` (default: its smallest). False if none is left."""
     if not taken:
         return False
     name, _ = taken.pop()
     earlier = [i for n, i in taken if n == name]
-    chosen[name] = earlier[-1] if earlier else lower_hull(choices[name])[0]
+    chosen[name] = earlier[-1] if earlier else (before or {}).get(name, lower_hull(choices[name])[0])
     return True
 
 

@@ -30,6 +30,7 @@ from aprtool.ops.budget import (
     REFINE_EVALS_PER_TENSOR,
     Choice,
     allocate,
+    fill,
     lower_hull,
     measured_size,
     refine,
@@ -254,7 +255,8 @@ def _choices(
         rows = calibration.row_factors.get(name) if calibration is not None else None
         q = _gptq(w, h, rows, c, name, bits) if method == "gptq" else quantize(w, c, bits)
         record = _record(w, q, c, source.dtype_name(name), h, method)
-        return Choice(q, record, len(enc.encode(q, options.codec, record).tensor.payload), rounding_cost(w, q, h))
+        error = rounding_cost(w, q, h)
+        return Choice(q, record, len(enc.encode(q, options.codec, record).tensor.payload), error, error)
 
     def hull(options_of: list[Choice]) -> list[Choice]:
         return [options_of[i] for i in lower_hull(options_of)]
@@ -299,6 +301,9 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -
     steps = 0
     if calibration is not None and size <= options.budget:
         chosen, size, steps = _refined(choices, chosen, size, options.budget, calibration, measure)
+    filled = 0
+    if size <= options.budget:
+        filled, size = _filled(choices, chosen, size, options.budget, measure)
     for name, i in chosen.items():
         c = choices[name][i]
         plan.quantized[name] = (c.q, c.record)
@@ -306,7 +311,7 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -
                            "cost": c.cost, **c.record}  # fmt: skip
     picked = [choices[n][i] for n, i in chosen.items()]
     return {"bytes": options.budget, "file_bytes": size, "smallest_bytes": floor, "cost": _cost_name(calibration),
-            "refine_steps": steps, "widths": _tally(f"int{c.bits}" for c in picked),
+            "refine_steps": steps, "fill_steps": filled, "widths": _tally(f"int{c.bits}" for c in picked),
             "clips": _tally(c.record["clip"] for c in picked),
             **({"methods": _tally(c.record["method"] for c in picked)} if calibration is not None else {})}  # fmt: skip
 
@@ -326,6 +331,17 @@ def _refined(choices, chosen, size: int, budget: int, calibration: Calibration, 
         if refined_size <= budget:
             return steps[taken - 1], refined_size, taken
     return chosen, size, 0
+
+
+def _filled(choices, chosen: dict[str, int], size: int, budget: int, measure) -> tuple[int, int]:
+    """Spend the bytes the allocation left on lower weight error (budget.fill), undoing its last upgrades
+    while the written file is over; updates `chosen`. Returns (upgrades kept, the file's size)."""
+    before = dict(chosen)
+    taken = fill(choices, chosen, sum(choices[n][i].payload for n, i in chosen.items()) + budget - size)
+    filled = measure(chosen) if taken else size
+    while filled > budget and undo_last(chosen, taken, choices, before):
+        filled = measure(chosen) if taken else size
+    return len(taken), filled
 
 
 def _tally(values: Any) -> dict[str, int]:
