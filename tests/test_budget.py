@@ -167,6 +167,22 @@ def test_without_a_clip_the_budget_also_chooses_each_tensors_clip(cli, tmp_path)
     assert cost["free"] < 0.9 * cost["fixed"], cost  # more ways to spend the same bytes: less squared error
 
 
+def test_the_uncalibrated_budget_warning_suggests_calibrate_only_where_it_can_run(cli, tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "plain.safetensors"  # no architecture, no tokenizer: --calibrate would be refused
+    rng = np.random.default_rng(0)
+    save_file({"a.weight": rng.standard_normal((64, 96)).astype(np.float32)}, str(src))
+    plain = cli("compress", src, "-o", tmp_path / "p.apr", *ARGS, "--budget", "10000", "--json")
+    llama = cli("compress", MODEL, "-o", tmp_path / "m.apr", *ARGS, "--budget", "60000", "--json")
+    assert plain.code == 0 and llama.code == 0, plain.stderr + llama.stderr
+    (said,) = [w for w in plain.json()["warnings"] if w.startswith("--budget without --calibrate")]
+    assert "needs an aprtool Llama .apr with a tokenizer" in said
+    (said,) = [w for w in llama.json()["warnings"] if w.startswith("--budget without --calibrate")]
+    assert said.endswith("--calibrate measures it (docs/performance.md)")
+
+
 def test_the_allocation_is_printed_as_a_table_and_the_default_clips_as_a_tally(cli, tmp_path):
     r = cli("compress", MODEL, "-o", tmp_path / "b.apr", *ARGS, "--budget", "60000", "--json")
     chosen = [t for t in r.json()["tensors"] if "cost" in t]

@@ -224,25 +224,39 @@ def collect_row_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_s
     return (out.reshape(vocab, hidden, hidden) + into).numpy()
 
 
+def calibration_refusal(model_path: Path, metadata: dict[str, Any]) -> str | None:
+    """Why `--calibrate` cannot run on this model file, from its name and metadata; None if it can."""
+    from aprtool.model.io import ARCHITECTURE
+
+    if model_path.suffix == ".safetensors":
+        return f"--calibrate needs an aprtool Llama .apr model (architecture and tokenizer): {model_path}"
+    architecture = metadata.get("architecture")
+    if architecture != ARCHITECTURE:
+        found = "none" if architecture is None else repr(printable(str(architecture))[:60])
+        return f"--calibrate needs an aprtool {ARCHITECTURE} model; {model_path} has architecture {found}"
+    if metadata.get("tokenizer") is None:
+        return f"--calibrate: {model_path} names no tokenizer, so no text can be run through it"
+    return None
+
+
 def calibrate(
     model_path: Path, calib_data: Path | None = None, calib_tokens: int = DEFAULT_CALIB_TOKENS,
     quantized: Collection[str] = (EMBEDDING,),
 ) -> Calibration:  # fmt: skip
     """Hessians of every linear layer of the aprtool Llama model in `model_path` (a Calibration); per-row
     ones for the tied embedding when it is among the `quantized` tensors and small enough."""
-    from aprtool.model.io import ARCHITECTURE, load_model, load_tokenizer_for, tokenizer_info
+    from aprtool.model.io import load_model, load_tokenizer_for, tokenizer_info
 
     if not 0 < calib_tokens <= MAX_CALIB_TOKENS:
         raise UsageError(f"--calib-tokens {calib_tokens}: must be between 1 and {MAX_CALIB_TOKENS:,}")
-    if model_path.suffix == ".safetensors":
-        raise UsageError(f"--calibrate needs an aprtool Llama .apr model (architecture and tokenizer): {model_path}")
-    with open_apr(model_path) as f:
-        architecture = f.metadata.get("architecture")
-    if architecture != ARCHITECTURE:
-        found = "none" if architecture is None else repr(printable(str(architecture))[:60])
-        raise UsageError(f"--calibrate needs an aprtool {ARCHITECTURE} model; {model_path} has architecture {found}")
+    metadata: dict[str, Any] = {}
+    if model_path.suffix != ".safetensors":
+        with open_apr(model_path) as f:
+            metadata = f.metadata
+    if refusal := calibration_refusal(model_path, metadata):
+        raise UsageError(refusal)
     model, info = load_model(model_path)
-    if tokenizer_info(info.metadata, info.config) is None:
+    if tokenizer_info(info.metadata, info.config) is None:  # checked: a malformed entry is refused here
         raise UsageError(f"--calibrate: {model_path} names no tokenizer, so no text can be run through it")
     tokenizer = load_tokenizer_for(info.metadata, model_path, info.config)
     seq_len = _seq_len(model, info.metadata)

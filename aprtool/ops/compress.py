@@ -37,7 +37,13 @@ from aprtool.ops.budget import (
     rounding_cost,
     undo_last,
 )
-from aprtool.ops.calibrate import DEFAULT_CALIB_TOKENS, MAX_CALIB_TOKENS, Calibration, calibrate
+from aprtool.ops.calibrate import (
+    DEFAULT_CALIB_TOKENS,
+    MAX_CALIB_TOKENS,
+    Calibration,
+    calibrate,
+    calibration_refusal,
+)
 from aprtool.paths import input_file, output_path
 from aprtool.text import printable
 
@@ -221,7 +227,7 @@ def compress_file(
         else:
             _quantize_all(source, plan, clip, options, progress or _quiet, calibration)
         stats = _code_all(plan, options, progress or _quiet)
-        warnings += _calibration_notes(plan, calibration, budget)
+        warnings += _calibration_notes(plan, calibration, budget, src, source.metadata)
         size = None
         if not options.dry_run:
             size = write_apr(dst, {n: plan.out[n] for n in source.names}, metadata).size_bytes
@@ -365,13 +371,19 @@ def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibratio
 
 
 UNCALIBRATED_BUDGET = ("--budget without --calibrate weighs every weight's squared error alike, which does not know "
-                       "which weights the model needs; --calibrate measures it (docs/performance.md)")  # fmt: skip
+                       "which weights the model needs")  # fmt: skip
 
 
-def _calibration_notes(plan: _Plan, calibration: Calibration | None, budget: dict[str, Any] | None) -> list[str]:
-    if budget is not None:
-        return [] if calibration is not None else [UNCALIBRATED_BUDGET]
-    return _uncalibrated(plan) if calibration is not None else []
+def _calibration_notes(
+    plan: _Plan, calibration: Calibration | None, budget: dict[str, Any] | None, src: Path, metadata: dict[str, Any]
+) -> list[str]:
+    if budget is None:
+        return _uncalibrated(plan) if calibration is not None else []
+    if calibration is not None:
+        return []
+    if calibration_refusal(src, metadata) is None:
+        return [f"{UNCALIBRATED_BUDGET}; --calibrate measures it (docs/performance.md)"]
+    return [f"{UNCALIBRATED_BUDGET} (--calibrate, which measures it, needs an aprtool Llama .apr with a tokenizer)"]
 
 
 def _uncalibrated(plan: _Plan) -> list[str]:
