@@ -147,15 +147,21 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [batch, seq, vocab] for token ids [batch, seq]."""
-        t = ids.shape[1]
-        if t > self.cfg.max_position_embeddings:
-            raise UsageError(f"sequence of {t} tokens exceeds max_position_embeddings")
-        cos, sin = rope_tables(self.cfg, t, ids.device)
+        return self.from_layer(self.embed(ids))
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The first decoder layer's input [batch, seq, hidden] for token ids [batch, seq]."""
+        if ids.shape[1] > self.cfg.max_position_embeddings:
+            raise UsageError(f"sequence of {ids.shape[1]} tokens exceeds max_position_embeddings")
         embed = self.model.embed_tokens.weight
         if self.qat_embedding is not None:
             embed = torch_fake_quant(embed, self.qat_embedding)
-        x = F.embedding(ids, embed)
-        for layer in self.model.layers:
+        return F.embedding(ids, embed)
+
+    def from_layer(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Logits from decoder layer `start`'s input x [batch, seq, hidden]: the rest of `forward`."""
+        cos, sin = rope_tables(self.cfg, x.shape[1], x.device)
+        for layer in self.model.layers[start:]:
             x = layer(x, cos, sin)
         return self.lm_head(self.model.norm(x))
 
