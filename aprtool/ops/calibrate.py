@@ -13,6 +13,7 @@ too: it gets lm_head's inputs.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ MAX_CALIB_TOKENS = 16 * 1024 * 1024
 
 
 SELECT_TOKENS = 8_192  # calibration tokens on which each tensor's GPTQ and round-to-nearest symbols are scored
+SELECT_BATCH = 8  # selection windows per forward pass
+LAYER_INPUTS_BYTES = 512 * 2**20  # every decoder layer's input on the selection is kept up to this size
 
 
 # Per-row Hessians of the tied embedding (vocab × hidden × hidden, float64) are kept up to this many
@@ -53,6 +56,7 @@ class Calibration:
     select: Any  # the windows candidates are scored on (a torch tensor)
     row_hessians: dict[str, np.ndarray] = field(default_factory=dict)  # name -> one H per row (rows × cols × cols)
     row_factors: dict[str, np.ndarray] = field(default_factory=dict)  # name -> gptq.row_factors of row_hessians
+    layer_inputs: list[list[Any]] | None = None  # per decoder layer, its float input on each selection batch
 
     def loss_with(self, name: str, values: np.ndarray) -> float:
         """Mean cross-entropy (nats/token) on the selection windows with tensor `name` set to `values`
@@ -64,6 +68,8 @@ class Calibration:
         import torch
         import torch.nn.functional as F
 
+        first = min((_layer_of(n) for n in values), default=0)
+        inputs = self._inputs_of_layer(first) if first > 0 else None  # before any tensor is changed
         params = self.model.state_dict(keep_vars=True)
         saved = {n: params[n].detach().clone() for n in values}
         total, count = 0.0, 0
@@ -71,9 +77,9 @@ class Calibration:
             with torch.no_grad():
                 for n, v in values.items():
                     params[n].copy_(torch.from_numpy(np.ascontiguousarray(v, np.float32)).reshape(params[n].shape))
-                for start in range(0, len(self.select), 8):
-                    batch = self.select[start : start + 8]
-                    logits = self.model(batch[:, :-1])
+                for k, start in enumerate(range(0, len(self.select), SELECT_BATCH)):
+                    batch = self.select[start : start + SELECT_BATCH]
+                    logits = self.model(batch[:, :-1]) if inputs is None else self.model.from_layer(inputs[k], first)
                     targets = batch[:, 1:].flatten()
                     total += float(F.cross_entropy(logits.float().flatten(0, 1), targets, reduction="sum"))
                     count += targets.numel()
@@ -82,6 +88,39 @@ class Calibration:
                 for n, v in saved.items():
                     params[n].copy_(v)
         return total / count
+
+    def _inputs_of_layer(self, layer: int) -> list[Any] | None:
+        """Decoder layer `layer`'s float input on each selection batch, so that scoring a tensor of that
+        layer or a later one skips the layers before it (the same numbers: they are float in every
+        candidate). Computed once, for every layer, when they fit in LAYER_INPUTS_BYTES; else None."""
+        import torch
+
+        if self.layer_inputs is None:
+            layers = self.model.model.layers
+            size = self.select[:, :-1].numel() * self.model.cfg.hidden_size * 4 * len(layers)
+            if size > LAYER_INPUTS_BYTES:
+                return None
+            self.layer_inputs = [[] for _ in layers]
+
+            def keep(i: int):
+                return lambda _module, inputs: self.layer_inputs[i].append(inputs[0].detach().clone())
+
+            handles = [layer.register_forward_pre_hook(keep(i)) for i, layer in enumerate(layers)]
+            try:
+                with torch.no_grad():
+                    for start in range(0, len(self.select), SELECT_BATCH):
+                        self.model(self.select[start : start + SELECT_BATCH, :-1])
+            finally:
+                for handle in handles:
+                    handle.remove()
+        return self.layer_inputs[layer]
+
+
+def _layer_of(name: str) -> int:
+    """The decoder layer a weight belongs to; 0 for the embedding and anything outside the layers (the
+    final norm, an untied lm_head), which are then scored by the whole forward pass."""
+    match = re.fullmatch(r"model\.layers\.(\d+)\..+", name)
+    return int(match.group(1)) if match else 0
 
 
 def _seq_len(model: LlamaForCausalLM, metadata: dict[str, Any]) -> int:
