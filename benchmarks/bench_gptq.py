@@ -9,7 +9,8 @@ round-to-nearest, and `--calibrate` (GPTQ on the run's own training data). `eval
 and both artifacts on the same held-out tokens; the result is the float->int6 gap of each and how much
 of it GPTQ removes, with the artifact sizes (GPTQ changes which symbols are written, so the coded size
 moves a little). Also times calibration + GPTQ of the `small` preset (a 2-step model: the cost does
-not depend on training).
+not depend on training); `--only-small` times only that, and `--calibrate --budget` at the size of its
+uniform int6 file.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def compare(run: Path, corpus: Path, eval_tokens: int) -> dict:
     return out
 
 
-def small_timing(corpus: Path) -> dict:
+def small_timing(corpus: Path, with_budget: bool = False) -> dict:
     run = WORK / "gptq-small"
     if not (run / "model.apr").is_file():
         cmd = [sys.executable, "-m", "aprtool", "pretrain", "--run-dir", str(run), "--corpus", str(corpus),
@@ -66,9 +67,17 @@ def small_timing(corpus: Path) -> dict:
     )
     calibrated = time.perf_counter() - start
     start = time.perf_counter()
-    compress_file(run / "model.apr", run / "model.rtn.apr", CompressOptions(force=True, clip=DEFAULT_CLIP))
-    return {"small_calibrate_gptq_compress_s": round(calibrated, 1), "small_rtn_compress_s": round(
-        time.perf_counter() - start, 1)}  # fmt: skip
+    uniform = compress_file(run / "model.apr", run / "model.rtn.apr", CompressOptions(force=True, clip=DEFAULT_CLIP))
+    result = {"small_calibrate_gptq_compress_s": round(calibrated, 1),
+              "small_rtn_compress_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+    if with_budget:  # --calibrate --budget at the uniform file's size: about 6 minutes on 2 cores
+        start = time.perf_counter()
+        report = compress_file(run / "model.apr", run / "model.budget.apr",
+                               CompressOptions(force=True, calibrate=True, budget=uniform["output_bytes"]))  # fmt: skip
+        result |= {"small_calibrate_budget_s": round(time.perf_counter() - start, 1),
+                   "small_budget_file_bytes": report["output_bytes"],
+                   "small_uniform_bytes": uniform["output_bytes"]}  # fmt: skip
+    return result
 
 
 def main() -> None:
@@ -76,9 +85,14 @@ def main() -> None:
     add_pair_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse", action="store_true", help="use the models a previous run trained")
+    parser.add_argument("--only-small", action="store_true",
+                        help="only the small preset's timings, --calibrate --budget included")  # fmt: skip
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     corpus = prepare_corpus(None, WORK.parent / "stdlib-bpe").directory  # the one bench_qat uses
+    if args.only_small:
+        print(json.dumps(small_timing(corpus, with_budget=True), indent=2))
+        return
     runs = {label: WORK / f"seed{args.seed}" / label for label in ("no_qat", "late_qat")}
     if not (args.reuse and all((r / "model.apr").is_file() for r in runs.values())):
         for run in runs.values():
