@@ -284,7 +284,7 @@ def calibrate(
 ) -> Calibration:  # fmt: skip
     """Hessians of every linear layer of the aprtool Llama model in `model_path` (a Calibration); per-row
     ones for the tied embedding when it is among the `quantized` tensors and small enough."""
-    from aprtool.model.io import load_model, load_tokenizer_for, tokenizer_info
+    from aprtool.model.io import load_model, load_tokenizer_for
 
     if not 0 < calib_tokens <= MAX_CALIB_TOKENS:
         raise UsageError(f"--calib-tokens {calib_tokens}: must be between 1 and {MAX_CALIB_TOKENS:,}")
@@ -295,9 +295,7 @@ def calibrate(
     if refusal := calibration_refusal(model_path, metadata):
         raise UsageError(refusal)
     model, info = load_model(model_path)
-    if tokenizer_info(info.metadata, info.config) is None:  # checked: a malformed entry is refused here
-        raise UsageError(f"--calibrate: {model_path} names no tokenizer, so no text can be run through it")
-    tokenizer = load_tokenizer_for(info.metadata, model_path, info.config)
+    tokenizer = load_tokenizer_for(info.metadata, model_path, info.config)  # checks the entry
     seq_len = _seq_len(model, info.metadata)
     tokens, source = calibration_tokens(model_path, info.metadata, tokenizer, calib_data, calib_tokens + seq_len)
     windows = _windows(tokens, seq_len, math.ceil(calib_tokens / seq_len), source)
