@@ -151,6 +151,19 @@ def test_an_ample_calibrated_budget_buys_the_widest_grid_everywhere(cli, tmp_pat
     assert out.stat().st_size == budget["file_bytes"] <= 10**7 and aprtool.verify_file(out, deep=True).valid
 
 
+def test_a_calibrated_budget_reports_progress_through_every_stage(tmp_path):
+    from aprtool.ops.compress import CompressOptions, compress_file
+
+    seen: dict[str, list[tuple[int, int]]] = {}
+    options = CompressOptions(min_elements=4096, budget=60_000, calibrate=True, calib_tokens=1024)
+    compress_file(MODEL, tmp_path / "p.apr", options, lambda stage, done, total: seen.setdefault(stage, []).append(
+        (done, total)))  # fmt: skip
+    for stage in ("candidates", "GPTQ candidates", "costing on calibration text", "code"):
+        steps = seen[stage]
+        assert [d for d, _ in steps] == list(range(1, len(steps) + 1)) and steps[-1][0] == steps[-1][1], stage
+    assert seen["candidates"][-1][1] == 11 and seen["costing on calibration text"][-1][1] > 11
+
+
 def test_without_a_clip_the_budget_also_chooses_each_tensors_clip(cli, tmp_path):
     uniform6 = tmp_path / "u6.apr"
     assert cli("compress", MODEL, "-o", uniform6, *ARGS, "--clip", "std:12.85").code == 0

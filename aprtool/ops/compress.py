@@ -201,7 +201,8 @@ def compress_file(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Compress `src` (.apr or .safetensors) into `dst` (default: `default_output`); return the report
-    (the CLI's --json). `progress(stage, done, total)` is called as tensors are quantized and coded."""
+    (the CLI's --json). `progress(stage, done, total)` is called as tensors are quantized and coded, and with
+    --budget as its candidates are made and costed."""
     options = options or CompressOptions()
     options.validate()
     src = input_file(src)
@@ -223,7 +224,7 @@ def compress_file(
         budget = None
         if options.budget is not None:
             metadata = {**metadata, "budget": {"bytes": options.budget, "cost": _cost_name(calibration)}}
-            budget = _fit_budget(source, plan, clip, options, calibration, metadata, dst)
+            budget = _fit_budget(source, plan, clip, options, calibration, metadata, dst, progress or _quiet)
         else:
             _quantize_all(source, plan, clip, options, progress or _quiet, calibration)
         stats = _code_all(plan, options, progress or _quiet)
@@ -247,8 +248,9 @@ def _cost_name(calibration: Calibration | None) -> str:
 
 
 def _choices(
-    source: _Source, plan: _Plan, clip: Clip | None, options: CompressOptions, calibration: Calibration | None
-) -> dict[str, list[Choice]]:
+    source: _Source, plan: _Plan, clip: Clip | None, options: CompressOptions, calibration: Calibration | None,
+    progress: Callable[[str, int, int], None] = _quiet,
+) -> dict[str, list[Choice]]:  # fmt: skip
     """Ways to store each quantized tensor, coded for real, on every core: every width with the given clip
     (or, with none given, every clip of AUTO_CLIPS), rounded to nearest; with calibration also GPTQ's
     symbols for each setting on the tensor's lower hull. Kept: the lower hull of (bytes, estimated cost),
@@ -269,24 +271,29 @@ def _choices(
 
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
         jobs = {n: [pool.submit(one, n, b, c, "rtn") for b in C.QUANT_BITS for c in clips] for n in plan.to_quantize}
-        choices = {n: hull([j.result() for j in js]) for n, js in jobs.items()}
+        choices = {}
+        for done, (name, js) in enumerate(jobs.items(), 1):
+            choices[name] = hull([j.result() for j in js])
+            progress("candidates", done, len(jobs))
         gptq = {n: [pool.submit(one, n, c.bits, Clip.parse(c.record["clip"]), "gptq") for c in choices[n]]
                 for n in choices if n in hessians}  # fmt: skip
-        for name, js in gptq.items():
+        for done, (name, js) in enumerate(gptq.items(), 1):
             choices[name] = hull(choices[name] + [j.result() for j in js])
+            progress("GPTQ candidates", done, len(gptq))
     return choices
 
 
-def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path) -> dict[str, Any]:
+def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path, progress=_quiet) -> dict[str, Any]:
     """Choose each quantized tensor's width, clip and rounding so that the written file is at most --budget
     bytes, measured by writing it (a temp file beside OUT, removed); exit 5 naming the smallest size if
     nothing fits. With calibration each remaining choice is costed by the model's loss on calibration
     text with that tensor so rounded."""
-    choices = _choices(source, plan, clip, options, calibration)
+    choices = _choices(source, plan, clip, options, calibration, progress)
     if calibration is not None:
-        for name, options_of in choices.items():
-            for c in options_of:
-                c.cost = calibration.loss_with(name, c.q.dequantize())
+        costed = [(name, c) for name, options_of in choices.items() for c in options_of]
+        for done, (name, c) in enumerate(costed, 1):
+            c.cost = calibration.loss_with(name, c.q.dequantize())
+            progress("costing on calibration text", done, len(costed))
     smallest = {n: min(range(len(c)), key=lambda i, c=c: c[i].payload) for n, c in choices.items()}
 
     def measure(chosen: dict[str, int]) -> int:
