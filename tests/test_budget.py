@@ -101,16 +101,34 @@ def test_refine_corrects_costs_that_do_not_add_up_and_stays_within_the_payload()
     chosen, _ = allocate(choices, 900)  # room for one upgrade
     assert (chosen["a"], chosen["b"]) == (1, 0)
 
-    def joint_loss(allocation: dict[str, int]) -> float:  # b at 4 bits doubles a's cost
+    def joint_loss(allocation: dict[str, int]) -> np.ndarray:  # b at 4 bits doubles a's cost
         a, b = (choices[n][allocation[n]].cost for n in ("a", "b"))
-        return a * (2 if allocation["b"] == 0 else 1) + b
+        return np.array([a * (2 if allocation["b"] == 0 else 1) + b])
 
     steps = refine(choices, chosen, 900, joint_loss, max_evals=20)
     assert steps and (steps[-1]["a"], steps[-1]["b"]) == (0, 1)
     assert all(sum(choices[n][i].payload for n, i in s.items()) <= 900 for s in steps)
-    losses = [joint_loss(chosen)] + [joint_loss(s) for s in steps]
+    losses = [float(joint_loss(chosen)[0])] + [float(joint_loss(s)[0]) for s in steps]
     assert losses == sorted(losses, reverse=True) and len(set(losses)) == len(losses)  # each step lower
     assert refine(choices, chosen, 900, joint_loss, max_evals=1) == []  # the budget of evaluations holds
+
+
+def test_refine_keeps_only_moves_whose_gain_stands_out_of_the_windows_noise():
+    import numpy as np
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    qs = [quantize(w, Clip.parse("absmax"), b) for b in (4, 5)]
+    choices = {"a": [Choice(q, {}, 100 * q.bits, 1.0 - 0.1 * (q.bits - 4)) for q in qs]}
+    windows = np.random.default_rng(1).standard_normal(64)
+
+    def losses(spread: float):
+        def joint_loss(allocation: dict[str, int]) -> np.ndarray:  # a step up: 0.01 lower on average
+            return 3.0 + (0.0 if allocation["a"] == 0 else -0.01 + spread * windows)
+
+        return joint_loss
+
+    assert refine(choices, {"a": 0}, 500, losses(0.001), max_evals=4) == [{"a": 1}]  # a gain of 94 SE
+    assert refine(choices, {"a": 0}, 500, losses(0.1), max_evals=4) == []  # a gain of 1.6 SE: noise
 
 
 def test_fill_spends_bytes_the_loss_cannot_place_on_weight_error_and_stays_within_the_payload():

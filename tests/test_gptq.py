@@ -182,30 +182,17 @@ def test_per_row_hessians_are_collected_only_for_an_embedding_that_is_quantized(
 
 
 def test_scoring_a_tensor_from_its_layers_kept_input_gives_the_whole_forward_passs_loss():
-    import copy
-
-    import torch
-    import torch.nn.functional as F
-
     from aprtool.ops.calibrate import calibrate
 
     cal = calibrate(MODEL, calib_tokens=1024)
-    name = "model.layers.1.mlp.down_proj.weight"
-    reference_model = copy.deepcopy(cal.model)
+    name, embedding = "model.layers.1.mlp.down_proj.weight", "model.embed_tokens.weight"
     rounded = quantize(cal.model.state_dict()[name].numpy(), Clip.parse("absmax"), 4).dequantize()
-
-    def whole_forward_loss() -> float:
-        total = 0.0
-        with torch.no_grad():
-            reference_model.state_dict()[name].copy_(torch.from_numpy(rounded))
-            for start in range(0, len(cal.select), 8):
-                batch = cal.select[start : start + 8]
-                logits = reference_model(batch[:, :-1])
-                total += float(F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"))
-        return total / cal.select[:, 1:].numel()
-
-    float_loss = cal.loss_with("model.embed_tokens.weight", cal.model.state_dict()["model.embed_tokens.weight"].numpy())
-    assert cal.layer_inputs is None  # an embedding is scored by the whole forward pass
-    assert cal.loss_with(name, rounded) == whole_forward_loss() != float_loss
-    assert cal.layer_inputs is not None and len(cal.layer_inputs) == 2  # kept, and used: the same number
-    assert cal.loss_with_all({}) == float_loss  # the model was given its float tensor back
+    float_embedding = cal.model.state_dict()[embedding].numpy().copy()
+    # with the embedding among the tensors set (to its own float values) the pass starts at the embedding
+    whole = cal.window_losses({name: rounded, embedding: float_embedding})
+    assert cal.layer_inputs is None
+    kept = cal.window_losses({name: rounded})
+    assert cal.layer_inputs is not None and len(cal.layer_inputs) == 2  # kept, and used: the same numbers
+    assert kept.shape == (len(cal.select),) and np.array_equal(kept, whole)
+    float_loss = cal.loss_with_all({})
+    assert float_loss != kept.mean() and cal.loss_with(embedding, float_embedding) == float_loss  # restored

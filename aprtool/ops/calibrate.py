@@ -65,6 +65,10 @@ class Calibration:
 
     def loss_with_all(self, values: dict[str, np.ndarray]) -> float:
         """The same with every tensor of `values` set at once (the others float)."""
+        return float(self.window_losses(values).mean())
+
+    def window_losses(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        """Mean cross-entropy of each selection window with every tensor of `values` set at once."""
         import torch
         import torch.nn.functional as F
 
@@ -72,7 +76,7 @@ class Calibration:
         inputs = self._inputs_of_layer(first) if first > 0 else None  # before any tensor is changed
         params = self.model.state_dict(keep_vars=True)
         saved = {n: params[n].detach().clone() for n in values}
-        total, count = 0.0, 0
+        losses = []
         try:
             with torch.no_grad():
                 for n, v in values.items():
@@ -80,14 +84,13 @@ class Calibration:
                 for k, start in enumerate(range(0, len(self.select), SELECT_BATCH)):
                     batch = self.select[start : start + SELECT_BATCH]
                     logits = self.model(batch[:, :-1]) if inputs is None else self.model.from_layer(inputs[k], first)
-                    targets = batch[:, 1:].flatten()
-                    total += float(F.cross_entropy(logits.float().flatten(0, 1), targets, reduction="sum"))
-                    count += targets.numel()
+                    each = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+                    losses.append(each.view(len(batch), -1).double().mean(1))
         finally:
             with torch.no_grad():
                 for n, v in saved.items():
                     params[n].copy_(v)
-        return total / count
+        return torch.cat(losses).numpy()
 
     def _inputs_of_layer(self, layer: int) -> list[Any] | None:
         """Decoder layer `layer`'s float input on each selection batch, so that scoring a tensor of that

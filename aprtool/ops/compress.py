@@ -335,8 +335,8 @@ def _refined(choices, chosen, size: int, budget: int, calibration: Calibration, 
     the allocation as it was."""
     room = sum(choices[n][i].payload for n, i in chosen.items()) + budget - size
 
-    def joint_loss(allocation: dict[str, int]) -> float:
-        return calibration.loss_with_all({n: choices[n][i].q.dequantize() for n, i in allocation.items()})
+    def joint_loss(allocation: dict[str, int]) -> np.ndarray:
+        return calibration.window_losses({n: choices[n][i].q.dequantize() for n, i in allocation.items()})
 
     steps = refine(choices, chosen, room, joint_loss, REFINE_EVALS_PER_TENSOR * len(chosen))
     for taken in range(len(steps), 0, -1):
