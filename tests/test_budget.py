@@ -36,8 +36,8 @@ def test_the_file_never_exceeds_the_budget_and_uses_it(cli, tmp_path):
         assert size >= previous  # more bytes allowed, never a smaller file
         previous = size
         assert aprtool.verify_file(out, deep=True).valid
-    widths = r.json()["budget"]["widths"]
-    assert widths == {"int8": sum(widths.values())}  # an ample budget buys the widest grid everywhere
+    # an ample budget buys the widest grid everywhere, and leaves the matrices below --min-elements float
+    assert r.json()["budget"]["widths"] == {"int8": 11, "f16": 4}
 
 
 def test_a_calibrated_budget_fits_exactly_and_reports_its_rounding_and_local_search(cli, tmp_path):
@@ -50,7 +50,9 @@ def test_a_calibrated_budget_fits_exactly_and_reports_its_rounding_and_local_sea
     assert out.stat().st_size == budget["file_bytes"] <= floor + 6000
     assert isinstance(budget["refine_steps"], int) and budget["refine_steps"] >= 0
     quantized = sum(t["action"].startswith("int") for t in r.json()["tensors"])
-    assert sum(budget["methods"].values()) == sum(budget["widths"].values()) == quantized == 11
+    kept_float = budget["widths"].get("f16", 0)
+    assert sum(budget["methods"].values()) == quantized == sum(budget["widths"].values()) - kept_float
+    assert sum(budget["widths"].values()) == 15  # 11 matrices of >= 4096 elements, 4 k/v projections of 2048
     assert aprtool.verify_file(out, deep=True).valid
     shown = cli("compress", MODEL, "-o", out, *ARGS, "--budget", str(floor + 6000), "--calibrate", "--calib-tokens",
                 "4096", "--force", timeout=300)  # fmt: skip
@@ -63,6 +65,43 @@ def test_an_unreachable_budget_names_the_smallest_size_and_writes_nothing(cli, t
     r = cli("compress", MODEL, "-o", out, *ARGS, "--budget", str(floor - 1))
     assert r.code == 5 and f"{floor:,} bytes" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".aprtool-budget-*"))  # no temp file left either
+
+
+def test_the_smallest_file_also_quantizes_the_matrices_below_min_elements(cli, tmp_path):
+    # --min-elements 4096 leaves the 32×64 k/v projections float; under a budget they are candidates too,
+    # so the smallest file has every matrix at 4 bits (they were 8 kB of fp16 no width could shrink).
+    floor = _smallest(cli, tmp_path)
+    r = cli("compress", MODEL, "-o", tmp_path / "f.apr", *ARGS, "--budget", str(floor), "--json")
+    assert r.code == 0, r.stderr
+    assert r.json()["budget"]["widths"] == {"int4": 15}
+    kv = [t for t in r.json()["tensors"] if t["name"].endswith(("k_proj.weight", "v_proj.weight"))]
+    assert len(kv) == 4 and all(t["action"] == "int4" and t["shape"] == [32, 64] for t in kv)
+    plain = cli("compress", MODEL, "-o", tmp_path / "p.apr", *ARGS, "--bits", "4", "--json").json()
+    assert floor < plain["output_bytes"]  # uniform int4 keeps them fp16
+
+
+def test_under_a_budget_a_matrix_too_small_to_gain_stays_float(cli, tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "m.safetensors"
+    rng = np.random.default_rng(0)
+    save_file({"big.weight": rng.standard_normal((64, 96)).astype(np.float32),
+               "mid.weight": rng.standard_normal((32, 40)).astype(np.float32),  # 1,280: may be quantized
+               "small.weight": rng.standard_normal((16, 16)).astype(np.float32),  # 256: its record would outweigh it
+               "norm.weight": rng.standard_normal(64).astype(np.float32)}, str(src))  # fmt: skip
+    r = cli("compress", src, "-o", tmp_path / "o.apr", *ARGS, "--budget", "1")
+    floor = int(r.stderr.split("the smallest file reachable is ")[1].split(" bytes")[0].replace(",", ""))
+    r = cli("compress", src, "-o", tmp_path / "o.apr", *ARGS, "--budget", str(floor), "--json")
+    assert r.code == 0, r.stderr
+    rows = {t["name"]: t for t in r.json()["tensors"]}
+    assert rows["big.weight"]["action"] == rows["mid.weight"]["action"] == "int4"
+    assert rows["small.weight"]["action"] == rows["norm.weight"]["action"] == "passthrough"
+    assert "cost" not in rows["small.weight"] and r.json()["budget"]["widths"] == {"int4": 2}
+    ample = cli("compress", src, "-o", tmp_path / "a.apr", *ARGS, "--budget", "1MB", "--json").json()
+    rows = {t["name"]: t for t in ample["tensors"]}  # room for everything: the small matrix is kept float
+    assert rows["mid.weight"]["action"] == "passthrough" and rows["mid.weight"]["width"] == "f16"
+    assert ample["budget"]["widths"] == {"f16": 1, "int8": 1}
 
 
 @pytest.mark.parametrize("budget", ["lots", "-5", "16 furlongs", "1.5B"])
@@ -165,7 +204,7 @@ def test_an_ample_calibrated_budget_buys_the_widest_grid_everywhere(cli, tmp_pat
             "--json", timeout=300)  # fmt: skip
     assert r.code == 0, r.stderr
     budget = r.json()["budget"]
-    assert budget["widths"] == {"int8": 11} and budget["fill_steps"] > 0
+    assert budget["widths"] == {"int8": 11, "f16": 4} and budget["fill_steps"] > 0
     assert out.stat().st_size == budget["file_bytes"] <= 10**7 and aprtool.verify_file(out, deep=True).valid
 
 
@@ -179,7 +218,7 @@ def test_a_calibrated_budget_reports_progress_through_every_stage(tmp_path):
     for stage in ("candidates", "GPTQ candidates", "costing on calibration text", "code"):
         steps = seen[stage]
         assert [d for d, _ in steps] == list(range(1, len(steps) + 1)) and steps[-1][0] == steps[-1][1], stage
-    assert seen["candidates"][-1][1] == 11 and seen["costing on calibration text"][-1][1] > 11
+    assert seen["candidates"][-1][1] == 15 and seen["costing on calibration text"][-1][1] > 15
 
 
 def test_without_a_clip_the_budget_also_chooses_each_tensors_clip(cli, tmp_path):
@@ -221,7 +260,7 @@ def test_the_allocation_is_printed_as_a_table_and_the_default_clips_as_a_tally(c
     assert shown.code == 0 and "allocation under --budget 60,000 bytes" in shown.stdout
     for t in chosen:  # one row per tensor: its name, width and clip as --json has them
         row = next(line for line in shown.stdout.splitlines() if f" {t['name']} " in line)
-        assert f"int{t['bits']}" in row and f" {t['clip']} " in row
+        assert f" {t.get('width') or 'int' + str(t['bits'])} " in row and f" {t.get('clip', '-')} " in row
     plain = cli("compress", MODEL, "-o", tmp_path / "p.apr", *ARGS)
     report = cli("compress", MODEL, "-o", tmp_path / "p.apr", *ARGS, "--force", "--json").json()
     clips = [t["clip"] for t in report["tensors"] if t["action"] != "passthrough"]

@@ -86,10 +86,15 @@ def _allocation(report: dict[str, Any]) -> Table:
     for col in ("tensor", "shape", "width", "clip", "rounding", "bytes", "cost"):
         table.add_column(col, justify="left" if col in ("tensor", "clip", "rounding") else "right")
     for t in report["tensors"]:
-        if "cost" in t:
-            shape = "×".join(str(d) for d in t["shape"])
-            table.add_row(markup_safe(t["name"]), shape, f"int{t['bits']}", markup_safe(t["clip"]),
-                          t.get("method", "rtn"), f"{t.get('stored_bytes', 0):,}", f"{t['cost']:.6g}")  # fmt: skip
+        if "cost" not in t:
+            continue
+        shape = "×".join(str(d) for d in t["shape"])
+        if t["action"] == "passthrough":  # a matrix below --min-elements that the budget left unquantized
+            width, clip, rounding = t["width"], "-", "-"
+        else:
+            width, clip, rounding = f"int{t['bits']}", markup_safe(t["clip"]), t.get("method", "rtn")
+        table.add_row(markup_safe(t["name"]), shape, width, clip, rounding, f"{t.get('stored_bytes', 0):,}",
+                      f"{t['cost']:.6g}")  # fmt: skip
     return table
 
 

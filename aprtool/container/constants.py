@@ -91,6 +91,9 @@ QUANT_BITS = (4, 5, 6, 7, 8)  # widths a record's `quant` may name ("int4".."int
 DEFAULT_BITS = 6
 DEFAULT_CLIP = "std:12.85"  # parameter-golf's setting for matrices: ~3.3 bits/weight after coding
 DEFAULT_MIN_ELEMENTS = 65_536  # smaller tensors (and every 1-D one) are kept as fp16, as parameter-golf does
+# With --budget a matrix below --min-elements may be quantized too when that buys more than it costs; below
+# this size its metadata record (~300 bytes) outweighs what quantizing saves, so it stays float.
+BUDGET_MIN_ELEMENTS = 1_024
 
 # aprtool's encoded dtypes: int6 symbols (one per weight, -31..31) with fp16 per-row scales, coded
 # losslessly by one of the codecs. The payload layout per codec is in formats/APR.md section 5.1.

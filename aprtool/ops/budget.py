@@ -2,13 +2,15 @@
 
 Every quantized tensor gets candidates (each width 4..8 bits, with every clip `compress` may choose, and
 with calibration GPTQ's symbols too), each coded for real, so its size is the exact payload, not a
-nominal bits/weight. Its cost is an estimate of what the rounding does to the model: with calibration,
-the model's loss on calibration text with the tensor so rounded (after a first cut by the layer's output
-error tr(E·H·Eᵀ) under its input Hessian); without, the squared error of the weights ||E||². The
-allocation starts every tensor at its smallest candidate and spends the remaining bytes greedily on the
-upgrade with the largest cost saved per byte (on each tensor's lower convex hull, so the greedy choice is
-the knapsack's optimum up to the last upgrade). Then the file is written and measured; while it is over
-the budget, the upgrade that saved least per byte is undone. With calibration a short local search
+nominal bits/weight. A matrix below --min-elements (of at least BUDGET_MIN_ELEMENTS) has these and its
+unquantized self (`Unquantized`), so it is quantized only where that buys more than it costs. A
+candidate's cost is an estimate of what the rounding does to the model: with calibration, the model's
+loss on calibration text with the tensor so rounded (after a first cut by the layer's output error
+tr(E·H·Eᵀ) under its input Hessian); without, the squared error of the weights ||E||². The allocation
+starts every tensor at its smallest candidate and spends the remaining bytes greedily on the upgrade
+with the largest cost saved per byte (on each tensor's lower convex hull, so the greedy choice is the
+knapsack's optimum up to the last upgrade). Then the file is written and measured; while it is over the
+budget, the upgrade that saved least per byte is undone. With calibration a short local search
 (`refine`) then corrects the allocation on the loss with every tensor rounded at once. Bytes still left
 (no upgrade lowers the estimated cost) buy lower weight error (`fill`). A budget even the smallest file
 cannot meet is refused, naming that size.
@@ -38,11 +40,34 @@ REFINE_EVALS_PER_TENSOR = 4
 REFINE_MIN_Z = 2.0
 
 
+@dataclass(frozen=True)
+class Unquantized:
+    """A matrix below --min-elements left unquantized, as `compress` stores such tensors (fp16 unless
+    --passthrough keep): one of its choices under --budget, beside its quantized ones."""
+
+    array: np.ndarray
+
+    @property
+    def bits(self) -> int:
+        return self.array.dtype.itemsize * 8
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def width(self) -> str:
+        return f"f{self.bits}"
+
+    def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
+        return np.asarray(self.array, dtype)
+
+
 @dataclass
 class Choice:
     """One way to store one tensor."""
 
-    q: Quantized
+    q: Quantized | Unquantized
     record: dict[str, Any]
     payload: int  # exact bytes the codec writes (scales + body)
     cost: float  # the estimated loss increase (see the module docstring)
@@ -55,6 +80,11 @@ class Choice:
     @property
     def bits(self) -> int:
         return self.q.bits
+
+    @property
+    def width(self) -> str:
+        """`int5`, or `f16` for a matrix left unquantized."""
+        return self.q.width if isinstance(self.q, Unquantized) else f"int{self.q.bits}"
 
 
 def rounding_cost(weights: np.ndarray, q: Quantized, hessian: np.ndarray | None) -> float:

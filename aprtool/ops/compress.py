@@ -29,6 +29,7 @@ from aprtool.errors import IntegrityError, MetadataError, UsageError
 from aprtool.ops.budget import (
     REFINE_EVALS_PER_TENSOR,
     Choice,
+    Unquantized,
     allocate,
     fill,
     lower_hull,
@@ -253,8 +254,9 @@ def _choices(
 ) -> dict[str, list[Choice]]:  # fmt: skip
     """Ways to store each quantized tensor, coded for real, on every core: every width with the given clip
     (or, with none given, every clip of AUTO_CLIPS), rounded to nearest; with calibration also GPTQ's
-    symbols for each setting on the tensor's lower hull. Kept: the lower hull of (bytes, estimated cost),
-    the only choices an allocation takes; `cost` is tr(E·H·Eᵀ) with a Hessian, else ||E||²."""
+    symbols for each setting on the tensor's lower hull; for a matrix below --min-elements also itself
+    unquantized. Kept: the lower hull of (bytes, estimated cost), the only choices an allocation takes;
+    `cost` is tr(E·H·Eᵀ) with a Hessian, else ||E||²."""
     hessians = calibration.hessians if calibration is not None else {}
     clips = [clip] if clip is not None else [Clip.parse(c) for c in AUTO_CLIPS]
 
@@ -266,17 +268,23 @@ def _choices(
         error = rounding_cost(w, q, h)
         return Choice(q, record, len(enc.encode(q, options.codec, record).tensor.payload), error, error)
 
+    def unquantized(name: str) -> Choice:
+        kept = Unquantized(plan.out[name])
+        error = rounding_cost(source.as_float32(name), kept, hessians.get(name))
+        return Choice(kept, {}, kept.array.nbytes, error, error)
+
     def hull(options_of: list[Choice]) -> list[Choice]:
         return [options_of[i] for i in lower_hull(options_of)]
 
+    names = plan.to_quantize + plan.optional
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
-        jobs = {n: [pool.submit(one, n, b, c, "rtn") for b in C.QUANT_BITS for c in clips] for n in plan.to_quantize}
+        jobs = {n: [pool.submit(one, n, b, c, "rtn") for b in C.QUANT_BITS for c in clips] for n in names}
         choices = {}
         for done, (name, js) in enumerate(jobs.items(), 1):
-            choices[name] = hull([j.result() for j in js])
+            choices[name] = hull([j.result() for j in js] + ([unquantized(name)] if name in plan.optional else []))
             progress("candidates", done, len(jobs))
-        gptq = {n: [pool.submit(one, n, c.bits, Clip.parse(c.record["clip"]), "gptq") for c in choices[n]]
-                for n in choices if n in hessians}  # fmt: skip
+        gptq = {n: [pool.submit(one, n, c.bits, Clip.parse(c.record["clip"]), "gptq") for c in choices[n]
+                    if isinstance(c.q, Quantized)] for n in choices if n in hessians}  # fmt: skip
         for done, (name, js) in enumerate(gptq.items(), 1):
             choices[name] = hull(choices[name] + [j.result() for j in js])
             progress("GPTQ candidates", done, len(gptq))
@@ -296,10 +304,11 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path, p
             progress("costing on calibration text", done, len(costed))
     smallest = {n: min(range(len(c)), key=lambda i, c=c: c[i].payload) for n, c in choices.items()}
 
+    def stored(c: Choice) -> Any:
+        return c.q.array if isinstance(c.q, Unquantized) else enc.encode(c.q, options.codec, c.record).tensor
+
     def measure(chosen: dict[str, int]) -> int:
-        tensors = {n: plan.out[n] if n in plan.out else
-                   enc.encode(choices[n][chosen[n]].q, options.codec, choices[n][chosen[n]].record).tensor
-                   for n in source.names}  # fmt: skip
+        tensors = {n: stored(choices[n][chosen[n]]) if n in chosen else plan.out[n] for n in source.names}
         return measured_size(tensors, metadata, None if options.dry_run else dst.parent)
 
     floor = measure(smallest)
@@ -318,15 +327,24 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path, p
     if size <= options.budget:
         filled, size = _filled(choices, chosen, size, options.budget, measure)
     for name, i in chosen.items():
-        c = choices[name][i]
-        plan.quantized[name] = (c.q, c.record)
-        plan.rows[name] = {"name": name, "shape": list(c.q.shape), "action": f"int{c.bits}", "bits": c.bits,
-                           "cost": c.cost, **c.record}  # fmt: skip
+        _take(plan, name, choices[name][i])
     picked = [choices[n][i] for n, i in chosen.items()]
+    records = [c.record for c in picked if isinstance(c.q, Quantized)]
     return {"bytes": options.budget, "file_bytes": size, "smallest_bytes": floor, "cost": _cost_name(calibration),
-            "refine_steps": steps, "fill_steps": filled, "widths": _tally(f"int{c.bits}" for c in picked),
-            "clips": _tally(c.record["clip"] for c in picked),
-            **({"methods": _tally(c.record["method"] for c in picked)} if calibration is not None else {})}  # fmt: skip
+            "refine_steps": steps, "fill_steps": filled, "widths": _tally(c.width for c in picked),
+            "clips": _tally(r["clip"] for r in records),
+            **({"methods": _tally(r["method"] for r in records)} if calibration is not None else {})}  # fmt: skip
+
+
+def _take(plan: _Plan, name: str, c: Choice) -> None:
+    """Put the allocation's choice for one tensor into the plan (an unquantized matrix stays as it was)."""
+    if isinstance(c.q, Unquantized):
+        plan.rows[name] |= {"width": c.width, "stored_bytes": c.payload, "cost": c.cost}
+        return
+    plan.out.pop(name, None)
+    plan.quantized[name] = (c.q, c.record)
+    plan.rows[name] = {"name": name, "shape": list(c.q.shape), "action": f"int{c.bits}", "bits": c.bits,
+                       "cost": c.cost, **c.record}  # fmt: skip
 
 
 def _refined(choices, chosen, size: int, budget: int, calibration: Calibration, measure) -> tuple[dict, int, int]:
@@ -367,7 +385,7 @@ def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibratio
     if plan.repack:
         raise UsageError(f"--calibrate: {src} is already quantized; calibrate its float model instead")
     calib_data = Path(options.calib_data) if options.calib_data is not None else None
-    calibration = calibrate(src, calib_data, options.calib_tokens, quantized=plan.to_quantize)
+    calibration = calibrate(src, calib_data, options.calib_tokens, quantized=plan.to_quantize + plan.optional)
     calibration.record |= {"damp": DEFAULT_DAMP, "act_order": True}
     if calibration.row_hessians:  # their GPTQ keeps each row's column order, damped per row
         calibration.record |= {"row_damp": ROW_DAMP}
@@ -416,6 +434,7 @@ class _Plan:
     quantized: dict[str, tuple[Quantized, dict[str, Any]]] = field(default_factory=dict)  # symbols + record
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # the report's per-tensor lines
     to_quantize: list[str] = field(default_factory=list)
+    optional: list[str] = field(default_factory=list)  # with --budget: matrices below --min-elements, kept as out
 
 
 def _plan(source: _Source, options: CompressOptions) -> _Plan:
@@ -440,6 +459,8 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
         if quantizing and options.passthrough == "f16" and dtype_name in FLOATS[:3]:
             stored = np.asarray(array).astype(np.float16)
         plan.out[name] = stored
+        if options.budget is not None and quantizing and _budget_may_quantize(array, dtype_name):
+            plan.optional.append(name)
         err = relative_rmse(array, stored) if dtype_name in FLOATS[:3] else 0.0
         plan.rows[name] = {
             "name": name,
@@ -448,6 +469,12 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
             "rel_rmse": round(err, 6),
         }
     return plan
+
+
+def _budget_may_quantize(array: np.ndarray, dtype_name: str) -> bool:
+    """A float matrix below --min-elements that --budget may quantize instead of keeping (F32/F16/F64: the
+    kept copy is a plain numpy array)."""
+    return array.ndim >= 2 and array.size >= C.BUDGET_MIN_ELEMENTS and dtype_name in FLOATS[:3]
 
 
 def _quantize_one(
