@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_budget.py [--model PATH --corpus PREPARED_DIR] [--eval-tokens 30000]
 
-The model is bench_qat.py's no-QAT `tiny` run (train it with bench_qat.py or bench_gptq.py first), every
-matrix quantized (`--min-elements 4096`). Rows: uniform int6 and int5 with the fixed clip std:12.85 (the
+The model is bench_qat.py's no-QAT `tiny` run (train it with bench_qat.py or bench_gptq.py first), the
+matrices of >= 4,096 elements quantized (`--min-elements 4096`; `--budget` may also quantize the smaller
+k/v projections). Rows: uniform int6 and int5 with the fixed clip std:12.85 (the
 default before per-tensor clips) and with the per-tensor clip (today's default); then `--budget` at the
 size of uniform int6 std:12.85, of uniform int5 std:12.85 and at 75 % of int6, with calibration, and
 once without; and an ample budget (the float file's size) against uniform int8. `eval` scores every
