@@ -70,7 +70,7 @@ def small_timing(corpus: Path, with_budget: bool = False) -> dict:
     uniform = compress_file(run / "model.apr", run / "model.rtn.apr", CompressOptions(force=True, clip=DEFAULT_CLIP))
     result = {"small_calibrate_gptq_compress_s": round(calibrated, 1),
               "small_rtn_compress_s": round(time.perf_counter() - start, 1)}  # fmt: skip
-    if with_budget:  # --calibrate --budget at the uniform file's size: about 6 minutes on 2 cores
+    if with_budget:  # --calibrate --budget at the uniform file's size: about 8 minutes on 2 cores
         start = time.perf_counter()
         report = compress_file(run / "model.apr", run / "model.budget.apr",
                                CompressOptions(force=True, calibrate=True, budget=uniform["output_bytes"]))  # fmt: skip

@@ -196,8 +196,11 @@ def compress_command(
         ),
     ] = None,
     min_elements: Annotated[
-        int, typer.Option(help="Tensors with fewer elements (and every 1-D tensor) are not quantized; with --budget, matrices "
-        f"of at least {C.BUDGET_MIN_ELEMENTS:,} elements may be.")
+        int,
+        typer.Option(
+            help="Tensors with fewer elements (and every 1-D tensor) are not quantized; with --budget, matrices "
+            f"of at least {C.BUDGET_MIN_ELEMENTS:,} elements may be."
+        ),
     ] = _DEFAULTS.min_elements,
     passthrough: Annotated[
         Passthrough, typer.Option(help="Unquantized float tensors: f16 (store as fp16) or keep (unchanged).")

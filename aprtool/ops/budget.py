@@ -87,7 +87,7 @@ class Choice:
         return self.q.width if isinstance(self.q, Unquantized) else f"int{self.q.bits}"
 
 
-def rounding_cost(weights: np.ndarray, q: Quantized, hessian: np.ndarray | None) -> float:
+def rounding_cost(weights: np.ndarray, q: Quantized | Unquantized, hessian: np.ndarray | None) -> float:
     """tr(E·H·Eᵀ) with the layer's Hessian, else ||E||²: E is the rounding error of the weights."""
     rows, cols = as_rows(q.shape)
     e = q.dequantize(np.float64).reshape(rows, cols) - np.asarray(weights, np.float64).reshape(rows, cols)
