@@ -50,6 +50,26 @@ def test_byte_total_equals_the_utf8_length_of_the_decoded_scored_text(model, cor
     assert result["bits_per_byte"] == pytest.approx(result["bits_per_token"] * result["tokens"] / result["bytes"])
 
 
+def test_per_window_scores_are_each_windows_own_text(model, corpus):
+    import torch
+    import torch.nn.functional as F
+
+    result = evaluate_bpb(model, corpus=corpus, max_tokens=600, seq_len=32, per_window=True)
+    bits, nbytes = result["window_bits"], result["window_bytes"]
+    assert len(bits) == len(nbytes) == result["tokens"] // 32 and sum(nbytes) == result["bytes"]
+    assert sum(bits) / sum(nbytes) == pytest.approx(result["bits_per_byte"], rel=1e-12)
+    net, info = load_model(model)
+    tokenizer = load_tokenizer(info.metadata["tokenizer"], model.parent)
+    tokens = held_out_tokens(corpus, tokenizer, info.metadata)
+    k = len(bits) - 1  # the last window, scored here on its own
+    window = torch.from_numpy(np.asarray(tokens[k * 32 : k * 32 + 33], np.int64))[None]
+    with torch.no_grad():
+        nats = F.cross_entropy(net(window[:, :-1])[0].float(), window[0, 1:], reduction="sum")
+    assert bits[k] == pytest.approx(float(nats) / math.log(2), rel=1e-5)
+    assert nbytes[k] == len(tokenizer.decode(tokens[k * 32 + 1 : k * 32 + 33].tolist()).encode("utf-8"))
+    assert "window_bits" not in evaluate_bpb(model, corpus=corpus, max_tokens=600, seq_len=32)
+
+
 def test_held_out_split_is_the_one_pretrain_used(model, corpus):
     metadata = load_model(model)[1].metadata
     tokenizer = load_tokenizer(metadata["tokenizer"], model.parent)

@@ -73,7 +73,11 @@ def evaluate_bpb(
     max_tokens: int | None = None,
     seq_len: int | None = None,
     batch_size: int = 8,
+    per_window: bool = False,
 ) -> dict[str, Any]:
+    """Bits per byte of the model on held-out tokens, each scored once in windows of `seq_len`. With
+    `per_window`, also each window's bits and bytes (`window_bits`, `window_bytes`): what a paired
+    comparison or a bootstrap of two models on the same text needs."""
     model_path = Path(model_path)
     model, info = load_model(model_path)
     metadata, quantized = info.metadata, info.quantized
@@ -89,15 +93,17 @@ def evaluate_bpb(
     targets = used[1:]  # every token but the first is scored exactly once
     lengths = token_byte_lengths(tokenizer)
     total_bytes = int(lengths[targets].sum())
-    nats = 0.0
+    window_nats: list[float] = []
     with torch.no_grad():
         for start in range(0, windows, batch_size):
             rows = range(start, min(start + batch_size, windows))
             batch = torch.from_numpy(np.stack([used[i * seq_len : i * seq_len + seq_len + 1] for i in rows]))
             logits = model(batch[:, :-1])
-            nats += float(F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"))
+            losses = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+            window_nats.extend(losses.view(len(rows), -1).double().sum(1).tolist())
+    nats = math.fsum(window_nats)
     loss = nats / len(targets)
-    return {
+    result = {
         "model": str(model_path),
         "quantized": quantized,
         "tokens": int(len(targets)),
@@ -108,3 +114,7 @@ def evaluate_bpb(
         "bytes_per_token": total_bytes / len(targets),
         "seq_len": seq_len,
     }
+    if per_window:
+        result |= {"window_bits": [n / math.log(2) for n in window_nats],
+                   "window_bytes": [int(b) for b in lengths[targets].reshape(windows, seq_len).sum(1)]}  # fmt: skip
+    return result
