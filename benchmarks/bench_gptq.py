@@ -4,13 +4,13 @@
 
 Trains the pair of bench_qat.py (no QAT and late QAT, the same --time-budget, side by side), then
 compresses each model twice at the fixed clip std:12.85 (compress's default before per-tensor clips;
-tensors of >= 65,536 elements, rANS):
-round-to-nearest, and `--calibrate` (GPTQ on the run's own training data). `eval` scores the float model
-and both artifacts on the same held-out tokens; the result is the float->int6 gap of each and how much
-of it GPTQ removes, with the artifact sizes (GPTQ changes which symbols are written, so the coded size
-moves a little). Also times calibration + GPTQ of the `small` preset (a 2-step model: the cost does
-not depend on training); `--only-small` times only that, and `--calibrate --budget` at the size of its
-uniform int6 file.
+tensors of >= 65,536 elements, rANS): round-to-nearest, and `--calibrate` (GPTQ on the run's own
+training data). `eval` scores the float model and both artifacts on the same held-out tokens; the
+result is the float->int6 gap of each and how much of it GPTQ removes (with a 95 % bootstrap interval
+over the held-out windows), with the artifact sizes (GPTQ changes which symbols are written, so the
+coded size moves a little). Also times calibration + GPTQ of the `small` preset (a 2-step model: the
+cost does not depend on training); `--only-small` times only that, and `--calibrate --budget` at the
+size of its uniform int6 file.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_qat import WORK, add_pair_arguments, train_pair  # noqa: E402
@@ -33,9 +35,20 @@ from aprtool.evaluate.bpb import evaluate_bpb  # noqa: E402
 from aprtool.ops.compress import CompressOptions, compress_file  # noqa: E402
 
 
+def gap_removed_ci(float_bits, rtn_bits, gptq_bits, resamples: int = 4000) -> list[float]:
+    """95 % bootstrap interval of the share of the rounding gap GPTQ removes, resampling held-out windows
+    (each artifact scored on the same windows, so the resample is paired)."""
+    f, r, g = (np.asarray(x, np.float64) for x in (float_bits, rtn_bits, gptq_bits))
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(f), size=(resamples, len(f)))
+    removed = (r[picks].sum(1) - g[picks].sum(1)) / (r[picks].sum(1) - f[picks].sum(1))
+    return [round(100 * float(q), 1) for q in np.quantile(removed, [0.025, 0.975])]
+
+
 def compare(run: Path, corpus: Path, eval_tokens: int) -> dict:
     model = run / "model.apr"
     out: dict = {}
+    windows: dict = {}
     for label, options in (
         ("rtn", CompressOptions(force=True, clip=DEFAULT_CLIP)),
         ("gptq", CompressOptions(force=True, clip=DEFAULT_CLIP, calibrate=True)),
@@ -44,13 +57,15 @@ def compare(run: Path, corpus: Path, eval_tokens: int) -> dict:
         report = compress_file(model, run / f"model.{label}.apr", options)
         out[f"{label}_seconds"] = round(time.perf_counter() - start, 2)
         out[f"{label}_bytes"] = report["output_bytes"]
-        out[f"{label}_bpb"] = evaluate_bpb(run / f"model.{label}.apr", corpus=corpus, max_tokens=eval_tokens)[
-            "bits_per_byte"
-        ]
-    out["float_bpb"] = evaluate_bpb(model, corpus=corpus, max_tokens=eval_tokens)["bits_per_byte"]
+        scored = evaluate_bpb(run / f"model.{label}.apr", corpus=corpus, max_tokens=eval_tokens, per_window=True)
+        out[f"{label}_bpb"], windows[label] = scored["bits_per_byte"], scored["window_bits"]
+    scored = evaluate_bpb(model, corpus=corpus, max_tokens=eval_tokens, per_window=True)
+    out["float_bpb"], windows["float"] = scored["bits_per_byte"], scored["window_bits"]
     out["rtn_gap"] = out["rtn_bpb"] - out["float_bpb"]
     out["gptq_gap"] = out["gptq_bpb"] - out["float_bpb"]
     out["gap_removed_pct"] = round(100 * (1 - out["gptq_gap"] / out["rtn_gap"]), 1) if out["rtn_gap"] else None
+    if out["rtn_gap"]:
+        out["gap_removed_ci95_pct"] = gap_removed_ci(windows["float"], windows["rtn"], windows["gptq"])
     out["bytes_ratio"] = round(out["gptq_bytes"] / out["rtn_bytes"], 4)
     return out
 
