@@ -104,6 +104,13 @@ def test_under_a_budget_a_matrix_too_small_to_gain_stays_float(cli, tmp_path):
     assert ample["budget"]["widths"] == {"f16": 1, "int8": 1}
 
 
+def test_bits_with_a_budget_is_refused_rather_than_ignored(cli, tmp_path):
+    # the budget chooses every width; a --bits it silently overrode would mislead
+    r = cli("compress", MODEL, "-o", tmp_path / "o.apr", *ARGS, "--bits", "5", "--budget", "60kB")
+    assert r.code == 2 and "--bits with --budget" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.apr").exists()
+
+
 @pytest.mark.parametrize("budget", ["lots", "-5", "16 furlongs", "1.5B"])
 def test_an_unparsable_budget_is_a_usage_error(cli, tmp_path, budget):
     r = cli("compress", MODEL, "-o", tmp_path / "o.apr", "--budget", budget)

@@ -143,12 +143,12 @@ def _progress():
 
 # The options of calibrated and budgeted compression (issue #14), declared here to keep the command short.
 BitsOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--bits",
         metavar="BITS",
-        help="Bits per weight, 4..8: one width, or per kind (embed, attn, mlp; a bare number for the rest), "
-        "e.g. mlp=5,attn=6,embed=7.",
+        help=f"Bits per weight, 4..8: one width, or per kind (embed, attn, mlp; a bare number for the rest), "
+        f"e.g. mlp=5,attn=6,embed=7. Default: {C.DEFAULT_BITS}; with --budget, chosen per tensor.",
     ),
 ]
 BudgetOption = Annotated[

@@ -63,7 +63,7 @@ class CompressOptions:
     force: bool = False  # replace an existing OUT (atomically); without it an existing OUT is refused
     dry_run: bool = False  # everything but writing OUT
     workers: int = 0  # threads for quantizing and coding (0: every core); 1 for clean per-codec timings
-    bits: str = str(C.DEFAULT_BITS)  # one width 4..8, or per tensor kind: "mlp=5,attn=6,embed=7" (see parse_bits)
+    bits: str | None = None  # one width 4..8, or per kind: "mlp=5,attn=6,embed=7" (parse_bits); None: DEFAULT_BITS
     budget: int | None = None  # bytes the written file may take: each tensor's width chosen to fit (ops/budget.py)
     calibrate: bool = False  # GPTQ rounding under each layer's calibration Hessian (aprtool Llama models)
     calib_tokens: int = DEFAULT_CALIB_TOKENS
@@ -82,6 +82,8 @@ class CompressOptions:
         parse_bits(self.bits)
         if self.budget is not None and (self.budget < 0 or self.quant != "int6"):
             raise UsageError("--budget needs --quant int6 and a byte count >= 0")
+        if self.budget is not None and self.bits is not None:
+            raise UsageError("--bits with --budget: the budget chooses each tensor's width itself; give one of them")
         if self.calibrate and self.quant != "int6":
             raise UsageError("--calibrate chooses int6 symbols: it needs --quant int6")
         if not 0 < self.calib_tokens <= MAX_CALIB_TOKENS:
@@ -160,9 +162,12 @@ FLOATS = ("F32", "F16", "F64", "BF16")
 BIT_KINDS = ("embed", "attn", "mlp", "default")
 
 
-def parse_bits(text: str) -> dict[str, int]:
-    """`6`, or `mlp=5,attn=6,embed=7[,default=6]` (a bare number is the default): kind -> width."""
+def parse_bits(text: str | None) -> dict[str, int]:
+    """`6`, or `mlp=5,attn=6,embed=7[,default=6]` (a bare number is the default): kind -> width. None: every
+    kind at DEFAULT_BITS."""
     spec = {"default": C.DEFAULT_BITS}
+    if text is None:
+        return spec
     for part in (p.strip() for p in str(text).split(",")):
         kind, _, value = part.rpartition("=")
         kind = kind.strip() or "default"
