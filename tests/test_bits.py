@@ -74,6 +74,10 @@ def test_widths_by_tensor_kind_and_a_lossless_repack(cli, tmp_path):
         for name in a.names():
             ra, rb = a.info(name).record or {}, b.info(name).record or {}
             assert ra.get("quant") == rb.get("quant") and ra.get("content_xxh3_128") == rb.get("content_xxh3_128")
+    for flag, value in (("--bits", "5"), ("--clip", "absmax")):  # a repack keeps the symbols: refused, not ignored
+        refused = cli("compress", out, "-o", tmp_path / "r.apr", "--codec", "zstd", flag, value)
+        assert refused.code == 2 and f"{flag}: " in refused.stderr and "a repack keeps its symbols" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.apr").exists()
     smaller = tmp_path / "m4.apr"
     assert cli("compress", MODEL, "-o", smaller, "--min-elements", "4096", "--bits", "4").code == 0
     assert smaller.stat().st_size < out.stat().st_size

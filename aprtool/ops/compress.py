@@ -218,8 +218,7 @@ def compress_file(
     source = _Source(src)
     try:
         plan = _plan(source, options)
-        if plan.repack and options.budget is not None:  # a repack keeps the symbols: no width to choose
-            raise UsageError(f"--budget: {src} is already quantized; give its float model a budget instead")
+        _check_repack(plan, options, src)
         quantizing = not plan.repack and options.quant == "int6"
         clip, clip_source = resolve_clip(source.metadata, options) if quantizing else (None, None)
         calibration = _calibration(src, plan, options)
@@ -243,6 +242,18 @@ def compress_file(
         return report | {"calibration": calibration.record if calibration is not None else None, "budget": budget}
     finally:
         source.close()
+
+
+def _check_repack(plan: _Plan, options: CompressOptions, src: Path) -> None:
+    """A repack keeps the symbols: options that would choose them are refused, not silently ignored."""
+    if not plan.repack:
+        return
+    if options.budget is not None:
+        raise UsageError(f"--budget: {src} is already quantized; give its float model a budget instead")
+    for flag, value in (("--bits", options.bits), ("--clip", options.clip)):
+        if value is not None:
+            raise UsageError(f"{flag}: {src} is already quantized and a repack keeps its symbols; "
+                             f"quantize its float model with {flag} instead")  # fmt: skip
 
 
 def _quiet(stage: str, done: int, total: int) -> None:
