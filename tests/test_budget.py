@@ -111,6 +111,13 @@ def test_bits_with_a_budget_is_refused_rather_than_ignored(cli, tmp_path):
     assert not (tmp_path / "o.apr").exists()
 
 
+@pytest.mark.parametrize("flag", [("--calib-data", "somewhere"), ("--calib-tokens", "1024")])
+def test_calibration_options_without_calibrate_are_refused_rather_than_ignored(cli, tmp_path, flag):
+    r = cli("compress", MODEL, "-o", tmp_path / "o.apr", *ARGS, *flag)
+    assert r.code == 2 and f"{flag[0]} sets what --calibrate runs on" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.apr").exists()
+
+
 @pytest.mark.parametrize("budget", ["lots", "-5", "16 furlongs", "1.5B"])
 def test_an_unparsable_budget_is_a_usage_error(cli, tmp_path, budget):
     r = cli("compress", MODEL, "-o", tmp_path / "o.apr", "--budget", budget)

@@ -88,6 +88,9 @@ class CompressOptions:
             raise UsageError("--calibrate chooses int6 symbols: it needs --quant int6")
         if not 0 < self.calib_tokens <= MAX_CALIB_TOKENS:
             raise UsageError(f"--calib-tokens {self.calib_tokens}: must be between 1 and {MAX_CALIB_TOKENS:,}")
+        if not self.calibrate and (self.calib_data is not None or self.calib_tokens != DEFAULT_CALIB_TOKENS):
+            flag = "--calib-data" if self.calib_data is not None else "--calib-tokens"
+            raise UsageError(f"{flag} sets what --calibrate runs on: add --calibrate, or leave {flag} out")
         return Clip.parse(C.DEFAULT_CLIP if self.clip in (None, AUTO) else self.clip)
 
 
