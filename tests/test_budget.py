@@ -69,7 +69,7 @@ def test_an_unreachable_budget_names_the_smallest_size_and_writes_nothing(cli, t
 
 def test_the_smallest_file_also_quantizes_the_matrices_below_min_elements(cli, tmp_path):
     # --min-elements 4096 leaves the 32×64 k/v projections float; under a budget they are candidates too,
-    # so the smallest file has every matrix at 4 bits (they were 8 kB of fp16 no width could shrink).
+    # so the smallest file has every matrix at 4 bits (they were 16 kB of fp16 no width could shrink).
     floor = _smallest(cli, tmp_path)
     r = cli("compress", MODEL, "-o", tmp_path / "f.apr", *ARGS, "--budget", str(floor), "--json")
     assert r.code == 0, r.stderr
