@@ -87,6 +87,11 @@ class Choice:
         return self.q.width if isinstance(self.q, Unquantized) else f"int{self.q.bits}"
 
 
+def payload_of(choices: dict[str, list[Choice]], chosen: dict[str, int]) -> int:
+    """The payload bytes of an allocation (each tensor's chosen candidate)."""
+    return sum(choices[n][i].payload for n, i in chosen.items())
+
+
 def rounding_cost(weights: np.ndarray, q: Quantized | Unquantized, hessian: np.ndarray | None) -> float:
     """tr(E·H·Eᵀ) with the layer's Hessian, else ||E||²: E is the rounding error of the weights."""
     rows, cols = as_rows(q.shape)
@@ -213,7 +218,7 @@ def fill(choices: dict[str, list[Choice]], chosen: dict[str, int], payload_budge
     calibration text measures). They go to the weights' own error instead: the upgrade that divides a
     tensor's error most per byte, again and again, while the payloads fit. Updates `chosen`; returns the
     upgrades in order (name, index), to be undone last-first like the allocation's."""
-    spent = sum(choices[n][i].payload for n, i in chosen.items())
+    spent = payload_of(choices, chosen)
     taken: list[tuple[str, int]] = []
     while True:
         best: tuple[float, str, int] | None = None

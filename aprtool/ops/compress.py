@@ -34,6 +34,7 @@ from aprtool.ops.budget import (
     fill,
     lower_hull,
     measured_size,
+    payload_of,
     refine,
     rounding_cost,
     undo_last,
@@ -334,7 +335,7 @@ def _fit_budget(source, plan, clip, options, calibration, metadata, dst: Path, p
     if floor > options.budget:
         raise IntegrityError(f"--budget {options.budget:,} bytes: the smallest file reachable is {floor:,} bytes "
                              f"(every quantized tensor at {C.QUANT_BITS[0]} bits, its smallest clip)")  # fmt: skip
-    payload = sum(choices[n][i].payload for n, i in smallest.items())
+    payload = payload_of(choices, smallest)
     chosen, taken = allocate(choices, options.budget - (floor - payload))
     size = measure(chosen)
     while size > options.budget and undo_last(chosen, taken, choices):
@@ -370,7 +371,7 @@ def _refined(choices, chosen, size: int, budget: int, calibration: Calibration, 
     """The allocation after a local search on the joint calibration loss (budget.refine): its last
     accepted step whose written file fits the budget (with its size and how many steps it took), else
     the allocation as it was."""
-    room = sum(choices[n][i].payload for n, i in chosen.items()) + budget - size
+    room = payload_of(choices, chosen) + budget - size
 
     def joint_loss(allocation: dict[str, int]) -> np.ndarray:
         return calibration.window_losses({n: choices[n][i].q.dequantize() for n, i in allocation.items()})
@@ -387,7 +388,7 @@ def _filled(choices, chosen: dict[str, int], size: int, budget: int, measure) ->
     """Spend the bytes the allocation left on lower weight error (budget.fill), undoing its last upgrades
     while the written file is over; updates `chosen`. Returns (upgrades kept, the file's size)."""
     before = dict(chosen)
-    taken = fill(choices, chosen, sum(choices[n][i].payload for n, i in chosen.items()) + budget - size)
+    taken = fill(choices, chosen, payload_of(choices, chosen) + budget - size)
     filled = measure(chosen) if taken else size
     while filled > budget and undo_last(chosen, taken, choices, before):
         filled = measure(chosen) if taken else size
