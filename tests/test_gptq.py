@@ -98,7 +98,7 @@ def test_a_calibrated_artifact_is_a_plain_int6_file_that_records_its_calibration
     quantized = [t for t in report["tensors"] if t["action"] == "int6"]
     assert quantized and all(t["output_error"] >= 0 for t in quantized)
     for t in quantized:  # each tensor kept the symbols that cost the model less on calibration text
-        assert set(t["calib_loss"]) == {"gptq", "rtn"} and t["method"] == min(t["calib_loss"], key=t["calib_loss"].get)
+        assert set(t["calib_loss"]) == {"gptq", "rtn"} and t["calib_loss"][t["method"]] == min(t["calib_loss"].values())
     assert aprtool.verify_file(out, deep=True).valid
     with aprtool.open_apr(out) as f:
         assert f.metadata["calibration"] == report["calibration"]
@@ -196,3 +196,29 @@ def test_scoring_a_tensor_from_its_layers_kept_input_gives_the_whole_forward_pas
     assert kept.shape == (len(cal.select),) and np.array_equal(kept, whole)
     float_loss = cal.loss_with_all({})
     assert float_loss != kept.mean() and cal.loss_with(embedding, float_embedding) == float_loss  # restored
+
+
+def test_a_small_tied_embedding_is_refined_by_adaround_and_kept_only_where_it_costs_no_more(cli, tmp_path):
+    out = tmp_path / "m.apr"
+    r = cli("compress", MODEL, "-o", out, "--min-elements", "4096", "--calibrate", "--calib-tokens", "16384", "--json")
+    assert r.code == 0, r.stderr
+    assert r.json()["calibration"]["adaround_windows"] > 0
+    (row,) = [t for t in r.json()["tensors"] if t["name"] == "model.embed_tokens.weight"]
+    losses, summary = row["calib_loss"], row["adaround"]
+    start = summary["from"]  # what _choose took: the lower of the two
+    assert losses[start] == min(losses["gptq"], losses["rtn"]) and summary["steps"] == 1000
+    assert 0 < summary["changed"] < 0.5
+    assert summary["kept"] == (losses["adaround"] <= losses[start])
+    assert row["method"] == ("adaround" if summary["kept"] else start)
+    others = [t for t in r.json()["tensors"] if t["action"] == "int6" and t["name"] != row["name"]]
+    assert others and not any("adaround" in t for t in others)  # only the tied embedding's rows are learned
+    with aprtool.open_apr(out) as f:  # the file holds the symbols the record names
+        dequantized = aprtool.codecs.dequantize(f, row["name"])
+    calibration_loss = _loss_with(row["name"], dequantized)
+    assert abs(calibration_loss - losses[row["method"]]) < 1e-5
+
+
+def _loss_with(name: str, values: np.ndarray) -> float:
+    from aprtool.ops.calibrate import calibrate
+
+    return calibrate(MODEL, calib_tokens=16384).loss_with(name, values)

@@ -57,6 +57,9 @@ class Calibration:
     row_hessians: dict[str, np.ndarray] = field(default_factory=dict)  # name -> one H per row (rows × cols × cols)
     row_factors: dict[str, np.ndarray] = field(default_factory=dict)  # name -> gptq.row_factors of row_hessians
     layer_inputs: list[list[Any]] | None = None  # per decoder layer, its float input on each selection batch
+    # calibration windows (seq_len + 1 tokens) that share no token with `select`: what adaround learns on,
+    # so that scoring its symbols on `select` is a held-out check; None without per-row Hessians
+    windows: Any = None
 
     def loss_with(self, name: str, values: np.ndarray) -> float:
         """Mean cross-entropy (nats/token) on the selection windows with tensor `name` set to `values`
@@ -178,15 +181,24 @@ def calibration_tokens(model_path: Path, metadata: dict[str, Any], tokenizer: An
     return _encode_files(train, tokenizer, needed), str(calib_data) if calib_data else "python-stdlib"
 
 
-def _windows(tokens: Any, length: int, count: int, where: str) -> torch.Tensor:
-    """`count` windows of `length` tokens spread evenly over `tokens`."""
-    import torch
-
+def _starts(tokens: Any, length: int, count: int, where: str) -> np.ndarray:
+    """The first token of `count` windows of `length` tokens spread evenly over `tokens`."""
     span = len(tokens) - length
     if span < 1:
         raise UsageError(f"calibration data {where}: {len(tokens)} tokens cannot fill one window of {length + 1}")
-    starts = np.linspace(0, span - 1, num=min(count, span)).astype(np.int64)
+    return np.linspace(0, span - 1, num=min(count, span)).astype(np.int64)
+
+
+def _windows(tokens: Any, length: int, starts: np.ndarray) -> torch.Tensor:
+    """The windows of `length` tokens beginning at `starts`."""
+    import torch
+
     return torch.from_numpy(np.stack([np.asarray(tokens[s : s + length], dtype=np.int64) for s in starts]))
+
+
+def _apart(starts: np.ndarray, others: np.ndarray, length: int) -> np.ndarray:
+    """The starts whose window of `length` tokens shares no token with any window at `others`."""
+    return starts[np.all(np.abs(starts[:, None] - others[None, :]) >= length, axis=1)]
 
 
 def collect_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_size: int = 8) -> dict[str, np.ndarray]:
@@ -246,9 +258,10 @@ def collect_row_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_s
     try:
         for start in range(0, len(windows), batch_size):
             batch = windows[start : start + batch_size]
-            logits = model(batch[:, :-1])
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").backward()
+            with torch.enable_grad():  # the input role's gradients, also when the caller runs under no_grad
+                logits = model(batch[:, :-1])
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").backward()
             with torch.no_grad():
                 h = seen["h"].detach().flatten(0, 1).double()
                 p = torch.softmax(logits.detach().float().flatten(0, 1), -1).double()
@@ -289,6 +302,7 @@ def calibrate(
     ones for the tied embedding when it is among the `quantized` tensors and small enough."""
     from aprtool.model.io import load_model, load_tokenizer_for
 
+    model_path = Path(model_path)
     if not 0 < calib_tokens <= MAX_CALIB_TOKENS:
         raise UsageError(f"--calib-tokens {calib_tokens}: must be between 1 and {MAX_CALIB_TOKENS:,}")
     metadata: dict[str, Any] = {}
@@ -300,15 +314,23 @@ def calibrate(
     model, info = load_model(model_path)
     tokenizer = load_tokenizer_for(info.metadata, model_path, info.config)  # checks the entry
     seq_len = _seq_len(model, info.metadata)
-    tokens, source = calibration_tokens(model_path, info.metadata, tokenizer, calib_data, calib_tokens + seq_len)
-    windows = _windows(tokens, seq_len, math.ceil(calib_tokens / seq_len), source)
+    # twice the tokens the windows take, so that they lie apart and adaround can learn on windows that share
+    # no token with the selection windows its symbols are then scored on (a prepared split is read whole)
+    tokens, source = calibration_tokens(model_path, info.metadata, tokenizer, calib_data, 2 * calib_tokens + seq_len)
+    windows = _windows(tokens, seq_len, _starts(tokens, seq_len, math.ceil(calib_tokens / seq_len), source))
     hessians = collect_hessians(model, windows)
-    select = _windows(tokens, seq_len + 1, math.ceil(min(calib_tokens, SELECT_TOKENS) / seq_len), source)
+    selected = _starts(tokens, seq_len + 1, math.ceil(min(calib_tokens, SELECT_TOKENS) / seq_len), source)
+    select = _windows(tokens, seq_len + 1, selected)
     record = {"method": "gptq", "source": source, "split": "train", "tokens": int(windows.numel()),
               "windows": len(windows), "seq_len": seq_len, "select_tokens": int(select[:, 1:].numel())}  # fmt: skip
     rows: dict[str, np.ndarray] = {}
     vocab, hidden = model.model.embed_tokens.weight.shape
+    learn = None
     if EMBEDDING in quantized and model.cfg.tie_word_embeddings and vocab * hidden**2 <= MAX_ROW_HESSIAN_ELEMENTS:
-        rows[EMBEDDING] = collect_row_hessians(model, _windows(tokens, seq_len + 1, len(windows), source))
+        starts = _starts(tokens, seq_len + 1, len(windows), source)
+        rows[EMBEDDING] = collect_row_hessians(model, _windows(tokens, seq_len + 1, starts))
         record["row_hessians"] = [EMBEDDING]
-    return Calibration(hessians, record, model, select, rows)
+        apart = _apart(starts, selected, seq_len + 1)
+        learn = _windows(tokens, seq_len + 1, apart) if len(apart) else None
+        record["adaround_windows"] = len(apart)
+    return Calibration(hessians, record, model, select, rows, windows=learn)

@@ -26,6 +26,8 @@ from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
 from aprtool.data.tokenizer import embed_tokenizer
 from aprtool.errors import IntegrityError, MetadataError, UsageError
+from aprtool.ops.adaround import STEPS as ADAROUND_STEPS
+from aprtool.ops.adaround import adaround
 from aprtool.ops.budget import (
     REFINE_EVALS_PER_TENSOR,
     Choice,
@@ -548,6 +550,24 @@ def _choose(name: str, candidates: list[tuple[Quantized, dict[str, Any]]], calib
     return q, record
 
 
+def _adarounded(name: str, weights: np.ndarray, q: Quantized, record: dict[str, Any], calibration: Calibration,
+                progress: Callable[[str, int, int], None]) -> tuple[Quantized, dict[str, Any]]:  # fmt: skip
+    """The chosen symbols of a tied embedding refined by adaround on the calibration windows, kept only if
+    they cost the model no more on calibration text than the symbols they started from."""
+    refined = adaround(calibration.model, name, weights, q, calibration.windows,
+                       progress=lambda done, total: progress("adaround", done, total))  # fmt: skip
+    loss = calibration.loss_with(name, refined.dequantize())
+    losses = {**record["calib_loss"], "adaround": round(loss, 6)}
+    kept = loss <= record["calib_loss"][record["method"]]
+    summary = {"from": record["method"], "steps": ADAROUND_STEPS, "kept": kept,
+               "changed": round(float(np.mean(refined.symbols != q.symbols)), 6)}  # fmt: skip
+    if not kept:
+        return q, record | {"calib_loss": losses, "adaround": summary}
+    refined_record = _record(weights, refined, Clip.parse(record["clip"]), record["source_dtype"],
+                             calibration.hessians[name], "adaround")  # fmt: skip
+    return refined, refined_record | {"calib_loss": losses, "adaround": summary}
+
+
 def _workers(options: CompressOptions) -> int:
     return options.workers or os.cpu_count() or 1
 
@@ -576,6 +596,8 @@ def _quantize_all(
         }
         for done, (name, job) in enumerate(jobs.items(), 1):
             q, record = _choose(name, job.result(), calibration)
+            if calibration is not None and calibration.windows is not None and name in factors:
+                q, record = _adarounded(name, source.as_float32(name), q, record, calibration, progress)
             plan.quantized[name] = (q, record)
             plan.rows[name] = {"name": name, "shape": list(q.shape), "action": f"int{q.bits}", "bits": q.bits, **record}
             progress("quantize", done, len(jobs))
