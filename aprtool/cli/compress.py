@@ -161,7 +161,12 @@ BudgetOption = Annotated[
     ),
 ]
 CalibrateOption = Annotated[
-    bool, typer.Option("--calibrate", help="GPTQ: round each weight matrix under its layer's calibration inputs.")
+    bool,
+    typer.Option(
+        "--calibrate",
+        help="GPTQ: round each weight matrix under its layer's calibration inputs (a small tied embedding: "
+        "then AdaRound).",
+    ),
 ]
 CalibTokensOption = Annotated[
     int, typer.Option("--calib-tokens", metavar="N", help="Calibration tokens (training split).")
