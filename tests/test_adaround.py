@@ -16,7 +16,7 @@ MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "tiny-byte
 
 def test_adaround_keeps_the_grid_moves_each_symbol_to_a_neighbouring_level_and_lowers_the_loss():
     cal = calibrate(MODEL, calib_tokens=16384, quantized=[EMBEDDING])
-    assert cal.windows is not None and cal.record["adaround_windows"] == len(cal.windows) > 0
+    assert cal.windows is not None and cal.record["adaround_windows"] == len(cal.windows) >= 8
     assert cal.windows.shape[1] == cal.select.shape[1]  # windows with their labels
     before = {n: p.detach().clone() for n, p in cal.model.named_parameters()}
     weights = before[EMBEDDING].numpy()

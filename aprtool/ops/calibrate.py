@@ -25,6 +25,7 @@ from aprtool.container import open_apr
 from aprtool.data.corpus import default_corpus_files, default_corpus_root, read_text, split_by_file, text_files
 from aprtool.data.prepare import MANIFEST, load_prepared
 from aprtool.errors import UsageError
+from aprtool.ops.adaround import BATCH as ADAROUND_BATCH
 from aprtool.text import printable
 
 if TYPE_CHECKING:  # torch is imported when calibration runs, so `compress` without it starts fast
@@ -331,6 +332,6 @@ def calibrate(
         rows[EMBEDDING] = collect_row_hessians(model, _windows(tokens, seq_len + 1, starts))
         record["row_hessians"] = [EMBEDDING]
         apart = _apart(starts, selected, seq_len + 1)
-        learn = _windows(tokens, seq_len + 1, apart) if len(apart) else None
+        learn = _windows(tokens, seq_len + 1, apart) if len(apart) >= ADAROUND_BATCH else None  # else: too few
         record["adaround_windows"] = len(apart)
     return Calibration(hessians, record, model, select, rows, windows=learn)
