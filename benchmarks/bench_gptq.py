@@ -5,9 +5,10 @@
 Trains the pair of bench_qat.py (no QAT and late QAT, the same --time-budget, side by side), then
 compresses each model twice at the fixed clip std:12.85 (compress's default before per-tensor clips;
 tensors of >= 65,536 elements, rANS): round-to-nearest, and `--calibrate` (GPTQ on the run's own
-training data). `eval` scores the float model and both artifacts on the same held-out tokens; the
-result is the float->int6 gap of each and how much of it GPTQ removes (with a 95 % bootstrap interval
-over the held-out windows), with the artifact sizes (GPTQ changes which symbols are written, so the
+training data; for a tied embedding as small as `tiny`'s, GPTQ then AdaRound, about 3 minutes per model;
+the result keys say `gptq` for all of it). `eval` scores the float model and both artifacts on the same
+held-out tokens; the result is the float->int6 gap of each and how much of it GPTQ removes (with a 95 %
+bootstrap interval over the held-out windows), with the artifact sizes (GPTQ changes which symbols are written, so the
 coded size moves a little). Also times calibration + GPTQ of the `small` preset (a 2-step model: the
 cost does not depend on training); `--only-small` times only that, and `--calibrate --budget` at the
 size of its uniform int6 file.
