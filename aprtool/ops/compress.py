@@ -556,16 +556,14 @@ def _adarounded(name: str, weights: np.ndarray, q: Quantized, record: dict[str, 
     they cost the model no more on calibration text than the symbols they started from."""
     refined = adaround(calibration.model, name, weights, q, calibration.windows,
                        progress=lambda done, total: progress("adaround", done, total))  # fmt: skip
-    loss = calibration.loss_with(name, refined.dequantize())
-    losses = {**record["calib_loss"], "adaround": round(loss, 6)}
-    kept = loss <= record["calib_loss"][record["method"]]
+    losses = {**record["calib_loss"], "adaround": round(calibration.loss_with(name, refined.dequantize()), 6)}
+    kept = losses["adaround"] <= losses[record["method"]]  # as recorded, so the record explains the choice
     summary = {"from": record["method"], "steps": ADAROUND_STEPS, "kept": kept,
                "changed": round(float(np.mean(refined.symbols != q.symbols)), 6)}  # fmt: skip
-    if not kept:
-        return q, record | {"calib_loss": losses, "adaround": summary}
-    refined_record = _record(weights, refined, Clip.parse(record["clip"]), record["source_dtype"],
-                             calibration.hessians[name], "adaround")  # fmt: skip
-    return refined, refined_record | {"calib_loss": losses, "adaround": summary}
+    if kept:
+        record = _record(weights, refined, Clip.parse(record["clip"]), record["source_dtype"],
+                         calibration.hessians[name], "adaround")  # fmt: skip
+    return (refined if kept else q), record | {"calib_loss": losses, "adaround": summary}
 
 
 def _workers(options: CompressOptions) -> int:
