@@ -195,7 +195,7 @@ def _distill(teacher, out: Path, options, resume, force, log, progress, tensorbo
 def _fresh_run_action(out: Path, ckpts: CheckpointDir, run_id: str, plan: Any, force: bool, log: Any) -> str:
     with torch.device("meta"):
         expected_names = set(LlamaForCausalLM(plan.config).weights())
-    check = lambda: check_saved_model(out / "model.apr", expected_names)  # noqa: E731
+    check = lambda: check_saved_model(out / "model.apr", expected_names, plan.config.architecture)  # noqa: E731
     return before_fresh_run(out, ckpts, run_id, read_state(out), force, check, log)
 
 

@@ -196,12 +196,13 @@ def _adapt(name: str, src: torch.Tensor, shape: torch.Size, t: LlamaConfig, s: L
     if name.endswith("mlp.down_proj.weight") and src.shape[0] == shape[0]:
         return src[:, : shape[1]]
     if (
-        name.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight"))
-        and t.head_dim == s.head_dim
+        name.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.k_proj.bias",
+                       "self_attn.v_proj.bias"))
+        and t.head_size == s.head_size
         and t.num_kv_heads % s.num_kv_heads == 0
-    ):
+    ):  # fmt: skip
         group = t.num_kv_heads // s.num_kv_heads
-        return src.view(s.num_kv_heads, group, t.head_dim, t.hidden_size).mean(1).reshape(shape)
+        return src.view(s.num_kv_heads, group, t.head_size, *src.shape[1:]).mean(1).reshape(shape)
     return None
 
 

@@ -132,7 +132,7 @@ class HfView:
     format = "Hugging Face folder"
 
     def __init__(self, path: Path) -> None:
-        from aprtool.interop.hf_config import apr_metadata_from_hf
+        from aprtool.interop.hf_config import architecture_fields
         from aprtool.paths import read_input
 
         self.path = path
@@ -140,7 +140,7 @@ class HfView:
             self.metadata = json.loads(read_input(path / "config.json"))
         except ValueError as exc:
             raise FormatError(f"{path / 'config.json'}: not valid JSON ({str(exc)[:80]})") from None
-        self.architecture = apr_metadata_from_hf(self.metadata, str(path / "config.json"))
+        self.architecture = architecture_fields(self.metadata, str(path / "config.json"))
         self.shards = {name: SafetensorsView(path / name) for name in hf_shard_names(path)}
         self.size_bytes = sum(v.size_bytes for v in self.shards.values())
         self.tensors, self._where = {}, {}

@@ -189,7 +189,8 @@ def _export_hf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
         ]
         meta = {k: v for k, v in metadata.items() if k != "training"}
         _safetensors_bytes_to(build / "model.safetensors", model, meta)
-        atomic_write_text(build / "config.json", json.dumps(hf_config(metadata, eos, torch_dtype), indent=2) + "\n")
+        config = hf_config(llama_config(metadata), eos, eos, torch_dtype)
+        atomic_write_text(build / "config.json", json.dumps(config, indent=2) + "\n")
         gen = {"_from_model_config": True, **({"bos_token_id": eos, "eos_token_id": eos} if eos is not None else {})}
         atomic_write_text(build / "generation_config.json", json.dumps(gen, indent=2) + "\n")
         if tok is not None:

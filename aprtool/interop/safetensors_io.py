@@ -170,7 +170,7 @@ def imported_metadata(f: SafetensorsFile) -> dict[str, Any]:
     """The APR metadata an import gets: aprtool's own (under META_KEY, an object by APR's metadata rules)
     or the string map, plus the model keys of a `config.json` beside the file (type-checked)."""
     from aprtool.container.layout import parse_metadata
-    from aprtool.interop.hf_config import apr_metadata_from_hf
+    from aprtool.interop.hf_config import architecture_fields
     from aprtool.paths import read_input
 
     if META_KEY in f.metadata:
@@ -183,7 +183,7 @@ def imported_metadata(f: SafetensorsFile) -> dict[str, Any]:
             hf = json.loads(read_input(config))
         except ValueError as exc:
             raise FormatError(f"{config}: not valid JSON ({str(exc)[:80]})") from None
-        metadata = {**apr_metadata_from_hf(hf, str(config)), **metadata, "hf_config": hf}
+        metadata = {**architecture_fields(hf, str(config)), **metadata, "hf_config": hf}
     return metadata
 
 

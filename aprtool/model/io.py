@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ from aprtool.container.reader import AprFile
 from aprtool.container.verify import VerifyReport
 from aprtool.errors import IntegrityError, MetadataError
 from aprtool.memory import ensure_allocatable
+from aprtool.model.config import ARCHITECTURES, DEFAULT_ARCHITECTURE, ROPE_TYPES, RopeScaling
 from aprtool.model.llama import LlamaConfig, LlamaForCausalLM
 
-ARCHITECTURE = "LlamaForCausalLM"
+ARCHITECTURE = DEFAULT_ARCHITECTURE  # what aprtool's own runs train
 # Far above any published model, far below what would exhaust memory on a claim alone.
 INT_LIMITS = {
     "vocab_size": 1 << 21,
@@ -39,45 +40,86 @@ INT_LIMITS = {
     "intermediate_size": 1 << 18,
     "max_position_embeddings": 1 << 24,
 }
+OPTIONAL_INTS = {"head_dim": 1 << 12, "sliding_window": 1 << 24}  # absent or null: not set
 FLOAT_RANGES = {"rope_theta": (0.0, 1e12), "rms_norm_eps": (0.0, 1.0)}  # exclusive bounds
+FLAGS = ("qkv_bias", "o_bias", "mlp_bias", "qk_norm")  # absent: false (files written before they existed)
+REQUIRED = (*INT_LIMITS, *FLOAT_RANGES, "tie_word_embeddings")
 
 
-def _int_field(metadata: dict[str, Any], key: str) -> int:
-    value = metadata[key]
+def _int_value(value: Any, where: str, limit: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise MetadataError(f"metadata.{key}: {value!r:.40} is not an integer")
-    if not 1 <= value <= INT_LIMITS[key]:
-        raise MetadataError(f"metadata.{key}: {value} is outside 1..{INT_LIMITS[key]:,}")
+        raise MetadataError(f"{where}: {value!r:.40} is not an integer")
+    if not 1 <= value <= limit:
+        raise MetadataError(f"{where}: {value} is outside 1..{limit:,}")
     return value
 
 
-def _float_field(metadata: dict[str, Any], key: str) -> float:
-    value = metadata[key]
-    low, high = FLOAT_RANGES[key]
+def _float_value(value: Any, where: str, low: float, high: float) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not low < value < high:
-        raise MetadataError(f"metadata.{key}: {value!r:.40} is not a number in ({low:g}, {high:g})")
+        raise MetadataError(f"{where}: {value!r:.40} is not a number in ({low:g}, {high:g})")
     return float(value)
+
+
+def _flag(metadata: dict[str, Any], key: str) -> bool:
+    value = metadata.get(key, False)
+    if not isinstance(value, bool):
+        raise MetadataError(f"metadata.{key}: {value!r:.40} is not true or false")
+    return value
+
+
+def rope_scaling(value: Any, where: str) -> RopeScaling | None:
+    """A rope scaling entry (None, or `rope_type` linear/llama3 with its numbers), every field checked."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise MetadataError(f"{where}: must be an object or null, found {type(value).__name__}")
+    kind = value.get("rope_type")
+    if kind == "default":
+        return None
+    if kind not in ROPE_TYPES:
+        raise MetadataError(f"{where}.rope_type: {kind!r:.40} is not supported (default, {', '.join(ROPE_TYPES)})")
+    factor = _float_value(value.get("factor"), f"{where}.factor", 0.0, 1e6)
+    if kind == "linear":
+        return RopeScaling("linear", factor)
+    low = _float_value(value.get("low_freq_factor"), f"{where}.low_freq_factor", 0.0, 1e6)
+    high = _float_value(value.get("high_freq_factor"), f"{where}.high_freq_factor", low, 1e6)
+    context = _int_value(
+        value.get("original_max_position_embeddings"), f"{where}.original_max_position_embeddings", 1 << 24
+    )
+    return RopeScaling("llama3", factor, low, high, context)
 
 
 def llama_config(metadata: dict[str, Any]) -> LlamaConfig:
     """The architecture the metadata describes, every field checked (MetadataError, exit 4)."""
     arch = metadata.get("architecture")
-    if arch != ARCHITECTURE:
-        raise MetadataError(f"metadata.architecture: {arch!r:.60} is not {ARCHITECTURE!r}")
-    missing = [f.name for f in fields(LlamaConfig) if f.name not in metadata]
+    if arch not in ARCHITECTURES:
+        raise MetadataError(
+            f"metadata.architecture: {arch!r:.60} is not supported (supported: {', '.join(ARCHITECTURES)})"
+        )
+    missing = [key for key in REQUIRED if key not in metadata]
     if missing:
         raise MetadataError(f"metadata lacks {', '.join(missing)}")
-    ints = {key: _int_field(metadata, key) for key in INT_LIMITS}
-    floats = {key: _float_field(metadata, key) for key in FLOAT_RANGES}
+    ints = {key: _int_value(metadata[key], f"metadata.{key}", limit) for key, limit in INT_LIMITS.items()}
+    optional = {
+        key: None if metadata.get(key) is None else _int_value(metadata[key], f"metadata.{key}", limit)
+        for key, limit in OPTIONAL_INTS.items()
+    }
+    floats = {key: _float_value(metadata[key], f"metadata.{key}", *FLOAT_RANGES[key]) for key in FLOAT_RANGES}
     tie = metadata["tie_word_embeddings"]
     if not isinstance(tie, bool):
         raise MetadataError(f"metadata.tie_word_embeddings: {tie!r:.40} is not true or false")
-    hidden, heads, kv = ints["hidden_size"], ints["num_heads"], ints["num_kv_heads"]
-    if hidden % heads or (hidden // heads) % 2:
+    hidden, heads, kv, head_dim = ints["hidden_size"], ints["num_heads"], ints["num_kv_heads"], optional["head_dim"]
+    if head_dim is None and (hidden % heads or (hidden // heads) % 2):
         raise MetadataError(f"metadata.num_heads: {heads} does not split hidden_size {hidden} into even head sizes")
+    if head_dim is not None and head_dim % 2:
+        raise MetadataError(f"metadata.head_dim: {head_dim} is odd; RoPE rotates pairs of channels")
     if heads % kv:
         raise MetadataError(f"metadata.num_kv_heads: {kv} does not divide num_heads {heads}")
-    return LlamaConfig(**ints, **floats, tie_word_embeddings=tie)
+    return LlamaConfig(
+        **ints, **floats, **optional, tie_word_embeddings=tie, architecture=arch,
+        **{key: _flag(metadata, key) for key in FLAGS},
+        rope_scaling=rope_scaling(metadata.get("rope_scaling"), "metadata.rope_scaling"),
+    )  # fmt: skip
 
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -100,7 +142,7 @@ def check_tensors(config: LlamaConfig, shapes: dict[str, tuple[int, ...]], float
         what = (f"lacks {missing[0]!r}" if missing else f"has unexpected {extra[0]!r}") + (
             f" (and {len(missing) + len(extra) - 1} more differences)" if len(missing) + len(extra) > 1 else ""
         )
-        raise MetadataError(f"tensors do not match the metadata's {ARCHITECTURE}: the file {what}")
+        raise MetadataError(f"tensors do not match the metadata's {config.architecture}: the file {what}")
     for name, shape in expected.items():
         if tuple(shapes[name]) != shape:
             raise MetadataError(
@@ -199,8 +241,7 @@ def model_metadata(
     m = model.cfg
     return {
         "name": name,
-        "architecture": "LlamaForCausalLM",
-        "model_type": "llama",
+        "model_type": m.model_type,
         "param_count": sum(t.numel() for t in model.weights().values()),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "license": None,
@@ -217,7 +258,7 @@ def write_model(
 ) -> VerifyReport:
     """Write the weights-only model atomically and verify it before anyone reports success."""
     write_apr(path, weights, metadata)
-    report = verify_file(path, expect_tensors=expect_tensors, require=[("architecture", "LlamaForCausalLM")])
+    report = verify_file(path, expect_tensors=expect_tensors, require=[("architecture", metadata["architecture"])])
     if not report.valid:
         raise IntegrityError(f"{path}: final model does not verify: {'; '.join(report.errors)}")
     return report

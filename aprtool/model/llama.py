@@ -1,12 +1,15 @@
-"""A Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention, optional tied embeddings.
+"""A Llama-family decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention, optional tied embeddings, and the
+options that make it Mistral (sliding window), Qwen2 (q/k/v biases) or Qwen3 (q/k norm, explicit head_dim).
 
 Module and parameter names follow Hugging Face's LlamaForCausalLM (`model.layers.N.self_attn.q_proj
-.weight`, ...) and the math follows its default rotary embedding, so an aprtool checkpoint exports
-to safetensors/transformers without renaming anything.
+.weight`, ...; Qwen3's `self_attn.q_norm.weight`) and the math follows transformers' (rotary embedding
+with its `linear` and `llama3` scaling), so a checkpoint moves between aprtool and transformers without
+renaming anything and gives the same logits.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,7 +18,7 @@ from torch import nn
 
 from aprtool.codecs.quant import Clip, torch_fake_quant
 from aprtool.errors import UsageError
-from aprtool.model.config import PRESETS, LlamaConfig
+from aprtool.model.config import PRESETS, LlamaConfig, RopeScaling
 
 __all__ = ["PRESETS", "LlamaConfig", "LlamaForCausalLM", "QATLinear"]
 
@@ -28,7 +31,7 @@ class QATLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight if self.qat is None else torch_fake_quant(self.weight, self.qat)
-        return F.linear(x, weight)
+        return F.linear(x, weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -44,9 +47,27 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def scaled_inv_freq(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """transformers' `linear` and `llama3` rope scaling of the inverse frequencies."""
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    context, low, high = scaling.original_max_position_embeddings, scaling.low_freq_factor, scaling.high_freq_factor
+    wavelength = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelength > context / low, inv_freq / scaling.factor, inv_freq)
+    smooth = (context / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelength < context / high) & ~(wavelength > context / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def inv_freq(cfg: LlamaConfig, device: Any = None) -> torch.Tensor:
+    d = cfg.head_size
+    base = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, device=device).float() / d))
+    return base if cfg.rope_scaling is None else scaled_inv_freq(base, cfg.rope_scaling)
+
+
 def rope_tables(cfg: LlamaConfig, length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim))
-    freqs = torch.outer(torch.arange(length, device=device).float(), inv_freq)
+    freqs = torch.outer(torch.arange(length, device=device).float(), inv_freq(cfg, device))
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 
@@ -60,34 +81,45 @@ class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        kv = cfg.num_kv_heads * cfg.head_dim
-        self.q_proj = QATLinear(cfg.hidden_size, cfg.hidden_size, bias=False)
-        self.k_proj = QATLinear(cfg.hidden_size, kv, bias=False)
-        self.v_proj = QATLinear(cfg.hidden_size, kv, bias=False)
-        self.o_proj = QATLinear(cfg.hidden_size, cfg.hidden_size, bias=False)
+        q, kv = cfg.num_heads * cfg.head_size, cfg.num_kv_heads * cfg.head_size
+        self.q_proj = QATLinear(cfg.hidden_size, q, bias=cfg.qkv_bias)
+        self.k_proj = QATLinear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
+        self.v_proj = QATLinear(cfg.hidden_size, kv, bias=cfg.qkv_bias)
+        self.o_proj = QATLinear(q, cfg.hidden_size, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_size, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(cfg.head_size, cfg.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         c = self.cfg
-        q = self.q_proj(x).view(b, t, c.num_heads, c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, c.num_heads, c.head_size)
+        k = self.k_proj(x).view(b, t, c.num_kv_heads, c.head_size)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_size).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         if c.num_kv_heads != c.num_heads:
             rep = c.num_heads // c.num_kv_heads
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, c.hidden_size))
+        if c.sliding_window is not None and t > c.sliding_window:
+            i = torch.arange(t, device=x.device)
+            allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < c.sliding_window)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, c.num_heads * c.head_size))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.gate_proj = QATLinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = QATLinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = QATLinear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = QATLinear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = QATLinear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = QATLinear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -144,6 +176,8 @@ class LlamaForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)  # HF initializer_range
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [batch, seq, vocab] for token ids [batch, seq]."""

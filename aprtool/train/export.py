@@ -44,11 +44,10 @@ def start_digests(model: LlamaForCausalLM, learned: list[str]) -> dict[str, str]
     return {name: tensor_digest(weights[name]) for name in learned if name in weights}
 
 
-def check_saved_model(path: Path, expected_names: set[str]) -> list[str]:
+def check_saved_model(path: Path, expected_names: set[str], architecture: str) -> list[str]:
     """Problems of an existing export (used before skipping a completed run): strict verification."""
-    report = verify_file(
-        path, strict=True, expect_tensors=len(expected_names), require=[("architecture", "LlamaForCausalLM")]
-    )
+    require = [("architecture", architecture)]
+    report = verify_file(path, strict=True, expect_tensors=len(expected_names), require=require)
     problems = list(report.errors)
     if report.valid:
         with open_apr(path) as f:
