@@ -131,3 +131,15 @@ def recorded_path_hint(what: str, recorded: str, flag: str) -> UsageError:
         f"{what} {printable(recorded)!r} (recorded in a file; aprtool never opens a path found inside a file): "
         f"pass {flag} {printable(recorded)} to use it"
     )
+
+
+def read_json(path: str | os.PathLike[str], limit: int = MAX_SIDECAR_BYTES) -> object:
+    """A side file's JSON (config.json, tokenizer_config.json, ...): size-capped, and anything `json` raises on
+    hostile text (bad UTF-8, syntax, nesting deep enough to exhaust the stack) is one line naming the file."""
+    import json
+
+    data = read_input(path, limit)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FormatError(f"{path}: not valid JSON ({str(exc)[:80]})") from None

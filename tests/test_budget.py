@@ -262,7 +262,7 @@ def test_the_uncalibrated_budget_warning_suggests_calibrate_only_where_it_can_ru
     llama = cli("compress", MODEL, "-o", tmp_path / "m.apr", *ARGS, "--budget", "60000", "--json")
     assert plain.code == 0 and llama.code == 0, plain.stderr + llama.stderr
     (said,) = [w for w in plain.json()["warnings"] if w.startswith("--budget without --calibrate")]
-    assert "needs an aprtool Llama .apr with a tokenizer" in said
+    assert "needs a Llama-family model with a tokenizer" in said
     (said,) = [w for w in llama.json()["warnings"] if w.startswith("--budget without --calibrate")]
     assert said.endswith("--calibrate measures it (docs/performance.md)")
 

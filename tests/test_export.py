@@ -70,20 +70,36 @@ def test_apr_to_safetensors_to_apr_is_bit_exact_for_every_float_dtype(tmp_path):
 
 
 def test_safetensors_import_keeps_metadata_and_config(tmp_path):
-    from safetensors.torch import save_file
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
 
-    save_file({"w": torch.ones(2, 2)}, str(tmp_path / "model.safetensors"), metadata={"format": "pt", "who": "hf"})
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2,
-              "num_hidden_layers": 1, "num_attention_heads": 1, "num_key_value_heads": 1, "vocab_size": 2}  # fmt: skip
+    from fixtures.foreign import hf_folder
+
+    hf_folder(tmp_path / "hf", "LlamaForCausalLM")
+    save_file(load_file(str(tmp_path / "hf" / "model.safetensors")), str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt", "who": "hf"})  # fmt: skip
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(config))
     export_file(tmp_path / "model.safetensors", tmp_path / "m.apr", "apr")
     with open_apr(tmp_path / "m.apr") as f:
         assert f.metadata["who"] == "hf"
         assert f.metadata["hf_config"] == config
         assert (f.metadata["architecture"], f.metadata["num_layers"], f.metadata["num_kv_heads"]) == (
-            "LlamaForCausalLM", 1, 1,
+            "LlamaForCausalLM", 2, 2,
         )  # fmt: skip
-        assert f.numpy("w").tolist() == [[1, 1], [1, 1]]
+        assert f.metadata["source"]["format"] == "safetensors"
+
+
+def test_a_config_json_beside_tensors_that_are_no_model_is_refused_naming_the_field(cli, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2, 2)}, str(tmp_path / "model.safetensors"))
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2,
+              "num_hidden_layers": 1, "num_attention_heads": 1, "num_key_value_heads": 1, "vocab_size": 2}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    r = cli("export", tmp_path / "model.safetensors", "-o", tmp_path / "m.apr", "--to", "apr")
+    assert r.code == 4 and "intermediate_size" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "m.apr").exists()
 
 
 def test_training_state_is_never_exported(tmp_path):

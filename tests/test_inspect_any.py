@@ -231,15 +231,18 @@ def test_reference_models_in_fixtures_are_valid_self_contained_and_scorable(cli,
     assert cli("diff", model, packed, "--atol", "0.5").code == 0
 
 
-def test_export_reads_an_hf_folder_by_content_and_refuses_gguf(cli, files, tmp_path):
+def test_export_imports_an_hf_folder_and_a_gguf_by_content(cli, files, tmp_path):
     back = tmp_path / "back.apr"
     r = cli("export", files["hf"], "-o", back, "--to", "apr")
     assert r.code == 0, r.stderr
     assert cli("diff", files["apr"], back).code == 0
     disguised = tmp_path / "model.safetensors"  # a GGUF file whatever its name says
     shutil.copyfile(files["gguf"], disguised)
-    one_line_error(cli("export", disguised, "-o", tmp_path / "x.apr", "--to", "apr"), 2, "GGUF")
-    assert not (tmp_path / "x.apr").exists()
+    r = cli("export", disguised, "-o", tmp_path / "x.apr", "--to", "apr")
+    assert r.code == 0, r.stderr
+    assert cli("diff", files["apr"], tmp_path / "x.apr").code == 0  # f32 GGUF: the same values, q/k un-permuted
+    with open_apr(tmp_path / "x.apr") as f:
+        assert f.metadata["source"]["format"] == "gguf" and f.metadata["tokenizer"]["kind"] == "hf"
 
 
 def test_verify_require_works_on_every_format(cli, files):

@@ -68,6 +68,10 @@ class PreparedCorpus:
         return self.manifest["fingerprint"]
 
 
+def _text_sha256(tokenizer: Any) -> str | None:
+    return hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest() if tokenizer.kind != "bytes" else None
+
+
 def _source_fingerprint(files: list[Path], root: Path, settings: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for p in files:
@@ -125,7 +129,7 @@ def _link_prepared(corpus: PreparedCorpus, out_dir: Path) -> PreparedCorpus:
             return existing
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [p.name for split in ("train", "val") for p in corpus.shard_paths(split)]
-    if corpus.manifest["tokenizer"]["kind"] == "bpe":
+    if corpus.manifest["tokenizer"]["kind"] != "bytes":
         names.append(TOKENIZER_FILE)
     for name in names:
         tmp = temp_path(out_dir / name)
@@ -147,7 +151,7 @@ def _texts(files: list[Path]) -> Iterator[str]:
 
 def _write_split(directory: Path, split: str, tok: Any, files: list[Path]) -> list[dict]:
     """Tokenize `files` in batches of about ENCODE_CHARS characters straight into shards."""
-    writer = ShardWriter(directory, split, tok.eos_id, tok.vocab_size, SHARD_TOKENS)
+    writer = ShardWriter(directory, split, tok.frame(), tok.vocab_size, SHARD_TOKENS)
     batch: list[str] = []
     size = 0
     for text in _texts(files):
@@ -166,24 +170,29 @@ def prepare_corpus(
     source: Path | None,
     out_dir: Path,
     *,
-    tokenizer: str = "bpe",
+    tokenizer: str | Any = "bpe",
     vocab_size: int = 4096,
     val_fraction: float = 0.05,
     log: Any = None,
 ) -> PreparedCorpus:
     """Prepare `source` (None: the default corpus) into `out_dir`, or reuse what is there. A prepared
-    `source` is linked into `out_dir`, so a run directory holds its own data (resume needs no path)."""
+    `source` is linked into `out_dir`, so a run directory holds its own data (resume needs no path).
+    `tokenizer`: bpe (trained on the training split), bytes, or a tokenizer object to use as it is (a
+    model's own: continued pretraining, a foreign teacher)."""
     if source is not None and (source / MANIFEST).is_file():
         return _link_prepared(load_prepared(source), out_dir)
     if source is not None and not source.is_dir():
         raise FileAccessError(f"--corpus {source}: not a directory")
-    if tokenizer not in ("bpe", "bytes"):
+    given = None if isinstance(tokenizer, str) else tokenizer
+    if given is None and tokenizer not in ("bpe", "bytes"):
         raise UsageError(f"--tokenizer {tokenizer!r}: choose bpe or bytes")
     if not 0 < val_fraction < 1:
         raise UsageError(f"--val-fraction {val_fraction}: must be between 0 and 1")
     root = default_corpus_root() if source is None else source
     files = default_corpus_files() if source is None else text_files(source)
     settings = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction}
+    if given is not None:  # the tokenizer itself is a setting: its text's digest
+        settings = {"tokenizer": given.kind, "sha256": _text_sha256(given), "val_fraction": val_fraction}
     fingerprint = _source_fingerprint(files, root, settings)
     if (out_dir / MANIFEST).is_file():
         existing = load_prepared(out_dir)
@@ -194,9 +203,15 @@ def prepare_corpus(
         raise UsageError(f"corpus {root}: no readable UTF-8 text on one side of the held-out split")
     out_dir.mkdir(parents=True, exist_ok=True)
     if log:
-        vocab = vocab_size if tokenizer == "bpe" else ByteTokenizer.vocab_size
-        log(f"tokenizing {len(files)} files from {root} ({tokenizer}, vocab {vocab})")
-    if tokenizer == "bytes":
+        vocab = given.vocab_size if given else vocab_size if tokenizer == "bpe" else ByteTokenizer.vocab_size
+        log(f"tokenizing {len(files)} files from {root} ({settings['tokenizer']}, vocab {vocab})")
+    if given is not None:
+        tok = given
+        info = tok.info()
+        if tok.kind != "bytes":
+            tok.save(out_dir / TOKENIZER_FILE)
+            info |= {"file": TOKENIZER_FILE, "sha256": file_sha256(out_dir / TOKENIZER_FILE)}
+    elif tokenizer == "bytes":
         tok: ByteTokenizer | BpeTokenizer = ByteTokenizer()
         info = tok.info()
     else:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from aprtool.atomic import atomic_writer
-from aprtool.errors import FormatError, TruncatedError
+from aprtool.errors import FormatError, TruncatedError, UsageError
 from aprtool.paths import open_input
 
 MAGIC = b"APRTOKS\0"
@@ -86,20 +86,28 @@ class ShardedTokens:
         return whole.astype(dtype) if dtype is not None else np.array(whole)
 
 
+MAX_VOCAB = 1 << 16  # token ids are stored in 16 bits
+
+
 class ShardWriter:
     """Token shards of at most `shard_tokens` tokens written as documents stream in: documents in order,
-    the EOS token after each; only the current shard is held in memory."""
+    each framed by the tokenizer's boundary tokens (`frame`: before, after); only the current shard is held
+    in memory."""
 
-    def __init__(self, directory: Path, split: str, eos: int, vocab_size: int, shard_tokens: int) -> None:
+    def __init__(self, directory: Path, split: str, frame: tuple[list[int], list[int]], vocab_size: int,
+                 shard_tokens: int) -> None:  # fmt: skip
+        if vocab_size > MAX_VOCAB:
+            raise UsageError(f"a vocabulary of {vocab_size:,} tokens does not fit token shards' 16-bit ids")
         self.directory, self.split, self.vocab_size, self.shard_tokens = directory, split, vocab_size, shard_tokens
-        self._end = np.array([eos], np.uint16)
+        self._start = np.array(frame[0], np.uint16)
+        self._end = np.array(frame[1], np.uint16)
         self._pending: list[np.ndarray] = []
         self._pending_tokens = 0
         self.shards: list[dict[str, Any]] = []
         self.documents = 0
 
     def add(self, doc: Any) -> None:
-        for part in (np.asarray(doc, np.uint16), self._end):
+        for part in (self._start, np.asarray(doc, np.uint16), self._end):
             self._pending.append(part)
             self._pending_tokens += part.size
         self.documents += 1

@@ -1,6 +1,9 @@
-"""Tokenizers: plain bytes, or byte-level BPE trained with Hugging Face `tokenizers`.
+"""Tokenizers: plain bytes, byte-level BPE trained with Hugging Face `tokenizers`, or a model's own
+tokenizer (`hf`: any tokenizer.json `tokenizers` loads, with the bos/eos the model declares).
 
-Both decode exactly back to the text they encoded, so bits-per-byte can count real UTF-8 bytes.
+Documents are framed by one boundary token, by the tokenizer's own rule: BOS before each document when the
+tokenizer adds one (Llama 2/3, SentencePiece models), otherwise EOS after each (aprtool's own, GPT-2 style,
+Qwen). `token_bytes` says how many UTF-8 bytes of decoded text each token stands for, for every kind.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from aprtool.container.tokenizer_text import (
 from aprtool.errors import FormatError, UsageError
 
 EOS = "<|endoftext|>"
-KINDS = ("bpe", "bytes")
+KINDS = ("bpe", "bytes")  # what a training run can build (--tokenizer)
+ENTRY_KINDS = (*KINDS, "hf")  # what a model or corpus may record; hf: a model's own tokenizer.json
 TOKENIZER_FILE = "tokenizer.json"  # the one name a BPE tokenizer has beside a model or in a prepared corpus
 
 
@@ -41,6 +45,10 @@ class ByteTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(int(i) for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def frame(self) -> tuple[list[int], list[int]]:
+        """The tokens before and after each document."""
+        return [], [self.eos_id]
 
     def info(self) -> dict[str, Any]:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "eos_id": self.eos_id, "file": None}
@@ -101,13 +109,74 @@ class BpeTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
+    def frame(self) -> tuple[list[int], list[int]]:
+        """The tokens before and after each document."""
+        return [], [self.eos_id]
+
+    def to_json(self) -> str:
+        return self._tok.to_str()
+
     def save(self, path: Path) -> None:
         from aprtool.atomic import atomic_write_text
 
-        atomic_write_text(path, self._tok.to_str())
+        atomic_write_text(path, self.to_json())
 
     def info(self) -> dict[str, Any]:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "eos_id": self.eos_id, "file": None}
+
+
+class HfTokenizer(BpeTokenizer):
+    """A model's own tokenizer.json (byte-level BPE, SentencePiece-style BPE or Unigram, ...) with the bos/eos
+    ids and the add-bos rule the model declares. Encoding adds no special tokens: `frame` does."""
+
+    kind = "hf"
+
+    def __init__(self, tokenizer: Any, text: str, bos_id: int | None, eos_id: int | None, add_bos: bool) -> None:
+        self._tok, self._text = tokenizer, text
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
+
+    @classmethod
+    def from_entry(cls, text: str, info: dict[str, Any], where: str) -> HfTokenizer:
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_str(text)
+        except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
+            raise FormatError(f"{where}: not a tokenizers JSON file ({str(exc)[:200]})") from None
+        return cls(tok, text, info.get("bos_id"), info.get("eos_id"), bool(info.get("add_bos", False)))
+
+    def to_json(self) -> str:
+        """The tokenizer.json text as the model ships it (its sha256 identifies the tokenizer)."""
+        return self._text
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def frame(self) -> tuple[list[int], list[int]]:
+        if self.add_bos and self.bos_id is not None:
+            return [self.bos_id], []
+        if self.eos_id is None:
+            raise FormatError("tokenizer: declares neither a BOS it adds nor an EOS, so documents cannot be separated")
+        return [], [self.eos_id]
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "bos_id": self.bos_id, "eos_id": self.eos_id,
+                "add_bos": self.add_bos, "file": None}  # fmt: skip
+
+
+def encode_documents(texts: list[str], tokenizer: Any) -> np.ndarray:
+    """The documents as one token stream (int64), each framed by the tokenizer's boundary tokens."""
+    before, after = tokenizer.frame()
+    ids: list[int] = []
+    for doc in tokenizer.encode_batch(texts):
+        ids.extend(before)
+        ids.extend(int(i) for i in doc)
+        ids.extend(after)
+    return np.asarray(ids, dtype=np.int64)
 
 
 def file_sha256(path: Path) -> str:
@@ -120,13 +189,17 @@ def check_tokenizer_info(info: Any, where: str, max_vocab: int = 1 << 21) -> dic
 
     if not isinstance(info, dict):
         raise MetadataError(f"{where}: must be an object, found {type(info).__name__}")
-    if info.get("kind") not in KINDS:
-        raise MetadataError(f"{where}.kind: {info.get('kind')!r:.40} is not one of {', '.join(KINDS)}")
-    size, eos = info.get("vocab_size"), info.get("eos_id")
+    if info.get("kind") not in ENTRY_KINDS:
+        raise MetadataError(f"{where}.kind: {info.get('kind')!r:.40} is not one of {', '.join(ENTRY_KINDS)}")
+    size = info.get("vocab_size")
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= max_vocab:
         raise MetadataError(f"{where}.vocab_size: {size!r:.40} is not an integer in 1..{max_vocab:,}")
-    if eos is not None and (not isinstance(eos, int) or isinstance(eos, bool) or not 0 <= eos < size):
-        raise MetadataError(f"{where}.eos_id: {eos!r:.40} is not a token id below {size}")
+    for key in ("eos_id", "bos_id"):
+        value = info.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size):
+            raise MetadataError(f"{where}.{key}: {value!r:.40} is not a token id below {size}")
+    if not isinstance(info.get("add_bos", False), bool):
+        raise MetadataError(f"{where}.add_bos: must be true or false")
     return info
 
 
@@ -155,13 +228,15 @@ def bpe_json(info: dict[str, Any], directory: Path) -> str:
 
 
 def load_tokenizer(info: dict[str, Any], directory: Path) -> ByteTokenizer | BpeTokenizer:
-    """The tokenizer a manifest or a model's metadata describes (see `bpe_json` for BPE)."""
+    """The tokenizer a manifest or a model's metadata describes (see `bpe_json` for BPE and hf)."""
     kind = info.get("kind")
     if kind == "bytes":
         return ByteTokenizer()
     if kind == "bpe":
         return BpeTokenizer.from_json(bpe_json(info, directory), str(directory / TOKENIZER_FILE))
-    raise FormatError(f"tokenizer.kind: {str(kind)[:40]!r} is not one of {', '.join(KINDS)}")
+    if kind == "hf":
+        return HfTokenizer.from_entry(bpe_json(info, directory), info, "tokenizer")
+    raise FormatError(f"tokenizer.kind: {str(kind)[:40]!r} is not one of {', '.join(ENTRY_KINDS)}")
 
 
 def embed_tokenizer(metadata: dict[str, Any], path: Path) -> tuple[dict[str, Any], str | None]:
@@ -171,7 +246,7 @@ def embed_tokenizer(metadata: dict[str, Any], path: Path) -> tuple[dict[str, Any
     from aprtool.errors import AprError
 
     info = metadata.get(TOKENIZER_KEY)
-    if not isinstance(info, dict) or info.get("kind") != "bpe" or has_embedded_text(info):
+    if not isinstance(info, dict) or info.get("kind") not in ("bpe", "hf") or has_embedded_text(info):
         return metadata, None
     try:
         text = bpe_json(info, path.parent)

@@ -1,14 +1,18 @@
-"""`eval`: held-out loss in nats/token, bits/token and bits/byte, for float or int6 APR models.
+"""`eval`: loss in nats/token, bits/token and bits/byte, for a model in any format (APR float or int6,
+safetensors with config.json, an HF folder, GGUF).
 
-Bits per byte = total cross-entropy in bits / the UTF-8 bytes of exactly the tokens that were scored.
-Each token's bytes come from the tokenizer's own vocabulary (byte-level BPE tokens are byte strings;
-special tokens such as the end-of-document token have none), so the byte total equals the length of
-the decoded scored text: no leading space counted twice, no byte-fallback token counted as 3 bytes.
+Bits per byte = total cross-entropy in bits / the UTF-8 bytes of exactly the tokens that were scored. Each
+token's bytes come from the tokenizer's own definition (`data.token_bytes`: byte-level tokens through the
+byte table, SentencePiece's `▁` as a space and `<0xNN>` as one byte, special tokens none), so the byte total
+equals the length of the decoded scored text for every kind of tokenizer.
+
+Which text: `split="auto"` scores the held-out split when the model records aprtool's training split (a
+model aprtool trained), otherwise all of the corpus (a model aprtool did not train has no split on record).
+Documents are framed as the tokenizer's own rule says (`frame`: a BOS before each, or an EOS after each).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -20,50 +24,43 @@ import torch.nn.functional as F
 
 from aprtool.data.corpus import default_corpus_files, default_corpus_root, read_text, split_by_file, text_files
 from aprtool.data.prepare import MANIFEST, load_prepared
-from aprtool.data.tokenizer import BpeTokenizer, ByteTokenizer
+from aprtool.data.token_bytes import token_bytes
+from aprtool.data.tokenizer import encode_documents
 from aprtool.errors import FileAccessError, UsageError
 from aprtool.model.io import load_model, load_tokenizer_for, training_val_fraction
 
-
-def token_byte_lengths(tokenizer: ByteTokenizer | BpeTokenizer) -> np.ndarray:
-    """UTF-8 byte length of every token id (0 for special tokens)."""
-    if isinstance(tokenizer, ByteTokenizer):
-        lengths = np.ones(tokenizer.vocab_size, np.int64)
-        lengths[tokenizer.eos_id] = 0
-        return lengths
-    from aprtool.interop.tokenizer_files import byte_to_unicode
-
-    unicode_to_byte = {ch: b for b, ch in byte_to_unicode().items()}
-    raw = json.loads(tokenizer._tok.to_str())
-    special = {t["id"] for t in raw.get("added_tokens", [])}
-    lengths = np.zeros(tokenizer.vocab_size, np.int64)
-    for token, index in raw["model"]["vocab"].items():
-        if index not in special:
-            lengths[index] = sum(1 for ch in token if ch in unicode_to_byte)
-    return lengths
+SPLITS = ("auto", "val", "all")
 
 
-def held_out_tokens(corpus: Path | None, tokenizer: Any, metadata: dict[str, Any]) -> np.ndarray:
-    """The held-out split's tokens: the prepared val shards, or the file-level split of a text corpus
-    (the same split pretrain made, by the same rule) tokenized with the model's tokenizer."""
+def chosen_split(split: str, metadata: dict[str, Any]) -> str:
+    """`val` or `all` for `split` (auto: val when the model records aprtool's training split)."""
+    if split not in SPLITS:
+        raise UsageError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
+    if split != "auto":
+        return split
+    trained = any(metadata.get(k) for k in ("training_summary", "training", "distillation"))
+    return "val" if trained else "all"
+
+
+def held_out_tokens(corpus: Path | None, tokenizer: Any, metadata: dict[str, Any], split: str = "val") -> np.ndarray:
+    """The tokens scored: the prepared val shards (`all`: train and val), or the file-level split of a text
+    corpus (the same split pretrain made, by the same rule; `all`: every file), tokenized with the model's
+    tokenizer."""
     if corpus is not None and (corpus / MANIFEST).is_file():
         prepared = load_prepared(corpus)
         ours, theirs = metadata.get("tokenizer", {}), prepared.manifest["tokenizer"]
         for key in ("kind", "vocab_size", "sha256"):
             if ours.get(key) != theirs.get(key):
                 raise UsageError(f"--corpus {corpus}: its tokenizer {key} {theirs.get(key)!r} is not the model's")
-        return np.asarray(prepared.tokens("val"), dtype=np.int64)
+        parts = ("train", "val") if split == "all" else ("val",)
+        return np.concatenate([np.asarray(prepared.tokens(p), dtype=np.int64) for p in parts])
     if corpus is not None and not corpus.is_dir():
         raise FileAccessError(f"--corpus {corpus}: not a directory")
     root = default_corpus_root() if corpus is None else corpus
     files = default_corpus_files() if corpus is None else text_files(corpus)
-    _, val = split_by_file(files, root, training_val_fraction(metadata))
-    docs = [t for p in val if (t := read_text(p))]
-    ids: list[int] = []
-    for doc in tokenizer.encode_batch(docs):
-        ids.extend(int(i) for i in doc)
-        ids.append(tokenizer.eos_id)
-    return np.asarray(ids, dtype=np.int64)
+    if split != "all":
+        files = split_by_file(files, root, training_val_fraction(metadata))[1]
+    return encode_documents([t for p in files if (t := read_text(p))], tokenizer)
 
 
 def evaluate_bpb(
@@ -74,6 +71,7 @@ def evaluate_bpb(
     seq_len: int | None = None,
     batch_size: int = 8,
     per_window: bool = False,
+    split: str = "auto",
 ) -> dict[str, Any]:
     """Bits per byte of the model on held-out tokens, each scored once in windows of `seq_len`. With
     `per_window`, also each window's bits and bytes (`window_bits`, `window_bytes`): what a paired
@@ -82,17 +80,18 @@ def evaluate_bpb(
     model, info = load_model(model_path)
     metadata, quantized = info.metadata, info.quantized
     tokenizer = load_tokenizer_for(metadata, model_path, info.config)
-    tokens = held_out_tokens(Path(corpus) if corpus else None, tokenizer, metadata)
+    split = chosen_split(split, metadata)
+    tokens = held_out_tokens(Path(corpus) if corpus else None, tokenizer, metadata, split)
     seq_len = seq_len or min(model.cfg.max_position_embeddings, 256)
     if max_tokens is not None:
         tokens = tokens[: max_tokens + 1]
     windows = (len(tokens) - 1) // seq_len
     if windows < 1:
-        raise UsageError(f"held-out split has {len(tokens)} tokens: not enough for one window of {seq_len + 1}")
+        raise UsageError(f"the {split} text has {len(tokens)} tokens: not enough for one window of {seq_len + 1}")
     used = tokens[: windows * seq_len + 1]
     targets = used[1:]  # every token but the first is scored exactly once
-    lengths = token_byte_lengths(tokenizer)
-    total_bytes = int(lengths[targets].sum())
+    target_bytes = token_bytes(tokenizer, model.cfg.vocab_size).of(targets, used[:-1])
+    total_bytes = int(target_bytes.sum())
     window_nats: list[float] = []
     with torch.no_grad():
         for start in range(0, windows, batch_size):
@@ -105,7 +104,10 @@ def evaluate_bpb(
     loss = nats / len(targets)
     result = {
         "model": str(model_path),
+        "format": info.format,
         "quantized": quantized,
+        "split": split,
+        "tokenizer": metadata["tokenizer"]["kind"],
         "tokens": int(len(targets)),
         "bytes": total_bytes,
         "loss_nats_per_token": loss,
@@ -116,5 +118,5 @@ def evaluate_bpb(
     }
     if per_window:
         result |= {"window_bits": [n / math.log(2) for n in window_nats],
-                   "window_bytes": [int(b) for b in lengths[targets].reshape(windows, seq_len).sum(1)]}  # fmt: skip
+                   "window_bytes": [int(b) for b in target_bytes.reshape(windows, seq_len).sum(1)]}  # fmt: skip
     return result

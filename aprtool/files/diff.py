@@ -20,27 +20,7 @@ from aprtool.container import constants as C
 from aprtool.container.tokenizer_text import PACKED_KEY, TEXT_KEY
 from aprtool.errors import UsageError
 from aprtool.files.views import GgufView, open_view
-from aprtool.interop.gguf_io import hf_name, unpermute_for_rope
-
-
-class _HfNamed:
-    """A GGUF view seen with Hugging Face tensor names and layouts."""
-
-    def __init__(self, view: GgufView) -> None:
-        self.view, self.metadata, self.format, self.architecture = view, view.metadata, view.format, view.architecture
-        self.names = {hf_name(n) or n: n for n in view.tensors}
-        self.tensors = {hf: view.tensors[n] for hf, n in self.names.items()}
-        self.heads = {"q_proj": view.architecture.get("num_heads"), "k_proj": view.architecture.get("num_kv_heads")}
-
-    def values(self, name: str) -> np.ndarray | None:
-        values = self.view.values(self.names[name])
-        kind = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else ""
-        if values is not None and kind in self.heads and isinstance(self.heads[kind], int):
-            values = unpermute_for_rope(values, self.heads[kind])
-        return values
-
-    def close(self) -> None:
-        self.view.close()
+from aprtool.interop.gguf_io import GgufAsHf
 
 
 def compare_values(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -100,7 +80,7 @@ def diff_paths(a: str | os.PathLike[str], b: str | os.PathLike[str], *, atol: fl
         raise UsageError(f"--atol {atol}: must be >= 0")
     va, vb = open_view(a), open_view(b)
     try:
-        va, vb = (_HfNamed(v) if isinstance(v, GgufView) else v for v in (va, vb))
+        va, vb = (GgufAsHf(v) if isinstance(v, GgufView) else v for v in (va, vb))
         common = [n for n in va.tensors if n in vb.tensors]
         rows = [r for r in (_tensor_pair(n, va, vb, atol) for n in common) if r is not None]
         only_a = sorted(set(va.tensors) - set(vb.tensors))

@@ -143,15 +143,15 @@ class HfView:
         self.architecture = architecture_fields(self.metadata, str(path / "config.json"))
         self.shards = {name: SafetensorsView(path / name) for name in hf_shard_names(path)}
         self.size_bytes = sum(v.size_bytes for v in self.shards.values())
-        self.tensors, self._where = {}, {}
+        self.tensors, self.shards_of = {}, {}
         for shard in self.shards.values():
             for name, spec in shard.tensors.items():
                 if name in self.tensors:
                     raise FormatError(f"{path}: tensor {name[:80]!r} is in two shards")
-                self.tensors[name], self._where[name] = spec, shard
+                self.tensors[name], self.shards_of[name] = spec, shard
 
     def values(self, name: str) -> np.ndarray | None:
-        return self._where[name].values(name)
+        return self.shards_of[name].values(name)
 
     def close(self) -> None:
         pass

@@ -1,5 +1,6 @@
-"""`export`: APR (float or int6) to safetensors, a Hugging Face directory, GGUF or a stripped APR;
-and safetensors (with its config.json) into APR.
+"""`export`: any model (APR float or int6, safetensors, an HF folder, GGUF) to safetensors, a Hugging Face
+directory of the model's own class, GGUF for llama.cpp, or APR (the explicit import: weights, architecture,
+tokenizer and provenance in one self-contained file).
 
 Training state (`__training__.*`) is never exported, except by `--to apr` without --weights-only.
 Every output appears atomically: OUT is never left half-written.
@@ -21,12 +22,12 @@ from aprtool.atomic import atomic_path, atomic_write_text, fsync_dir, temp_path
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.data.tokenizer import embed_tokenizer
-from aprtool.errors import FormatError, IntegrityError, UsageError
-from aprtool.files.detect import APR, HF, SAFETENSORS, detect, hf_shard_names
+from aprtool.errors import IntegrityError, UsageError
+from aprtool.files.detect import APR, GGUF, HF, SAFETENSORS, detect
 from aprtool.interop.hf_config import hf_config, require_llama
 from aprtool.interop.safetensors_io import META_KEY, SafetensorsFile, imported_metadata
 from aprtool.interop.targets import DTYPE_NAMES, TARGETS
-from aprtool.interop.tokenizer_files import gguf_vocab, tokenizer_json
+from aprtool.interop.tokenizer_files import gguf_vocab, special_ids, tokenizer_config, tokenizer_json
 from aprtool.model.io import check_tensors, llama_config, tokenizer_info
 from aprtool.paths import input_file, output_path
 
@@ -34,16 +35,16 @@ DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), s
 
 
 def load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every tensor of `src` as torch (int6 tensors dequantized to float32) and its metadata. The format is
-    read from the content: APR, safetensors, or an HF folder (config.json + safetensors shards)."""
+    """Every tensor of `src` as torch (int6 and GGUF-quantized tensors dequantized to float32) and its
+    metadata. The format is read from the content: APR, a bare safetensors file, or any model
+    `model.sources` opens (an HF folder, safetensors with config.json, GGUF), which adds provenance."""
     kind = detect(src)
-    if kind == SAFETENSORS:
+    if kind == SAFETENSORS and not Path(src).with_name("config.json").exists():
         return _load_safetensors(input_file(src))
-    if kind == HF:
-        return _load_hf_folder(Path(src))
+    if kind in (SAFETENSORS, HF, GGUF):
+        return _load_model_source(Path(src))
     if kind != APR:
-        what = {"gguf": "a GGUF file", "run": "a run directory (export RUN_DIR/model.apr)"}.get(kind, kind)
-        raise UsageError(f"{src} is {what}; export reads an APR file, a safetensors file or an HF folder")
+        raise UsageError(f"{src} is a run directory; export RUN_DIR/model.apr")
     from aprtool.codecs import dequantize, is_encoded
 
     with open_apr(src) as f:
@@ -58,16 +59,21 @@ def load_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, metadata
 
 
-def _load_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    metadata: dict[str, Any] | None = None
-    for name in hf_shard_names(folder):
-        shard, shard_metadata = _load_safetensors(input_file(folder / name))
-        if set(shard) & set(tensors):
-            raise FormatError(f"{folder}: tensor {sorted(set(shard) & set(tensors))[0][:80]!r} is in two shards")
-        tensors |= shard
-        metadata = shard_metadata if metadata is None else metadata
-    return tensors, metadata or {}
+def _load_model_source(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A model of another format, checked by model.sources; safetensors' F16/BF16 stay as stored."""
+    from aprtool.model.sources import open_source, provenance
+
+    with open_source(src) as source:
+        shards = getattr(source.view, "shards_of", {})
+        tensors = {}
+        for name in source.shapes:
+            stored = getattr(shards.get(name, source.view), "file", None)
+            if isinstance(stored, SafetensorsFile):
+                tensors[name] = _torch_tensor(stored, name)
+            else:
+                tensors[name] = torch.from_numpy(source.float32(name).copy())
+        metadata = {**source.metadata, "source": provenance(source)}
+    return tensors, metadata
 
 
 def _torch_tensor(f: SafetensorsFile, name: str) -> torch.Tensor:
@@ -178,23 +184,29 @@ def checked_llama(metadata: dict[str, Any], tensors: dict[str, torch.Tensor], ta
 
 def _export_hf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
     metadata = checked_llama(metadata, tensors, "hf")
+    config = llama_config(metadata)
     model = _model_tensors(tensors, dtype or "f32")
     tok = tokenizer_json(metadata, src)
-    eos = metadata.get("tokenizer", {}).get("eos_id") if tok else None
+    info = metadata.get("tokenizer") or {}
+    bos, eos = special_ids(info) if tok else (None, None)
+    torch_dtype = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[
+        next(t.dtype for t in model.values() if t.is_floating_point())
+    ]
+    hf = hf_config(config, bos, eos, torch_dtype)  # refused (exit 5) before anything is written
     build = temp_path(out)  # a killed export leaves this; the next write to the directory sweeps it
     build.mkdir()
     try:
-        torch_dtype = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[
-            next(t.dtype for t in model.values() if t.is_floating_point())
-        ]
         meta = {k: v for k, v in metadata.items() if k != "training"}
         _safetensors_bytes_to(build / "model.safetensors", model, meta)
-        config = hf_config(llama_config(metadata), eos, eos, torch_dtype)
-        atomic_write_text(build / "config.json", json.dumps(config, indent=2) + "\n")
-        gen = {"_from_model_config": True, **({"bos_token_id": eos, "eos_token_id": eos} if eos is not None else {})}
+        atomic_write_text(build / "config.json", json.dumps(hf, indent=2) + "\n")
+        ids = {f"{k}_token_id": v for k, v in (("bos", bos), ("eos", eos)) if v is not None}
+        gen = {"_from_model_config": True, **ids}
         atomic_write_text(build / "generation_config.json", json.dumps(gen, indent=2) + "\n")
         if tok is not None:
             atomic_write_text(build / "tokenizer.json", tok)
+        if tok is not None and info.get("kind") == "hf":  # its bos/eos and add-bos rule, as transformers reads them
+            side = tokenizer_config(tok, info, config.max_position_embeddings)
+            atomic_write_text(build / "tokenizer_config.json", json.dumps(side, indent=2) + "\n")
         _replace_dir(build, out)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -209,12 +221,14 @@ def _export_gguf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
     if dtype == "bf16":
         raise UsageError("--to gguf writes f32 or f16 tensors; use --dtype f32 or f16")
     metadata = checked_llama(metadata, tensors, "gguf")
+    config = llama_config(metadata)
     tok = tokenizer_json(metadata, src)
     if tok is None:
         raise IntegrityError("--to gguf: the model names no tokenizer, and llama.cpp needs one")
+    vocab = gguf_vocab(tok, metadata["tokenizer"])
     model = _model_tensors(tensors, "f32")
     half = dtype == "f16"  # matrices only: llama.cpp keeps norms in f32
     arrays = {n: (t.half() if half and t.ndim >= 2 else t).numpy() for n, t in model.items()}
-    size = write_gguf(out, arrays, metadata, gguf_vocab(tok))
+    size = write_gguf(out, arrays, config, str(metadata.get("name", "aprtool-model")), vocab)
     files.append(str(out))
     return len(arrays), size

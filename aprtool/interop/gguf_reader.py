@@ -12,6 +12,7 @@ overlaps. The `gguf` package's own reader maps whatever the header claims; this 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import mmap
 import os
@@ -24,6 +25,7 @@ import numpy as np
 
 from aprtool.container.constants import MAX_DECODED_ELEMENTS, MAX_NDIM
 from aprtool.errors import FormatError, LimitError, NotAprError, TruncatedError
+from aprtool.memory import ensure_allocatable
 from aprtool.paths import open_input
 
 MAGIC = b"GGUF"
@@ -34,7 +36,26 @@ DEFAULT_ALIGNMENT = 32
 # value type -> struct code for the scalar types (8 string, 9 array are handled apart)
 SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 STRING, ARRAY = 8, 9
-FLOATS = {0: "<f4", 1: "<f2"}  # ggml types whose values numpy reads directly (F32, F16)
+FLOATS = {0: "<f4", 1: "<f2", 28: "<f8"}  # ggml types whose values numpy reads directly (F32, F16, F64)
+
+
+@functools.cache
+def dequantizable(ggml_type: int) -> bool:
+    """gguf-py can turn this ggml type into float values (F32, F16, BF16 and the block-quantized types): asked by
+    dequantizing one zero block, since gguf-py answers NotImplementedError for the rest."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    qtype = GGMLQuantizationType(ggml_type)
+    if ggml_type in FLOATS:
+        return True
+    if qtype.name in ("I8", "I16", "I32", "I64"):  # integers, not weights
+        return False
+    try:
+        dequantize(np.zeros(GGML_QUANT_SIZES[qtype][1], np.uint8), qtype)
+    except NotImplementedError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -171,12 +192,21 @@ class GgufFile:
         return tensors
 
     def values(self, name: str) -> np.ndarray | None:
-        """float32 values of an F32/F16 tensor (row-major, outermost dimension first); None for other types."""
+        """float32 values (row-major, outermost dimension first) of a float or quantized tensor, dequantized by
+        gguf-py one tensor at a time; None for integer types and types gguf-py cannot dequantize."""
+        from gguf.constants import GGMLQuantizationType
+        from gguf.quants import dequantize
+
         t = self.tensors[name]
-        if t.ggml_type not in FLOATS:
+        shape = tuple(reversed(t.shape))
+        if t.ggml_type in FLOATS:
+            flat = np.frombuffer(self._map, dtype=FLOATS[t.ggml_type], count=math.prod(t.shape), offset=t.start)
+            return flat.astype(np.float32).reshape(shape)
+        if not dequantizable(t.ggml_type):
             return None
-        flat = np.frombuffer(self._map, dtype=FLOATS[t.ggml_type], count=math.prod(t.shape), offset=t.start)
-        return flat.astype(np.float32).reshape(tuple(reversed(t.shape)))
+        ensure_allocatable(4 * math.prod(t.shape) + t.size, f"{self.path}: tensor {name[:80]!r} dequantized")
+        raw = np.frombuffer(self._map, dtype=np.uint8, count=t.size, offset=t.start)
+        return np.asarray(dequantize(raw, GGMLQuantizationType(t.ggml_type)), np.float32).reshape(shape)
 
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # arrays handed out may still use the mapping

@@ -151,7 +151,7 @@ def family_metadata(config: Any, where: str = "config.json") -> dict[str, Any]:
     arch = fields.get("architecture") or next(
         (a for a, t in ARCHITECTURES.items() if t == config.get("model_type")), None
     )
-    if arch not in FAMILY:
+    if not isinstance(arch, str) or arch not in FAMILY:
         raise MetadataError(
             f"{where}: architecture {arch!r:.60} is not supported (supported: {', '.join(ARCHITECTURES)})"
         )
@@ -183,7 +183,7 @@ def family_metadata(config: Any, where: str = "config.json") -> dict[str, Any]:
 def require_llama(metadata: dict[str, Any], target: str) -> None:
     """Exit 5 naming every field `target` needs and the metadata lacks."""
     arch = metadata.get("architecture")
-    if arch is not None and arch not in ARCHITECTURES:
+    if arch is not None and (not isinstance(arch, str) or arch not in ARCHITECTURES):
         raise IntegrityError(f"--to {target}: architecture {arch!r:.60} is not one of {', '.join(ARCHITECTURES)}")
     missing = [k for k in ("architecture", *APR_TO_HF) if metadata.get(k) is None]
     if missing:

@@ -19,10 +19,7 @@ from typing import Any
 
 import torch
 
-from aprtool.container import constants as C
-from aprtool.container import open_apr, verify_file, write_apr
-from aprtool.container.layout import TensorInfo
-from aprtool.container.reader import AprFile
+from aprtool.container import verify_file, write_apr
 from aprtool.container.verify import VerifyReport
 from aprtool.errors import IntegrityError, MetadataError
 from aprtool.memory import ensure_allocatable
@@ -92,7 +89,7 @@ def rope_scaling(value: Any, where: str) -> RopeScaling | None:
 def llama_config(metadata: dict[str, Any]) -> LlamaConfig:
     """The architecture the metadata describes, every field checked (MetadataError, exit 4)."""
     arch = metadata.get("architecture")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise MetadataError(
             f"metadata.architecture: {arch!r:.60} is not supported (supported: {', '.join(ARCHITECTURES)})"
         )
@@ -129,10 +126,6 @@ def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in model.weights().items()}
 
 
-def model_tensors(f: AprFile) -> dict[str, TensorInfo]:
-    return {n: t for n, t in f.tensors.items() if not n.startswith(C.TRAINING_PREFIX)}
-
-
 def check_tensors(config: LlamaConfig, shapes: dict[str, tuple[int, ...]], floats: set[str]) -> None:
     """The file holds exactly the architecture's weights (`shapes`), each a float (`floats`: names of the
     float or int6 tensors) of the right shape."""
@@ -154,43 +147,32 @@ def check_tensors(config: LlamaConfig, shapes: dict[str, tuple[int, ...]], float
 
 @dataclass
 class ModelFile:
-    """A checked Llama model file (or checkpoint): its metadata, architecture and model tensors."""
+    """What was opened: the model's metadata (APR spelling, tokenizer entry included) and architecture, the
+    format it came in, whether its weights were quantized, and how many parameters it has."""
 
     path: Path
     metadata: dict[str, Any]
     config: LlamaConfig
-    tensors: dict[str, TensorInfo]
-
-    @property
-    def quantized(self) -> bool:
-        return any(t.dtype.code >= C.ENCODED_DTYPE_MIN for t in self.tensors.values())
-
-    @property
-    def param_count(self) -> int:
-        return sum(t.numel for t in self.tensors.values())
-
-
-def read_model(f: AprFile) -> ModelFile:
-    """Check an open file's metadata and tensors against each other (no tensor is read)."""
-    config = llama_config(f.metadata)
-    tensors = model_tensors(f)
-    check_tensors(config, {n: t.shape for n, t in tensors.items()}, {n for n, t in tensors.items() if t.dtype.is_float})
-    return ModelFile(f.path, dict(f.metadata), config, tensors)
+    format: str = "apr"
+    quantized: bool = False
+    param_count: int = 0
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[LlamaForCausalLM, ModelFile]:
-    """The model in float32, int6 tensors dequantized, checksums verified on the way."""
-    from aprtool.codecs import dequantize
+    """The model in float32 from a file of any format `model.sources` opens (APR, safetensors with
+    config.json, an HF folder, GGUF), every weight dequantized, checksums verified on the way."""
+    from aprtool.model.sources import open_source
 
-    with open_apr(path) as f:
-        info = read_model(f)
-        largest = max(t.numel for t in info.tensors.values())
-        ensure_allocatable(4 * info.param_count + 9 * largest, f"{path}: the model in float32")
-        model = LlamaForCausalLM(info.config)
+    with open_source(path) as source:
+        largest = max(math.prod(s) for s in source.shapes.values())
+        ensure_allocatable(4 * source.param_count + 9 * largest, f"{path}: the model in float32")
+        model = LlamaForCausalLM(source.config)
         params = model.state_dict(keep_vars=True)
         with torch.no_grad():
-            for name in info.tensors:
-                params[name].copy_(torch.from_numpy(dequantize(f, name)))
+            for name in source.shapes:
+                params[name].copy_(torch.from_numpy(source.float32(name)))
+        info = ModelFile(Path(path), source.metadata, source.config, source.format, source.quantized,
+                         source.param_count)  # fmt: skip
     return model.eval(), info
 
 

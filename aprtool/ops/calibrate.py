@@ -147,14 +147,16 @@ def _same_tokenizer(ours: dict[str, Any], theirs: dict[str, Any], where: str) ->
 
 
 def _encode_files(files: list[Path], tokenizer: Any, needed: int) -> np.ndarray:
-    ids: list[int] = []
+    from aprtool.data.tokenizer import encode_documents
+
+    parts, count = [], 0
     for path in files:  # one file at a time, until there are enough tokens
-        if len(ids) >= needed:
+        if count >= needed:
             break
         if text := read_text(path):
-            ids.extend(int(i) for i in tokenizer.encode_batch([text])[0])
-            ids.append(tokenizer.eos_id)
-    return np.asarray(ids, dtype=np.int64)
+            parts.append(encode_documents([text], tokenizer))
+            count += len(parts[-1])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def calibration_tokens(model_path: Path, metadata: dict[str, Any], tokenizer: Any, calib_data: Path | None,
@@ -281,18 +283,29 @@ def collect_row_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_s
 
 
 def calibration_refusal(model_path: Path, metadata: dict[str, Any]) -> str | None:
-    """Why `--calibrate` cannot run on this model file, from its name and metadata; None if it can."""
-    from aprtool.model.io import ARCHITECTURE
+    """Why `--calibrate` cannot run on this model, from its metadata; None if it can."""
+    from aprtool.model.config import ARCHITECTURES
 
-    if model_path.suffix == ".safetensors":
-        return f"--calibrate needs an aprtool Llama .apr model (architecture and tokenizer): {model_path}"
     architecture = metadata.get("architecture")
-    if architecture != ARCHITECTURE:
+    if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
         found = "none" if architecture is None else repr(printable(str(architecture))[:60])
-        return f"--calibrate needs an aprtool {ARCHITECTURE} model; {model_path} has architecture {found}"
+        return (f"--calibrate needs a Llama-family model ({', '.join(ARCHITECTURES)}) with its tokenizer; "
+                f"{model_path} has architecture {found}")  # fmt: skip
     if metadata.get("tokenizer") is None:
         return f"--calibrate: {model_path} names no tokenizer, so no text can be run through it"
     return None
+
+
+def _metadata_of(model_path: Path) -> dict[str, Any]:
+    """The model's metadata in APR's spelling, whatever its format (an APR file's as it stands)."""
+    from aprtool.files.detect import APR, detect
+    from aprtool.model.sources import open_source
+
+    if detect(model_path) == APR:
+        with open_apr(model_path) as f:
+            return dict(f.metadata)
+    with open_source(model_path) as source:
+        return source.metadata
 
 
 def calibrate(
@@ -306,11 +319,7 @@ def calibrate(
     model_path = Path(model_path)
     if not 0 < calib_tokens <= MAX_CALIB_TOKENS:
         raise UsageError(f"--calib-tokens {calib_tokens}: must be between 1 and {MAX_CALIB_TOKENS:,}")
-    metadata: dict[str, Any] = {}
-    if model_path.suffix != ".safetensors":
-        with open_apr(model_path) as f:
-            metadata = f.metadata
-    if refusal := calibration_refusal(model_path, metadata):
+    if refusal := calibration_refusal(model_path, _metadata_of(model_path)):
         raise UsageError(refusal)
     model, info = load_model(model_path)
     tokenizer = load_tokenizer_for(info.metadata, model_path, info.config)  # checks the entry

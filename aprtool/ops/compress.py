@@ -126,11 +126,24 @@ def resolve_clip(metadata: dict[str, Any], options: CompressOptions) -> tuple[Cl
 
 
 class _Source:
-    """The input's tensors, from an APR file (plain or encoded) or a safetensors file."""
+    """The input's tensors, from an APR file (plain or encoded), a bare safetensors file, or any model
+    `model.sources` opens (an HF folder, safetensors with config.json, GGUF: dequantized to float32)."""
 
     def __init__(self, path: Path) -> None:
+        from aprtool.files.detect import APR, SAFETENSORS, detect
+
         self.file: AprFile | None = None
-        if path.suffix == ".safetensors":
+        self.model = None
+        kind = detect(path)
+        bare = kind == SAFETENSORS and not path.with_name("config.json").exists()
+        if kind != APR and not bare:
+            from aprtool.model.sources import open_source, provenance
+
+            self.model = open_source(path)
+            self.metadata = {**self.model.metadata, "source": provenance(self.model)}
+            self.names = list(self.model.shapes)
+            self.arrays = {}
+        elif kind == SAFETENSORS:
             from aprtool.interop.safetensors_io import read_safetensors
 
             self.arrays, self.metadata = read_safetensors(path)
@@ -146,9 +159,13 @@ class _Source:
     def dtype_name(self, name: str) -> str:
         if self.file is not None:
             return self.file.info(name).dtype.name
+        if self.model is not None:
+            return "F32"
         return _NUMPY_NAMES.get(self.arrays[name].dtype.name, self.arrays[name].dtype.name.upper())
 
     def array(self, name: str) -> np.ndarray:
+        if self.model is not None:
+            return self.model.float32(name)
         return self.file.numpy(name) if self.file is not None else self.arrays[name]
 
     def as_float32(self, name: str) -> np.ndarray:
@@ -159,6 +176,8 @@ class _Source:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+        if self.model is not None:
+            self.model.close()
 
 
 _NUMPY_NAMES = {"float32": "F32", "float16": "F16", "float64": "F64"}
@@ -217,7 +236,7 @@ def compress_file(
     --budget as its candidates are made and costed."""
     options = options or CompressOptions()
     options.validate()
-    src = input_file(src)
+    src = Path(src) if Path(src).is_dir() else input_file(src)  # a directory: an HF folder
     dst = Path(dst) if dst is not None else default_output(src, options)
     if not options.dry_run:
         dst = output_path(dst, force=options.force, inputs=[src])
@@ -430,7 +449,7 @@ def _calibration_notes(
         return []
     if calibration_refusal(src, metadata) is None:
         return [f"{UNCALIBRATED_BUDGET}; --calibrate measures it (docs/performance.md)"]
-    return [f"{UNCALIBRATED_BUDGET} (--calibrate, which measures it, needs an aprtool Llama .apr with a tokenizer)"]
+    return [f"{UNCALIBRATED_BUDGET} (--calibrate, which measures it, needs a Llama-family model with a tokenizer)"]
 
 
 def _uncalibrated(plan: _Plan) -> list[str]:
