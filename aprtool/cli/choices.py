@@ -8,8 +8,9 @@ from __future__ import annotations
 from enum import StrEnum
 
 from aprtool.codecs.coders import CODERS
+from aprtool.data.corpus import EVAL_SPLITS
 from aprtool.data.tokenizer import KINDS
-from aprtool.distill.config import INITS, MODES
+from aprtool.distill.config import INITS, MODES, TEACHER_DTYPES
 from aprtool.interop.targets import DTYPE_NAMES, TARGETS
 from aprtool.model.config import PRESETS
 from aprtool.ops.compress import PASSTHROUGH_MODES, QUANT_MODES
@@ -31,3 +32,5 @@ Schedule = _choices("Schedule", SCHEDULES)
 Device = _choices("Device", DEVICES)
 Mode = _choices("Mode", MODES)
 Init = _choices("Init", INITS)
+EvalSplit = _choices("EvalSplit", EVAL_SPLITS)
+TeacherDtype = _choices("TeacherDtype", TEACHER_DTYPES)

@@ -13,7 +13,7 @@ from rich.table import Table
 from aprtool.cli._common import JsonOption, TensorboardOption, given_options, handle_errors
 from aprtool.cli._progress import NO_PLOT
 from aprtool.cli._training import loop_options, run_training
-from aprtool.cli.choices import Init, Mode, Size
+from aprtool.cli.choices import Init, Mode, Size, TeacherDtype
 from aprtool.distill.config import DistillConfig
 from aprtool.text import markup_safe
 
@@ -72,7 +72,10 @@ def _render(summary: dict[str, Any]):
 @loop_options
 def distill_command(
     ctx: typer.Context,
-    teacher: Annotated[Path, typer.Option("--teacher", help="The teacher: an aprtool Llama .apr (pretrain output).")],
+    teacher: Annotated[
+        Path,
+        typer.Option("--teacher", help="The teacher: .apr, an HF folder, safetensors with config.json, or .gguf."),
+    ],
     out: Annotated[Path, typer.Option("--run-dir", "--out", help="Run directory: checkpoints, state.json, model.apr.")],
     student: Annotated[str | None, opt("student", "Start from this student .apr (same tokenizer) as it is.")] = None,
     student_size: Annotated[Size | None, opt("student_size", "A preset student trained from scratch.")] = None,
@@ -99,6 +102,9 @@ def distill_command(
         str | None,
         opt("keys_to_learn", "entire_block, or attention and/or ffn (comma-separated): what trains in each block."),
     ] = None,
+    teacher_dtype: Annotated[
+        TeacherDtype, opt("teacher_dtype", "Hold the teacher in this precision (bf16/f16 halve its memory).")
+    ] = TeacherDtype(_DEFAULTS["teacher_dtype"]),
     seq_len: Annotated[int | None, opt("seq_len", "Tokens per sequence.")] = None,
     resume: Annotated[str | None, typer.Option(help="latest, or a checkpoint path: continue that run exactly.")] = None,
     force: Annotated[

@@ -24,6 +24,7 @@ EXAMPLES = """\b
 Examples:
   aprtool pretrain --run-dir runs/tiny --size tiny --steps 200
   aprtool pretrain --run-dir runs/tiny --resume latest      # continue it exactly
+  aprtool pretrain --run-dir runs/ft --init SmolLM-135M/ --corpus texts/ --steps 500 --lr 3e-4
   torchrun --nproc_per_node=2 -m aprtool pretrain --run-dir runs/ddp --time-budget 600
 """
 
@@ -59,6 +60,14 @@ def pretrain_command(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory (checkpoints, data, model).")] = Path(
         "runs/pretrain"
     ),
+    init: Annotated[
+        str | None,
+        opt(
+            "init",
+            "Continue from this model (.apr, HF folder, safetensors+config.json, .gguf): its architecture, "
+            "tokenizer and weights; the corpus is tokenized with its tokenizer.",
+        ),
+    ] = None,
     corpus: Annotated[
         str | None, opt("corpus", "Directory of text files, or a prepared shard directory. Default: stdlib sources.")
     ] = None,

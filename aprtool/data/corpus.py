@@ -46,6 +46,9 @@ def read_text(path: Path) -> str | None:
         return None
 
 
+EVAL_SPLITS = ("auto", "val", "all")  # what `eval --split` scores: auto = val for a model aprtool trained
+
+
 def split_by_file(files: list[Path], root: Path, val_fraction: float) -> tuple[list[Path], list[Path]]:
     """Held-out split by whole files, decided by a hash of each relative path: stable across
     machines and runs, and no file contributes tokens to both sides."""

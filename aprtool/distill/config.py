@@ -9,6 +9,7 @@ from aprtool.errors import UsageError
 from aprtool.train.config import LoopConfig
 
 MODES = ("logits", "blockwise")
+TEACHER_DTYPES = ("f32", "bf16", "f16")  # --teacher-dtype: half precision halves a large teacher's memory
 INITS = ("teacher", "scratch")
 KEYS = ("entire_block", "attention", "ffn")  # --keys-to-learn values, in their canonical order
 
@@ -30,6 +31,7 @@ class DistillConfig(LoopConfig):
     temperature: float = 1.0  # T = 2 did worse in docs/performance.md's short runs
     alpha: float = 0.5  # weight of the KD term; 1 - alpha weighs cross-entropy on the labels
     keys_to_learn: str | None = None  # None: blockwise entire_block; logits every parameter
+    teacher_dtype: str = "f32"  # f32 | bf16 | f16: the teacher's weights and forward pass
     # data (None: the teacher's prepared data, else the default corpus with the teacher's tokenizer)
     corpus: str | None = None
 
@@ -38,6 +40,8 @@ class DistillConfig(LoopConfig):
 
         if self.mode not in MODES:
             raise UsageError(f"--mode {self.mode!r}: choose logits or blockwise")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise UsageError(f"--teacher-dtype {self.teacher_dtype!r}: choose from {', '.join(TEACHER_DTYPES)}")
         if self.init is not None and self.init not in INITS:
             raise UsageError(f"--init {self.init!r}: choose teacher or scratch")
         if self.student is not None:

@@ -168,7 +168,7 @@ def _distill(teacher, out: Path, options, resume, force, log, progress, tensorbo
     if ckpt is not None and ckpt.training.get("data_fingerprint") != corpus.fingerprint:
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(teach.tokenizer)
-    if tok_info["kind"] == "bpe":  # the corpus's tokenizer.json, whose sha256 is the teacher's (checked above)
+    if tok_info["kind"] != "bytes":  # the corpus's tokenizer.json, whose sha256 is the teacher's (checked above)
         tok_info |= {"file": TOKENIZER_FILE, "json": bpe_json(corpus.manifest["tokenizer"], corpus.directory)}
         if d.main:
             atomic_write_text(out / TOKENIZER_FILE, tok_info["json"])
@@ -212,7 +212,8 @@ def _train(cfg, ckpt, teach, plan, run_id, corpus, corpus_origin, tok_info, ckpt
            d: Dist) -> dict[str, Any]:  # fmt: skip
     """Build (or restore) the student, say the run's facts, train it with the engine, export it proven."""
     student, learned, optimizer, names, state, average = _build(cfg, ckpt, plan, teach, log)
-    teacher_model = teach.model.to(cfg.device).eval().requires_grad_(False)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[cfg.teacher_dtype]
+    teacher_model = teach.model.to(cfg.device, dtype).eval().requires_grad_(False)
     metrics = MetricsLog(out, tensorboard=tensorboard and d.main)
     if d.main:
         metrics.start(state.step, fresh=ckpt is None)

@@ -50,8 +50,9 @@ def block_losses(student: LlamaForCausalLM, states: list[torch.Tensor]) -> list[
     """Normalized MSE of each student layer on the teacher's input to that layer, against its output."""
     cos, sin = rope_tables(student.cfg, states[0].shape[1], states[0].device)
     losses = []
+    dtype = student.model.embed_tokens.weight.dtype  # a half-precision teacher's states enter in the student's
     for i, layer in enumerate(student.model.layers):
-        out = layer(states[i], cos, sin).float()
+        out = layer(states[i].to(dtype), cos, sin).float()
         target = states[i + 1].float()
         losses.append((out - target).pow(2).sum() / (target.pow(2).sum() + EPS))
     return losses

@@ -15,7 +15,6 @@ train, whatever the student's init, so the student's blocks work on the teacher'
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,10 @@ from aprtool.errors import (
     AprError,
     UsageError,
 )
+from aprtool.files.detect import APR, detect
 from aprtool.model.io import load_model, tokenizer_info
 from aprtool.model.llama import PRESETS, LlamaConfig, LlamaForCausalLM
-from aprtool.paths import open_input
+from aprtool.model.sources import model_digest
 from aprtool.schema import from_json
 
 # --keys-to-learn: the parameters of each decoder layer that each key trains
@@ -48,6 +48,7 @@ class LoadedModel:
     model: LlamaForCausalLM
     metadata: dict[str, Any]
     sha256: str
+    format: str = "apr"
 
     @property
     def cfg(self) -> LlamaConfig:
@@ -66,8 +67,11 @@ class LoadedModel:
         return from_json(TrainedWith, config, where) if isinstance(config, dict) else TrainedWith()
 
     @property
-    def run_dir(self) -> Path:
-        """The pretrain run directory it belongs to (RUN_DIR/model.apr or RUN_DIR/ckpt/*.apr)."""
+    def run_dir(self) -> Path | None:
+        """The pretrain run directory an aprtool model belongs to (RUN_DIR/model.apr or RUN_DIR/ckpt/*.apr);
+        None for a model of another format, which no aprtool run made."""
+        if self.format != "apr":
+            return None
         return self.path.parent.parent if self.path.parent.name == "ckpt" else self.path.parent
 
 
@@ -80,28 +84,25 @@ class TrainedWith:
     corpus: str | None = None  # shown to the user, never opened: they pass it as --corpus
 
 
-def file_digest(path: Path) -> str:
-    with open_input(path) as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def load_llama(path: str | Path, role: str) -> LoadedModel:
-    """An aprtool LlamaForCausalLM file (a `pretrain` model or checkpoint), verified, as float32."""
+    """A Llama-family model with its tokenizer, as float32: an aprtool file (a `pretrain` model or checkpoint,
+    verified first) or any format `model.sources` opens (an HF folder, safetensors with config.json, GGUF)."""
     path = Path(path)
-    report = verify_file(path)
-    if not report.valid:
-        raise report.error(f"--{role} {path}")
+    if detect(path) == APR:
+        report = verify_file(path)
+        if not report.valid:
+            raise report.error(f"--{role} {path}")
     try:
         model, info = load_model(path)
         if tokenizer_info(info.metadata, info.config) is None:
-            raise UsageError("no tokenizer in its metadata (not written by aprtool pretrain?)")
+            raise UsageError("the model has no tokenizer (an HF folder needs tokenizer.json)")
     except AprError as exc:
         raise type(exc)(f"--{role} {path}: {exc}") from None
-    return LoadedModel(path, model, info.metadata, file_digest(path))
+    return LoadedModel(path, model, info.metadata, model_digest(path), info.format)
 
 
 def tokenizer_differences(teacher: dict[str, Any], other: dict[str, Any], other_role: str) -> list[str]:
-    keys = ["kind", "vocab_size"] + (["sha256"] if teacher.get("kind") == "bpe" else [])
+    keys = ["kind", "vocab_size"] + (["sha256"] if teacher.get("kind") in ("bpe", "hf") else [])
     return [
         f"tokenizer {k}: teacher {teacher.get(k)!r}, {other_role} {other.get(k)!r}"
         for k in keys

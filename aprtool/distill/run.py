@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
+from aprtool.data.tokenizer import load_tokenizer
 from aprtool.distill.config import DistillConfig, identity
 from aprtool.distill.models import LoadedModel, StudentPlan, tokenizer_differences
 from aprtool.errors import FormatError, UsageError
@@ -152,7 +153,7 @@ def teacher_corpus(
             raise recorded_path_hint("this run was trained on corpus", resume[1], "--corpus")
     if corpus_arg is not None:
         source, origin = Path(corpus_arg), corpus_arg
-    elif (teacher.run_dir / "data" / MANIFEST).is_file():
+    elif teacher.run_dir is not None and (teacher.run_dir / "data" / MANIFEST).is_file():
         source = teacher.run_dir / "data"
         origin = str(source)
     elif trained.corpus is not None:
@@ -162,7 +163,7 @@ def teacher_corpus(
     corpus = prepare_corpus(
         source,
         out_dir,
-        tokenizer=tok["kind"],
+        tokenizer=load_tokenizer(tok, teacher.path.parent) if tok["kind"] == "hf" else tok["kind"],
         vocab_size=tok["vocab_size"],
         val_fraction=trained.val_fraction,
         log=log,

@@ -22,20 +22,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aprtool.data.corpus import default_corpus_files, default_corpus_root, read_text, split_by_file, text_files
+from aprtool.data.corpus import (
+    EVAL_SPLITS,
+    default_corpus_files,
+    default_corpus_root,
+    read_text,
+    split_by_file,
+    text_files,
+)
 from aprtool.data.prepare import MANIFEST, load_prepared
 from aprtool.data.token_bytes import token_bytes
 from aprtool.data.tokenizer import encode_documents
 from aprtool.errors import FileAccessError, UsageError
 from aprtool.model.io import load_model, load_tokenizer_for, training_val_fraction
 
-SPLITS = ("auto", "val", "all")
-
 
 def chosen_split(split: str, metadata: dict[str, Any]) -> str:
     """`val` or `all` for `split` (auto: val when the model records aprtool's training split)."""
-    if split not in SPLITS:
-        raise UsageError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
+    if split not in EVAL_SPLITS:
+        raise UsageError(f"--split {split!r}: choose from {', '.join(EVAL_SPLITS)}")
     if split != "auto":
         return split
     trained = any(metadata.get(k) for k in ("training_summary", "training", "distillation"))

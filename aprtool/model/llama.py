@@ -98,6 +98,8 @@ class Attention(nn.Module):
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
+        if q.dtype != cos.dtype and not torch.is_autocast_enabled(q.device.type):  # a model held in half precision
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         v = self.v_proj(x).view(b, t, c.num_kv_heads, c.head_size).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin

@@ -153,6 +153,7 @@ def open_source(path: str | os.PathLike[str]) -> ModelSource:
             names = [n for n in names if n != "lm_head.weight"]  # a tied copy some writers keep
         shapes = {n: tuple(view.tensors[n].shape) for n in names}
         check_tensors(config, shapes, _float_names(view, names))
+        metadata.setdefault("param_count", sum(int(np.prod(s)) for s in shapes.values()))
         dtypes = {n: view.tensors[n].dtype for n in names}
         quantized = kind == GGUF and any(d not in ("F32", "F16", "BF16", "F64") for d in dtypes.values())
         if kind == APR:
@@ -198,3 +199,18 @@ def provenance(source: ModelSource) -> dict[str, Any]:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
         files.append({"name": name, "bytes": (folder / name).stat().st_size, "sha256": digest})
     return {"format": source.format, "path": source.path.name, "files": files}
+
+
+def model_digest(path: Path) -> str:
+    """sha256 of a model file, or of a folder's files (their names and digests, in order): what identifies a
+    model wherever it is moved."""
+    import hashlib
+
+    from aprtool.paths import open_input
+
+    if path.is_dir():
+        with open_source(path) as source:
+            files = provenance(source)["files"]
+        return hashlib.sha256("".join(f"{f['name']}\0{f['sha256']}\0" for f in files).encode()).hexdigest()
+    with open_input(path) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

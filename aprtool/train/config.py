@@ -126,6 +126,8 @@ LOOP_FIELDS = tuple(f.name for f in fields(LoopConfig))
 
 @dataclass(frozen=True)
 class TrainConfig(LoopConfig):
+    # continued pretraining: a model of any format, whose architecture, tokenizer and weights the run starts from
+    init: str | None = None
     # data
     corpus: str | None = None  # None: the embedded default corpus (the stdlib's sources)
     tokenizer: str = "bpe"  # bpe | bytes
@@ -164,9 +166,11 @@ class TrainConfig(LoopConfig):
         ).validate()
 
 
+# What --init decides (the model's shape and its tokenizer): giving one of these with it is refused.
+INIT_DECIDES = ("tokenizer", "vocab_size", "size", *MODEL_FIELDS, "tie_word_embeddings")
 # Changing these would make a resumed run a different run: resume refuses, naming the field.
 RESUME_LOCKED = (
-    "corpus", "tokenizer", "vocab_size", "val_fraction", "size", *MODEL_FIELDS, "tie_word_embeddings",
+    "init", "corpus", "tokenizer", "vocab_size", "val_fraction", "size", *MODEL_FIELDS, "tie_word_embeddings",
     "seq_len", "batch_size", "grad_accum", "seed",
 )  # fmt: skip
 

@@ -10,6 +10,7 @@ The loop itself, checkpoints, evaluation and phases are the engine's (train/engi
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ from aprtool.data.loader import BatchLoader, eval_windows
 from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
 from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json, without_tokenizer_text
 from aprtool.errors import FileAccessError, IntegrityError, UsageError
-from aprtool.model.io import model_metadata
+from aprtool.model.config import LlamaConfig
+from aprtool.model.io import llama_config, load_model, load_tokenizer_for, model_metadata
 from aprtool.model.llama import LlamaForCausalLM
+from aprtool.model.sources import model_digest
 from aprtool.paths import recorded_path_hint
 from aprtool.train.checkpoint import Checkpoint, CheckpointDir, load_checkpoint
 from aprtool.train.common import code_version, seed_everything, stderr_log
-from aprtool.train.config import TrainConfig, resume_differences
+from aprtool.train.config import INIT_DECIDES, TrainConfig, resume_differences
 from aprtool.train.distributed import Dist, init_distributed, shutdown
 from aprtool.train.engine import Engine, Task, optimizer_and_state, run_facts
 from aprtool.train.export import export_trained, start_digests
@@ -86,6 +89,10 @@ def _configure(
 ) -> tuple[TrainConfig, Checkpoint | None]:
     """The run's configuration: fresh (refusing a directory that holds a run), or the checkpoint's."""
     if resume is None:
+        if "init" in overrides:
+            decided = [f"--{k.replace('_', '-')}" for k in INIT_DECIDES if k in overrides]
+            if decided:
+                raise UsageError(f"--init takes the model's shape and tokenizer: drop {', '.join(decided)}")
         cfg = TrainConfig().merged(overrides).with_budget(overrides).validate()
         existing = ckpts.step_files() if ckpts.dir.is_dir() else []
         if existing or (ckpts.dir / "latest").exists():
@@ -112,8 +119,10 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
         raise UsageError("--device cuda: no CUDA device is available")
     ckpts.keep_last, ckpts.keep_epochs = cfg.keep_last, cfg.keep_epochs
     d.barrier()  # every rank has checked the run directory before rank 0 touches it
-    corpus, tok_info = _data(cfg, ckpt, ckpts, run_dir, overrides.get("corpus"), log, d)
-    model, optimizer, names, state, average = _build(cfg, ckpt, tok_info["vocab_size"], log, d)
+    init = _initial_model(cfg, ckpt, log)
+    tokenizer = init.tokenizer if init is not None else None
+    corpus, tok_info = _data(cfg, ckpt, ckpts, run_dir, overrides.get("corpus"), log, d, tokenizer)
+    model, optimizer, names, state, average = _build(cfg, ckpt, tok_info["vocab_size"], log, d, init)
     metrics = MetricsLog(run_dir, tensorboard=tensorboard and d.main)
     if d.main:
         metrics.start(state.step)
@@ -121,6 +130,8 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
     val_windows = eval_windows(corpus.tokens("val"), cfg.seq_len, cfg.eval_tokens)
     run_facts(cfg, loader, val_windows, d, log)
     metadata = model_metadata(model, cfg.corpus, tok_info)
+    if init is not None:
+        metadata["init"] = init.record
     if status is not None:
         write_run_config(run_dir, "pretrain", cfg.to_dict(), model=model.cfg.to_metadata(), world_size=d.world,
                          tokenizer=without_tokenizer_text(tok_info), resumed_from=ckpt and ckpt.path.name,
@@ -175,30 +186,66 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
     }
 
 
-def _data(cfg, ckpt, ckpts, run_dir: Path, corpus_arg, log, d: Dist) -> tuple[PreparedCorpus, dict[str, Any]]:
+@dataclass
+class InitialModel:
+    """What `--init MODEL` gives the run: the architecture, the tokenizer the corpus is tokenized with, the
+    weights a fresh run starts from (None on resume: the checkpoint has them) and a record of where from."""
+
+    config: LlamaConfig
+    tokenizer: Any
+    weights: dict[str, torch.Tensor] | None
+    record: dict[str, Any]
+
+
+def _initial_model(cfg: TrainConfig, ckpt: Checkpoint | None, log: Callable[[str], None]) -> InitialModel | None:
+    """The --init model: opened once on a fresh run; on resume rebuilt from the checkpoint's metadata (the
+    path it records is never opened again)."""
+    if cfg.init is None:
+        return None
+    if ckpt is not None:
+        config = llama_config(ckpt.metadata)
+        tokenizer = load_tokenizer_for(ckpt.metadata, ckpt.path, config)
+        return InitialModel(config, tokenizer, None, ckpt.metadata.get("init") or {})
+    path = Path(cfg.init)
+    model, info = load_model(path)
+    if cfg.seq_len > info.config.max_position_embeddings:
+        raise UsageError(f"--seq-len {cfg.seq_len} exceeds the model's max_position_embeddings "
+                         f"{info.config.max_position_embeddings}")  # fmt: skip
+    tokenizer = load_tokenizer_for(info.metadata, path, info.config)
+    record = {"path": path.name, "format": info.format, "sha256": model_digest(path),
+              "architecture": info.config.architecture}  # fmt: skip
+    log(f"init: {info.config.architecture} from {path} ({info.format}, {info.param_count:,} parameters)")
+    return InitialModel(info.config, tokenizer, model.weights(), record)
+
+
+def _data(cfg, ckpt, ckpts, run_dir: Path, corpus_arg, log, d: Dist, tokenizer: Any = None):
     """The prepared corpus (rank 0 prepares it; every rank opens the same shards) and the tokenizer
-    facts, with the tokenizer's text that every file of the run embeds."""
+    facts, with the tokenizer's text that every file of the run embeds. `tokenizer`: the --init model's."""
     resuming = ckpt.training.get("data_fingerprint") if ckpt is not None else None
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpts.prepare()
-        _prepare_data(cfg, run_dir, log, corpus_arg, resuming)
+        _prepare_data(cfg, run_dir, log, corpus_arg, resuming, tokenizer)
     d.barrier()
-    corpus = _prepare_data(cfg, run_dir, log, corpus_arg, resuming)
+    corpus = _prepare_data(cfg, run_dir, log, corpus_arg, resuming, tokenizer)
     if ckpt is not None and resuming != corpus.fingerprint:
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(corpus.manifest["tokenizer"])
-    if tok_info["kind"] == "bpe":  # embedded in every file the run writes; the sidecar is for other tools
+    if tok_info["kind"] != "bytes":  # embedded in every file the run writes; the sidecar is for other tools
         tok_info |= {"file": TOKENIZER_FILE, "json": bpe_json(tok_info, corpus.directory)}
         if d.main:
             atomic_write_text(run_dir / TOKENIZER_FILE, tok_info["json"])
     return corpus, tok_info
 
 
-def _build(cfg: TrainConfig, ckpt: Checkpoint | None, vocab_size: int, log: Any, d: Dist):
-    """The model, its optimizer, the loop state and the SWA average: fresh, or restored from `ckpt`."""
+def _build(cfg: TrainConfig, ckpt: Checkpoint | None, vocab_size: int, log: Any, d: Dist, init: InitialModel | None):
+    """The model, its optimizer, the loop state and the SWA average: fresh (from --init's weights when
+    given), or restored from `ckpt`."""
     seed_everything(cfg.seed)
-    model = LlamaForCausalLM(cfg.model_config(vocab_size)).to(cfg.device)
+    model = LlamaForCausalLM(init.config if init else cfg.model_config(vocab_size))
+    if init is not None and init.weights is not None:
+        model.load_weights(init.weights)
+    model = model.to(cfg.device)
     optimizer, names, state, average = optimizer_and_state(model, cfg, ckpt, log)
     if d.from_main(state.step) != state.step:
         raise IntegrityError("ranks disagree on the resume step")
@@ -206,7 +253,12 @@ def _build(cfg: TrainConfig, ckpt: Checkpoint | None, vocab_size: int, log: Any,
 
 
 def _prepare_data(
-    cfg: TrainConfig, run_dir: Path, log: Callable[[str], None], corpus_arg: str | None, resuming: str | None
+    cfg: TrainConfig,
+    run_dir: Path,
+    log: Callable[[str], None],
+    corpus_arg: str | None,
+    resuming: str | None,
+    tokenizer: Any = None,
 ) -> PreparedCorpus:
     """Tokenize the corpus into RUN_DIR/data, or reuse what is there (same source and settings).
 
@@ -221,7 +273,7 @@ def _prepare_data(
     return prepare_corpus(
         Path(cfg.corpus) if cfg.corpus else None,
         run_dir / "data",
-        tokenizer=cfg.tokenizer,
+        tokenizer=tokenizer or cfg.tokenizer,
         vocab_size=cfg.vocab_size,
         val_fraction=cfg.val_fraction,
         log=log,
