@@ -19,7 +19,8 @@ def detect(path: str | os.PathLike[str]) -> str:
     run directory, with ckpt/ or model.apr). Anything else is NotAprError (exit 4) or FileAccessError (3)."""
     path = Path(path)
     if path.is_dir():
-        if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        weights = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
+        if (path / "config.json").is_file() and weights:
             return HF
         if (path / "ckpt").is_dir() or (path / "model.apr").is_file():
             return RUN

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -133,13 +132,10 @@ class HfView:
 
     def __init__(self, path: Path) -> None:
         from aprtool.interop.hf_config import architecture_fields
-        from aprtool.paths import read_input
+        from aprtool.paths import read_json
 
         self.path = path
-        try:
-            self.metadata = json.loads(read_input(path / "config.json"))
-        except ValueError as exc:
-            raise FormatError(f"{path / 'config.json'}: not valid JSON ({str(exc)[:80]})") from None
+        self.metadata = read_json(path / "config.json")
         self.architecture = architecture_fields(self.metadata, str(path / "config.json"))
         self.shards = {name: SafetensorsView(path / name) for name in hf_shard_names(path)}
         self.size_bytes = sum(v.size_bytes for v in self.shards.values())

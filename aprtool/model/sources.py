@@ -61,6 +61,16 @@ class ModelSource:
         self.close()
 
 
+def _refuse_undequantizable(view: Any, names: list[str]) -> None:
+    from aprtool.interop.gguf_reader import dequantizable
+
+    for name in names:
+        t = view.file.tensors[view.names[name]]
+        if not dequantizable(t.ggml_type) and t.type_name not in ("I8", "I16", "I32", "I64"):
+            raise FormatError(f"{view.path}: tensor {t.name[:80]!r} has ggml type {t.type_name}, which gguf-py cannot "
+                              "dequantize")  # fmt: skip
+
+
 def _float_names(view: Any, names: list[str]) -> set[str]:
     if view.format.startswith("APR"):
         return {n for n in names if view.file.info(n).dtype.is_float}
@@ -152,6 +162,8 @@ def open_source(path: str | os.PathLike[str]) -> ModelSource:
         if config.tie_word_embeddings and kind != APR:
             names = [n for n in names if n != "lm_head.weight"]  # a tied copy some writers keep
         shapes = {n: tuple(view.tensors[n].shape) for n in names}
+        if kind == GGUF:
+            _refuse_undequantizable(view, names)
         check_tensors(config, shapes, _float_names(view, names))
         metadata.setdefault("param_count", sum(int(np.prod(s)) for s in shapes.values()))
         dtypes = {n: view.tensors[n].dtype for n in names}
