@@ -10,13 +10,15 @@ the input, a symlink, or not a regular file/directory is always refused.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from aprtool.errors import FileAccessError, FormatError, UsageError
 
@@ -143,3 +145,15 @@ def read_json(path: str | os.PathLike[str], limit: int = MAX_SIDECAR_BYTES) -> o
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
+
+
+def release_pages(mapping: Any, start: int, end: int) -> None:
+    """Drop the pages of bytes [start, end) of a file mapping from this process's memory once they have
+    been copied out (they are read again from the file if touched): loading a model tensor by tensor then
+    costs the model, not the model plus the file."""
+    if mapping is None or end <= start or not hasattr(mapping, "madvise"):
+        return
+    page = mmap.PAGESIZE
+    first, last = start // page * page, -(-end // page) * page
+    with contextlib.suppress(OSError, ValueError):
+        mapping.madvise(mmap.MADV_DONTNEED, first, min(last, len(mapping)) - first)

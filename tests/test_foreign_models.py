@@ -402,3 +402,22 @@ def test_a_student_of_another_vocabulary_is_refused_naming_both_sizes(cli, tmp_p
     assert r.code == 2 and not (tmp_path / "run" / "model.apr").exists()
     error = r.stderr.strip().splitlines()[-1]  # after the corpus line: one error naming both vocabularies
     assert error.startswith("aprtool: error: ") and "400" in error and "257" in error, error
+
+
+@pytest.mark.parametrize(("name", "text"), [("tokenizer.json", "{not json"), ("tokenizer_config.json", "[" * 50_000),
+                                            ("tokenizer.json", '{"model": {"type": "WordPiece", "vocab": {}}}')])  # fmt: skip
+def test_malformed_tokenizer_files_are_refused_naming_the_file(cli, tmp_path, tok, name, text):
+    folder = F.hf_folder(tmp_path / "m", "LlamaForCausalLM", tok, tokenizer_files=SPECIALS)
+    (folder / name).write_text(text)
+    one_line_error(cli("eval", folder), 4, name)
+    one_line_error(cli("export", folder, "-o", tmp_path / "o.apr", "--to", "apr"), 4, name)
+    assert not (tmp_path / "o.apr").exists()
+
+
+def test_an_embedding_padded_past_the_tokenizer_evaluates(cli, tmp_path, tok, corpus):
+    folder = F.hf_folder(tmp_path / "m", "Qwen2ForCausalLM", tok, tokenizer_files={"eos_token": "<|end_of_text|>"},
+                         vocab_size=448)  # fmt: skip
+    r = cli("eval", folder, "--corpus", corpus, "--json")
+    assert r.code == 0, r.stderr
+    with open_source(folder) as source:
+        assert source.config.vocab_size == 448 and source.metadata["tokenizer"]["vocab_size"] == 400

@@ -208,6 +208,13 @@ class GgufFile:
         raw = np.frombuffer(self._map, dtype=np.uint8, count=t.size, offset=t.start)
         return np.asarray(dequantize(raw, GGMLQuantizationType(t.ggml_type)), np.float32).reshape(shape)
 
+    def release(self, name: str) -> None:
+        """Forget the pages of `name`'s bytes (after they were copied out)."""
+        from aprtool.paths import release_pages
+
+        t = self.tensors[name]
+        release_pages(self._map, t.start, t.start + t.size)
+
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # arrays handed out may still use the mapping
             self._map.close()

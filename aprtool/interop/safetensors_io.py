@@ -156,6 +156,13 @@ class SafetensorsFile:
         flat = np.frombuffer(self._map, dtype, count, e.start) if count else np.zeros(0, dtype)
         return flat.reshape(e.shape)
 
+    def release(self, name: str) -> None:
+        """Forget the pages of `name`'s bytes (after they were copied out)."""
+        from aprtool.paths import release_pages
+
+        e = self.entries[name]
+        release_pages(self._map, e.start, e.end)
+
     def float32_or_stored(self, name: str) -> np.ndarray:
         """F8 and BF16 widened exactly to float32; every other dtype as stored."""
         dtype, values = self.entries[name].dtype, self.array(name)
