@@ -404,8 +404,11 @@ def test_a_student_of_another_vocabulary_is_refused_naming_both_sizes(cli, tmp_p
     assert error.startswith("aprtool: error: ") and "400" in error and "257" in error, error
 
 
-@pytest.mark.parametrize(("name", "text"), [("tokenizer.json", "{not json"), ("tokenizer_config.json", "[" * 50_000),
-                                            ("tokenizer.json", '{"model": {"type": "WordPiece", "vocab": {}}}')])  # fmt: skip
+BAD_TOKENIZER_FILES = [("tokenizer.json", "{not json"), ("tokenizer_config.json", "[" * 50_000),
+                       ("tokenizer.json", '{"model": {"type": "WordPiece", "vocab": {}}}')]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "text"), BAD_TOKENIZER_FILES)
 def test_malformed_tokenizer_files_are_refused_naming_the_file(cli, tmp_path, tok, name, text):
     folder = F.hf_folder(tmp_path / "m", "LlamaForCausalLM", tok, tokenizer_files=SPECIALS)
     (folder / name).write_text(text)
