@@ -57,21 +57,30 @@ def build(work: Path) -> tuple[Path, Path, Path]:
     return folder, gguf, corpus
 
 
+# A launcher without torch runs each measured command: Linux carries a parent's RSS high-water mark into
+# a forked child's ru_maxrss, so the measuring process must be small when it forks.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+with open(sys.argv[1], "wb") as out, open(sys.argv[2], "wb") as err:
+    proc = subprocess.Popen(sys.argv[3:], stdout=out, stderr=err)
+    _, status, usage = os.wait4(proc.pid, 0)
+print(json.dumps({"seconds": time.perf_counter() - start, "rss": usage.ru_maxrss * 1024,
+                  "code": os.waitstatus_to_exitcode(status)}))
+"""
+
+
 def rss_of(args: list[str]) -> tuple[float, int, str]:
     """(wall seconds, peak RSS bytes, stdout) of one aprtool command, from wait4 on that child alone."""
     import tempfile
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "aprtool", *args], stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise SystemExit(f"aprtool {' '.join(args)} failed: {err.read().decode()[-2000:]}")
-        return seconds, usage.ru_maxrss * 1024, out.read().decode()
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "out", Path(tmp) / "err"
+        cmd = [sys.executable, "-c", LAUNCHER, str(out), str(err), sys.executable, "-m", "aprtool", *args]
+        r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        if r["code"] != 0:
+            raise SystemExit(f"aprtool {' '.join(args)} failed: {err.read_text()[-2000:]}")
+        return r["seconds"], r["rss"], out.read_text()
 
 
 def forward_ratio(folder: Path, windows: int, seq_len: int) -> dict[str, float]:
@@ -125,7 +134,9 @@ def main() -> None:
     f32 = (folder / "model.safetensors").stat().st_size
     results: dict[str, object] = {"f32_bytes": f32, "gguf_bytes": gguf_path.stat().st_size}
     results["forward"] = forward_ratio(folder, args.windows, args.seq_len)
+    print(json.dumps({"forward": results["forward"]}), file=sys.stderr, flush=True)  # each figure as it comes
     results["gguf_import"] = gguf_ratio(gguf_path)
+    print(json.dumps({"gguf_import": results["gguf_import"]}), file=sys.stderr, flush=True)
     s, rss, out = rss_of(["eval", str(folder), "--corpus", str(corpus), "--max-tokens", "2048", "--json"])
     results["eval"] = {
         "seconds": s,

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from aprtool.data.corpus import (
     EVAL_SPLITS,
@@ -102,9 +101,8 @@ def evaluate_bpb(
         for start in range(0, windows, batch_size):
             rows = range(start, min(start + batch_size, windows))
             batch = torch.from_numpy(np.stack([used[i * seq_len : i * seq_len + seq_len + 1] for i in rows]))
-            logits = model(batch[:, :-1])
-            losses = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
-            window_nats.extend(losses.view(len(rows), -1).double().sum(1).tolist())
+            losses = model.token_losses(batch[:, :-1], batch[:, 1:])
+            window_nats.extend(losses.double().sum(1).tolist())
     nats = math.fsum(window_nats)
     loss = nats / len(targets)
     result = {

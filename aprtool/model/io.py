@@ -166,7 +166,11 @@ def load_model(path: str | os.PathLike[str]) -> tuple[LlamaForCausalLM, ModelFil
     with open_source(path) as source:
         largest = max(math.prod(s) for s in source.shapes.values())
         ensure_allocatable(4 * source.param_count + 9 * largest, f"{path}: the model in float32")
-        model = LlamaForCausalLM(source.config)
+        with torch.device("meta"):  # no random initialization of weights that are overwritten next
+            model = LlamaForCausalLM(source.config)
+        model.to_empty(device="cpu")
+        if source.config.tie_word_embeddings:  # to_empty gives each module its own tensor: tie them again
+            model.lm_head.weight = model.model.embed_tokens.weight
         params = model.state_dict(keep_vars=True)
         with torch.no_grad():
             for name in source.shapes:

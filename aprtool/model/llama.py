@@ -196,10 +196,26 @@ class LlamaForCausalLM(nn.Module):
 
     def from_layer(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Logits from decoder layer `start`'s input x [batch, seq, hidden]: the rest of `forward`."""
+        return self.lm_head(self.final_hidden(x, start))
+
+    def final_hidden(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The normed last hidden state [batch, seq, hidden] from decoder layer `start`'s input x."""
         cos, sin = rope_tables(self.cfg, x.shape[1], x.device)
         for layer in self.model.layers[start:]:
             x = layer(x, cos, sin)
-        return self.lm_head(self.model.norm(x))
+        return self.model.norm(x)
+
+    def token_losses(self, ids: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 24) -> torch.Tensor:
+        """Cross-entropy (nats) of each target [batch, seq] after `ids`, the output projection taken over at most
+        `max_logits` logits at a time: a 49 k vocabulary never holds a whole batch's logits (400 MB) at once."""
+        if ids.numel() * self.cfg.vocab_size <= max_logits:
+            logits = self(ids).float()
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        hidden = self.final_hidden(self.embed(ids)).flatten(0, 1)
+        flat, step = targets.flatten(), max(1, max_logits // self.cfg.vocab_size)
+        parts = [F.cross_entropy(self.lm_head(hidden[i : i + step]).float(), flat[i : i + step], reduction="none")
+                 for i in range(0, len(flat), step)]  # fmt: skip
+        return torch.cat(parts).view_as(targets)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Parameters by HF name; the tied lm_head is left out, as transformers saves it."""

@@ -173,6 +173,11 @@ class _Source:
             return enc.dequantize(self.file, name, np.float32)  # widens the stored bits exactly
         return np.asarray(self.array(name), np.float32)  # no copy for F32: a view of the mapping
 
+    def release(self, name: str) -> None:
+        """`name`'s values were used: a mapped foreign model forgets their pages."""
+        if self.model is not None:
+            self.model.release(name)
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
@@ -597,20 +602,16 @@ def _quantize_all(
     hessians = calibration.hessians if calibration is not None else {}
     factors = calibration.row_factors if calibration is not None else {}
     widths = parse_bits(options.bits)
+
+    def one(n: str) -> list[tuple[Quantized, dict[str, Any]]]:  # read in the worker: one tensor in memory each
+        try:
+            return _quantize_one(source.as_float32(n), clip, source.dtype_name(n), hessians.get(n), n,
+                                 widths.get(tensor_kind(n), widths["default"]), factors.get(n))  # fmt: skip
+        finally:
+            source.release(n)
+
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
-        jobs = {
-            n: pool.submit(
-                _quantize_one,
-                source.as_float32(n),
-                clip,
-                source.dtype_name(n),
-                hessians.get(n),
-                n,
-                widths.get(tensor_kind(n), widths["default"]),
-                factors.get(n),
-            )  # fmt: skip
-            for n in plan.to_quantize
-        }
+        jobs = {n: pool.submit(one, n) for n in plan.to_quantize}
         for done, (name, job) in enumerate(jobs.items(), 1):
             q, record = _choose(name, job.result(), calibration)
             if calibration is not None and calibration.windows is not None and name in factors:
