@@ -224,3 +224,18 @@ def _loss_with(name: str, values: np.ndarray) -> float:
     from aprtool.ops.calibrate import calibrate
 
     return calibrate(MODEL, calib_tokens=16384).loss_with(name, values)
+
+
+def test_a_model_too_large_to_score_every_tensor_on_text_chooses_by_output_error(tmp_path, monkeypatch):
+    import aprtool.ops.calibrate as calibrate_module
+    from aprtool.ops.compress import CompressOptions, compress_file
+
+    monkeypatch.setattr(calibrate_module, "TEXT_SCORING_BUDGET", 0)  # as if the model were 135 M parameters
+    options = CompressOptions(min_elements=4096, calibrate=True, calib_tokens=16384)
+    report = compress_file(MODEL, tmp_path / "m.apr", options)
+    assert report["calibration"]["scored_on_text"] == ["model.embed_tokens.weight"]
+    rows = [t for t in report["tensors"] if t["action"] == "int6"]
+    matrices = [t for t in rows if t["name"] != "model.embed_tokens.weight"]
+    assert matrices and all(t["chosen_by"] == "output_error" and "calib_loss" not in t for t in matrices)
+    (embedding,) = [t for t in rows if t["name"] == "model.embed_tokens.weight"]
+    assert "chosen_by" not in embedding and set(embedding["calib_loss"]) >= {"gptq", "rtn"}

@@ -40,6 +40,11 @@ MAX_CALIB_TOKENS = 16 * 1024 * 1024
 SELECT_TOKENS = 8_192  # calibration tokens on which each tensor's GPTQ and round-to-nearest symbols are scored
 SELECT_BATCH = 8  # selection windows per forward pass
 LAYER_INPUTS_BYTES = 512 * 2**20  # every decoder layer's input on the selection is kept up to this size
+# Scoring every tensor's candidates on the selection costs about tensors × selection tokens × parameters
+# multiply-adds. Up to this many (the `small` preset takes 1e12) every tensor is scored on text; beyond it
+# (a 135 M model would take hours) only the tied embedding is, and the others take the candidate with the
+# lower output error tr(E·H·Eᵀ).
+TEXT_SCORING_BUDGET = 2e13
 
 
 # Per-row Hessians of the tied embedding (vocab × hidden × hidden, float64) are kept up to this many
@@ -61,6 +66,7 @@ class Calibration:
     # calibration windows (seq_len + 1 tokens) that share no token with `select`: what adaround learns on,
     # so that scoring its symbols on `select` is a held-out check; None without per-row Hessians
     windows: Any = None
+    scored: frozenset[str] | None = None  # the tensors whose candidates are scored on text; None: every one
 
     def loss_with(self, name: str, values: np.ndarray) -> float:
         """Mean cross-entropy (nats/token) on the selection windows with tensor `name` set to `values`
@@ -211,12 +217,13 @@ def collect_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_size:
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     tied = model.cfg.tie_word_embeddings
+    names: dict[str, list[str]] = {}  # one Hessian per distinct input: q/k/v read the same x, gate/up too
 
-    def hook(name: str):
+    def hook(group: str):
         def accumulate(_module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + x.T @ x
-            counts[name] = counts.get(name, 0) + x.shape[0]
+            sums[group] = sums.get(group, 0) + x.T @ x
+            counts[group] = counts.get(group, 0) + x.shape[0]
 
         return accumulate
 
@@ -224,7 +231,10 @@ def collect_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_size:
     for module_name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             weight = "model.embed_tokens.weight" if module_name == "lm_head" and tied else f"{module_name}.weight"
-            handles.append(module.register_forward_pre_hook(hook(weight)))
+            group = SHARED_INPUT.sub(r"\1.\2", module_name)
+            if group not in names:
+                handles.append(module.register_forward_pre_hook(hook(group)))
+            names.setdefault(group, []).append(weight)
     try:
         with torch.no_grad():
             for start in range(0, len(windows), batch_size):
@@ -232,7 +242,14 @@ def collect_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_size:
     finally:
         for handle in handles:
             handle.remove()
-    return {name: (total / counts[name]).numpy() for name, total in sums.items()}
+    out = {}
+    for group, total in sums.items():
+        h = (total / counts[group]).numpy()
+        out |= {weight: h for weight in names[group]}  # the same array: readers copy before changing it
+    return out
+
+
+SHARED_INPUT = re.compile(r"^(.*)\.(self_attn|mlp)\.(?:q_proj|k_proj|v_proj|gate_proj|up_proj)$")
 
 
 def collect_row_hessians(model: LlamaForCausalLM, windows: torch.Tensor, batch_size: int = 16) -> np.ndarray:
@@ -343,4 +360,8 @@ def calibrate(
         apart = _apart(starts, selected, seq_len + 1)
         learn = _windows(tokens, seq_len + 1, apart) if len(apart) >= ADAROUND_BATCH else None  # else: too few
         record["adaround_windows"] = len(apart)
-    return Calibration(hessians, record, model, select, rows, windows=learn)
+    scored = None
+    if len(quantized) * select[:, 1:].numel() * sum(p.numel() for p in model.parameters()) > TEXT_SCORING_BUDGET:
+        scored = frozenset(n for n in quantized if n == EMBEDDING)
+        record["scored_on_text"] = sorted(scored)  # the rest: the candidate with the lower output error
+    return Calibration(hessians, record, model, select, rows, windows=learn, scored=scored)

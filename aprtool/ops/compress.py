@@ -567,6 +567,9 @@ def _choose(name: str, candidates: list[tuple[Quantized, dict[str, Any]]], calib
     with late QAT already sits on the round-to-nearest grid. Both losses go into the record."""
     if calibration is None or len(candidates) == 1:
         return candidates[0]
+    if calibration.scored is not None and name not in calibration.scored:  # a model too large to score each
+        q, record = min(candidates, key=lambda c: c[1]["output_error"])
+        return q, record | {"chosen_by": "output_error"}
     losses = [calibration.loss_with(name, q.dequantize()) for q, _ in candidates]
     best = min(range(len(candidates)), key=lambda i: (losses[i], i))  # ties: GPTQ
     q, record = candidates[best]
