@@ -9,7 +9,6 @@ from enum import StrEnum
 
 from aprtool.codecs.coders import CODERS
 from aprtool.data.corpus import EVAL_SPLITS
-from aprtool.data.tokenizer import KINDS
 from aprtool.distill.config import INITS, MODES, TEACHER_DTYPES
 from aprtool.interop.targets import DTYPE_NAMES, TARGETS
 from aprtool.model.config import PRESETS
@@ -27,7 +26,6 @@ Passthrough = _choices("Passthrough", PASSTHROUGH_MODES)
 ExportTarget = _choices("ExportTarget", TARGETS)
 ExportDtype = _choices("ExportDtype", DTYPE_NAMES)
 Size = _choices("Size", list(PRESETS))
-TokenizerKind = _choices("TokenizerKind", KINDS)
 Schedule = _choices("Schedule", SCHEDULES)
 Device = _choices("Device", DEVICES)
 Mode = _choices("Mode", MODES)

@@ -13,7 +13,7 @@ from rich.table import Table
 from aprtool.cli._common import JsonOption, TensorboardOption, given_options, handle_errors
 from aprtool.cli._progress import NO_PLOT
 from aprtool.cli._training import loop_options, run_training
-from aprtool.cli.choices import Size, TokenizerKind
+from aprtool.cli.choices import Size
 from aprtool.text import markup_safe
 from aprtool.train.config import TrainConfig
 
@@ -71,9 +71,14 @@ def pretrain_command(
     corpus: Annotated[
         str | None, opt("corpus", "Directory of text files, or a prepared shard directory. Default: stdlib sources.")
     ] = None,
-    tokenizer: Annotated[TokenizerKind, opt("tokenizer", "bpe (byte-level BPE) or bytes.")] = TokenizerKind(
-        _DEFAULTS["tokenizer"]
-    ),
+    tokenizer: Annotated[
+        str,
+        opt(
+            "tokenizer",
+            "bpe (byte-level BPE trained on the corpus), bytes, or a tokenizer.json / SentencePiece "
+            ".model file (or a folder with tokenizer.json) to use as it is.",
+        ),
+    ] = _DEFAULTS["tokenizer"],
     vocab_size: Annotated[int, opt("vocab_size", "BPE vocabulary size.")] = _DEFAULTS["vocab_size"],
     val_fraction: Annotated[float, opt("val_fraction", "Fraction of files held out.")] = _DEFAULTS["val_fraction"],
     size: Annotated[Size, opt("size", "Model preset: tiny, small, medium, large.")] = Size(_DEFAULTS["size"]),

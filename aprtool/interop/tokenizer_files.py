@@ -193,11 +193,16 @@ def folder_tokenizer(directory: Path, config: dict[str, Any]) -> dict[str, Any] 
     """The tokenizer of an HF model folder (tokenizer.json, with bos/eos and the add-bos rule from
     tokenizer_config.json, generation_config.json or config.json, in that order), or None without one.
     Only these fixed names in `directory` are read."""
+    path = directory / "tokenizer.json"
+    return json_tokenizer(path, config) if os.path.lexists(path) else None
+
+
+def json_tokenizer(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer.json as a metadata entry, its bos/eos as `folder_tokenizer` reads them from the side files
+    beside it; without any, its well-known special tokens (`<|endoftext|>`, `</s>`, ...) by name."""
     from aprtool.paths import read_input, read_json
 
-    path = directory / "tokenizer.json"
-    if not os.path.lexists(path):
-        return None
+    directory = path.parent
     raw = read_input(path)
     try:
         text = raw.decode("utf-8")
@@ -227,10 +232,94 @@ def folder_tokenizer(directory: Path, config: dict[str, Any]) -> dict[str, Any] 
         found = vocab.token_to_id(content) if content is not None else None
         declared = gen if f"{key}_token_id" in gen else config
         ids[key] = found if found is not None else _declared_id(declared.get(f"{key}_token_id"))
+    if ids["eos"] is None and ids["bos"] is None:  # a bare tokenizer.json: its own special tokens by name
+        ids["eos"] = next((vocab.token_to_id(t) for t in WELL_KNOWN_EOS if vocab.token_to_id(t) is not None), None)
     add_bos = tcfg.get("add_bos_token")
     if not isinstance(add_bos, bool):
         add_bos = template_bos is not None
     return tokenizer_entry(text, ids["bos"], ids["eos"], add_bos, str(path))
+
+
+WELL_KNOWN_EOS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
+
+
+def tokenizer_file(path: Path) -> dict[str, Any]:
+    """`--tokenizer PATH`: a tokenizer.json (any kind tokenizers loads), a folder holding one, or a
+    SentencePiece .model, as a metadata entry (kind `hf`, text embedded)."""
+    from aprtool.errors import FileAccessError
+    from aprtool.paths import input_file
+
+    if path.is_dir():
+        if (entry := folder_tokenizer(path, {})) is None:
+            raise FileAccessError(f"--tokenizer {path}: the directory holds no tokenizer.json")
+        return entry
+    path = input_file(path)
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if head.startswith(b"{"):
+        return json_tokenizer(path, {})
+    return sentencepiece_tokenizer(path)
+
+
+def open_tokenizer(path: Path) -> Any:
+    """The tokenizer `--tokenizer PATH` names, ready to encode (see `tokenizer_file`)."""
+    from aprtool.data.tokenizer import HfTokenizer
+
+    entry = tokenizer_file(path)
+    return HfTokenizer.from_entry(entry["json"], entry, str(path))
+
+
+SP_UNIGRAM, SP_BPE = 1, 2  # sentencepiece's TrainerSpec.ModelType (word and char models are not supported)
+
+
+def sentencepiece_tokenizer(path: Path) -> dict[str, Any]:
+    """A SentencePiece .model (BPE or Unigram) as a tokenizers JSON entry giving sentencepiece's own ids: its
+    normalization (the precompiled character map, removal of extra whitespace), dummy prefix, byte fallback,
+    control and user-defined pieces; BOS before each document when the model has one (sentencepiece's
+    Llama convention), else EOS after."""
+    import base64
+
+    from aprtool.paths import read_input
+
+    try:
+        from google.protobuf.message import DecodeError
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        raise FormatError(
+            f"--tokenizer {path}: a SentencePiece model needs the sentencepiece package (pip install 'aprtool[data]')"
+        ) from None
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(read_input(path))
+    except (DecodeError, RecursionError, ValueError):
+        raise FormatError(f"{path}: neither tokenizers JSON nor a SentencePiece model") from None
+    trainer, norm = proto.trainer_spec, proto.normalizer_spec
+    tokens, scores, types = (
+        [p.piece for p in proto.pieces],
+        [p.score for p in proto.pieces],
+        [p.type for p in proto.pieces],
+    )
+    if not tokens or len(set(tokens)) != len(tokens):
+        raise FormatError(f"{path}: a SentencePiece model needs distinct pieces, found {len(tokens)} with repeats")
+    if trainer.model_type not in (SP_UNIGRAM, SP_BPE):
+        raise FormatError(f"{path}: SentencePiece model_type {trainer.model_type} is not supported (unigram, bpe)")
+    if trainer.treat_whitespace_as_suffix or not norm.escape_whitespaces:
+        raise FormatError(
+            f"{path}: SentencePiece treat_whitespace_as_suffix / escape_whitespaces=false is not supported"
+        )
+    steps: list[dict[str, Any]] = []
+    if norm.precompiled_charsmap:
+        steps.append(
+            {"type": "Precompiled", "precompiled_charsmap": base64.b64encode(norm.precompiled_charsmap).decode()}
+        )
+    if norm.remove_extra_whitespaces:  # leading, trailing and repeated spaces go before the text is cut
+        steps += [{"type": "Strip", "strip_left": True, "strip_right": True},
+                  {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]  # fmt: skip
+    body = _sentencepiece_body(tokens, scores, types, trainer.unk_id, prefix=norm.add_dummy_prefix,
+                               unigram=trainer.model_type == SP_UNIGRAM, byte_fallback=trainer.byte_fallback,
+                               normalizer=steps, split=trainer.split_by_whitespace)  # fmt: skip
+    bos, eos = _token_id(trainer.bos_id, len(tokens)), _token_id(trainer.eos_id, len(tokens))
+    return tokenizer_entry(_document(_added_tokens(tokens, types), body), bos, eos, bos is not None, str(path))
 
 
 # llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) -> the split regex a byte-level BPE applies first;
@@ -307,19 +396,46 @@ def _gpt2_body(md: dict[str, Any], tokens: list[str]) -> dict[str, Any]:
 def _llama_body(md: dict[str, Any], tokens: list[str], types: list[int]) -> dict[str, Any]:
     scores = _gguf_list(md, "tokenizer.ggml.scores", float, len(tokens)) or [0.0] * len(tokens)
     prefix = md.get("tokenizer.ggml.add_space_prefix", True) is not False
-    unk = md.get("tokenizer.ggml.unknown_token_id")
+    return _sentencepiece_body(tokens, scores, types, md.get("tokenizer.ggml.unknown_token_id"), prefix=prefix)
+
+
+def _sentencepiece_body(tokens: list[str], scores: list[float], types: list[int], unk: Any, *, prefix: bool,
+                        unigram: bool = False, byte_fallback: bool = True,
+                        normalizer: list[dict[str, Any]] | None = None,
+                        split: bool = True) -> dict[str, Any]:  # fmt: skip
+    """A SentencePiece vocabulary (a GGUF `llama` one, or a .model's) as tokenizers' model, pre-tokenizer and
+    decoder: `▁` for spaces, a dummy `▁` before the text when `prefix`, byte-fallback `<0xNN>` tokens."""
     decoders = [{"type": "Replace", "pattern": {"String": SPACE_PIECE}, "content": " "}, {"type": "ByteFallback"},
                 {"type": "Fuse"}]  # fmt: skip
     if prefix:  # the dummy space Metaspace put before the text
         decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
-    merges = _merges_from_scores(tokens, scores, [t == NORMAL for t in types])
-    unk_token = tokens[unk] if _token_id(unk, len(tokens)) is not None else None
-    model = _bpe_model({t: i for i, t in enumerate(tokens)}, merges, unk_token=unk_token, fuse_unk=True,
-                       byte_fallback=True)  # fmt: skip
-    pre = {"type": "Metaspace", "replacement": SPACE_PIECE, "split": False,
-           "prepend_scheme": "first" if prefix else "never"}  # fmt: skip
-    return {"normalizer": None, "pre_tokenizer": pre, "decoder": {"type": "Sequence", "decoders": decoders},
-            "model": model}  # fmt: skip
+    unk_id = unk if _token_id(unk, len(tokens)) is not None else None
+    if unigram:
+        model = {"type": "Unigram", "unk_id": unk_id, "byte_fallback": byte_fallback,
+                 "vocab": [[t, s] for t, s in zip(tokens, scores, strict=True)]}  # fmt: skip
+    else:
+        merges = _merges_from_scores(tokens, scores, [t == NORMAL for t in types])
+        model = _bpe_model({t: i for i, t in enumerate(tokens)}, merges, unk_token=None if unk_id is None else
+                           tokens[unk_id], fuse_unk=True, byte_fallback=byte_fallback)  # fmt: skip
+    # sentencepiece and llama.cpp put the dummy `▁` before every text, even one that starts with a space (a
+    # Metaspace pre-tokenizer would not); pieces never hold an inner `▁`, so cutting before each is exact
+    steps = [*(normalizer or []), *([{"type": "Prepend", "prepend": SPACE_PIECE}] if prefix else []),
+             {"type": "Replace", "pattern": {"String": " "}, "content": SPACE_PIECE}]  # fmt: skip
+    pre = {"type": "Metaspace", "replacement": SPACE_PIECE, "split": True, "prepend_scheme": "never"}
+    return {"normalizer": {"type": "Sequence", "normalizers": steps}, "pre_tokenizer": pre if split else None,
+            "decoder": {"type": "Sequence", "decoders": decoders}, "model": model}  # fmt: skip
+
+
+def _added_tokens(tokens: list[str], types: list[int]) -> list[dict[str, Any]]:
+    """Control, unknown and user-defined pieces as tokenizers' added tokens (matched before the model)."""
+    return [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": t != USER_DEFINED}
+            for i, t in enumerate(types) if t in (CONTROL, UNKNOWN, USER_DEFINED)]  # fmt: skip
+
+
+def _document(added: list[dict[str, Any]], body: dict[str, Any]) -> str:
+    document = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "post_processor": None}
+    return json.dumps({**document, **body}, ensure_ascii=False)
 
 
 def gguf_tokenizer(md: dict[str, Any]) -> dict[str, Any] | None:
@@ -339,11 +455,7 @@ def gguf_tokenizer(md: dict[str, Any]) -> dict[str, Any] | None:
         body = _llama_body(md, tokens, types)
     else:
         raise FormatError(f"GGUF tokenizer.ggml.model: {str(model)[:40]!r} is not supported (gpt2, llama)")
-    added = [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": t != USER_DEFINED}
-             for i, t in enumerate(types) if t in (CONTROL, UNKNOWN, USER_DEFINED)]  # fmt: skip
-    document = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "post_processor": None}
-    text = json.dumps({**document, **body}, ensure_ascii=False)
+    text = _document(_added_tokens(tokens, types), body)
     ids = {key: _token_id(md.get(f"tokenizer.ggml.{key}_token_id"), len(tokens)) for key in ("bos", "eos")}
     add_bos = md.get("tokenizer.ggml.add_bos_token", model == "llama")  # llama.cpp's default for SentencePiece
     return tokenizer_entry(text, ids["bos"], ids["eos"], add_bos is True, "GGUF tokenizer.ggml.*")

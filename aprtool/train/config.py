@@ -130,7 +130,7 @@ class TrainConfig(LoopConfig):
     init: str | None = None
     # data
     corpus: str | None = None  # None: the embedded default corpus (the stdlib's sources)
-    tokenizer: str = "bpe"  # bpe | bytes
+    tokenizer: str = "bpe"  # bpe | bytes | a tokenizer.json or SentencePiece .model (read once, then embedded)
     vocab_size: int = 4096  # for bpe
     val_fraction: float = 0.05
     # model
@@ -149,8 +149,8 @@ class TrainConfig(LoopConfig):
 
         if self.size not in PRESETS:
             raise UsageError(f"--size {self.size!r}: choose from {', '.join(PRESETS)}")
-        if self.tokenizer not in ("bpe", "bytes"):
-            raise UsageError(f"--tokenizer {self.tokenizer!r}: choose bpe or bytes")
+        if not self.tokenizer:
+            raise UsageError("--tokenizer: choose bpe, bytes, or a tokenizer.json / SentencePiece .model file")
         return super().validate()
 
     def model_config(self, vocab_size: int) -> LlamaConfig:

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from aprtool.atomic import atomic_write_text
 from aprtool.data.loader import BatchLoader, eval_windows
 from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
-from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json, without_tokenizer_text
+from aprtool.data.tokenizer import KINDS, TOKENIZER_FILE, bpe_json, without_tokenizer_text
 from aprtool.errors import FileAccessError, IntegrityError, UsageError
+from aprtool.interop.tokenizer_files import open_tokenizer
 from aprtool.model.config import LlamaConfig
 from aprtool.model.io import llama_config, load_model, load_tokenizer_for, model_metadata
 from aprtool.model.llama import LlamaForCausalLM
@@ -270,6 +271,8 @@ def _prepare_data(
             return load_prepared(data)
         if cfg.corpus is not None:
             raise recorded_path_hint("the checkpoint was trained on corpus", cfg.corpus, "--corpus")
+    if tokenizer is None and cfg.tokenizer not in KINDS:  # a tokenizer file: read now, embedded from here on
+        tokenizer = open_tokenizer(Path(cfg.tokenizer))
     return prepare_corpus(
         Path(cfg.corpus) if cfg.corpus else None,
         run_dir / "data",
