@@ -28,6 +28,13 @@ TensorboardOption = Annotated[
     ),
 ]
 
+CORPUS_HELP = (
+    "A directory of text files, a .parquet / .jsonl / .jsonl.gz file or a directory of them (a document "
+    "per row), a prepared shard directory, or a directory of modded-nanogpt token shards."
+)
+TEXT_FIELD_HELP = "The documents' field in a parquet / jsonl corpus."
+TextFieldOption = Annotated[str, typer.Option("--text-field", help=TEXT_FIELD_HELP)]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES_HELP = (

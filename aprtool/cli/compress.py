@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aprtool.cli._common import ForceOption, JsonOption, emit, handle_errors
+from aprtool.cli._common import ForceOption, JsonOption, TextFieldOption, emit, handle_errors
 from aprtool.cli.choices import Codec, Passthrough, Quant
 from aprtool.container import constants as C
 from aprtool.ops.compress import AUTO_CLIPS, CompressOptions, compress_file
@@ -176,7 +176,8 @@ CalibDataOption = Annotated[
     typer.Option(
         "--calib-data",
         metavar="PATH",
-        help="Prepared shards or text files to calibrate on. Default: the model's run data/, else the stdlib.",
+        help="Prepared shards, token shards, text files or a parquet / jsonl corpus to calibrate on. Default: the "
+        "model's run data/, else the stdlib.",
     ),
 ]
 
@@ -219,6 +220,7 @@ def compress_command(
     calibrate: CalibrateOption = _DEFAULTS.calibrate,
     calib_tokens: CalibTokensOption = _DEFAULTS.calib_tokens,
     calib_data: CalibDataOption = None,
+    text_field: TextFieldOption = _DEFAULTS.text_field,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Quantize and code, print the report, write nothing.")] = (
         False
     ),
@@ -244,6 +246,7 @@ def compress_command(
         calibrate=calibrate,
         calib_tokens=calib_tokens,
         calib_data=calib_data,
+        text_field=text_field,
     )
     bar, update = _progress() if not as_json else (None, None)
     if bar is not None:

@@ -10,7 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aprtool.cli._common import JsonOption, TensorboardOption, given_options, handle_errors
+from aprtool.cli._common import (
+    CORPUS_HELP,
+    TEXT_FIELD_HELP,
+    JsonOption,
+    TensorboardOption,
+    given_options,
+    handle_errors,
+)
 from aprtool.cli._progress import NO_PLOT
 from aprtool.cli._training import loop_options, run_training
 from aprtool.cli.choices import Init, Mode, Size, TeacherDtype
@@ -94,8 +101,9 @@ def distill_command(
         _DEFAULTS["mode"]
     ),
     corpus: Annotated[
-        str | None, opt("corpus", "Text directory or prepared shards; must use the teacher's tokenizer.")
+        str | None, opt("corpus", f"{CORPUS_HELP} Prepared shards must use the teacher's tokenizer.")
     ] = None,
+    text_field: Annotated[str, opt("text_field", TEXT_FIELD_HELP)] = _DEFAULTS["text_field"],
     temperature: Annotated[float, opt("temperature", "Logit KD temperature T.")] = _DEFAULTS["temperature"],
     alpha: Annotated[float, opt("alpha", "Logit KD weight: alpha*KD*T^2 + (1-alpha)*CE.")] = _DEFAULTS["alpha"],
     keys_to_learn: Annotated[

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from aprtool.cli._common import JsonOption, emit, handle_errors
+from aprtool.cli._common import CORPUS_HELP, JsonOption, TextFieldOption, emit, handle_errors
 from aprtool.cli.choices import EvalSplit
+from aprtool.data.documents import DEFAULT_TEXT_FIELD
 from aprtool.text import markup_safe
 
 EXAMPLES = """\b
@@ -40,8 +41,9 @@ def eval_command(
     ],
     corpus: Annotated[
         Path | None,
-        typer.Option(help="Text directory or prepared shard directory (default: the stdlib corpus's split)."),
+        typer.Option(help=f"{CORPUS_HELP} Default: the stdlib corpus's split."),
     ] = None,
+    text_field: TextFieldOption = DEFAULT_TEXT_FIELD,
     max_tokens: Annotated[int | None, typer.Option(help="Score at most this many held-out tokens.")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Window length (default: min(256, context)).")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
@@ -61,6 +63,12 @@ def eval_command(
     from aprtool.evaluate.bpb import evaluate_bpb
 
     result = evaluate_bpb(
-        model, corpus=corpus, max_tokens=max_tokens, seq_len=seq_len, batch_size=batch_size, split=split.value
+        model,
+        corpus=corpus,
+        max_tokens=max_tokens,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        split=split.value,
+        text_field=text_field,
     )
     emit(result, as_json, _render(result))

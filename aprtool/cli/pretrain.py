@@ -10,7 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aprtool.cli._common import JsonOption, TensorboardOption, given_options, handle_errors
+from aprtool.cli._common import (
+    CORPUS_HELP,
+    TEXT_FIELD_HELP,
+    JsonOption,
+    TensorboardOption,
+    given_options,
+    handle_errors,
+)
 from aprtool.cli._progress import NO_PLOT
 from aprtool.cli._training import loop_options, run_training
 from aprtool.cli.choices import Size
@@ -68,9 +75,8 @@ def pretrain_command(
             "tokenizer and weights; the corpus is tokenized with its tokenizer.",
         ),
     ] = None,
-    corpus: Annotated[
-        str | None, opt("corpus", "Directory of text files, or a prepared shard directory. Default: stdlib sources.")
-    ] = None,
+    corpus: Annotated[str | None, opt("corpus", f"{CORPUS_HELP} Default: stdlib sources.")] = None,
+    text_field: Annotated[str, opt("text_field", TEXT_FIELD_HELP)] = _DEFAULTS["text_field"],
     tokenizer: Annotated[
         str,
         opt(

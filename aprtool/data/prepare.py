@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aprtool.atomic import atomic_write_text, temp_path
-from aprtool.data.corpus import (
-    default_corpus_files,
-    default_corpus_root,
-    read_text,
-    split_by_file,
-    text_files,
-)
-from aprtool.data.shards import ShardedTokens, ShardWriter, read_shard
+from aprtool.data.corpus import split_by_file
+from aprtool.data.documents import DEFAULT_TEXT_FIELD, SIDES, Documents, Tally, check_sides
+from aprtool.data.shards import ShardedTokens, ShardWriter, max_token, nanogpt_shards, read_shard
+from aprtool.data.token_bytes import token_bytes
 from aprtool.data.tokenizer import (
     TOKENIZER_FILE,
     BpeTokenizer,
@@ -37,11 +35,11 @@ from aprtool.data.tokenizer import (
     file_sha256,
     load_tokenizer,
 )
-from aprtool.errors import FileAccessError, FormatError, UsageError
+from aprtool.errors import FormatError, UsageError
 from aprtool.paths import read_input
 
 MANIFEST = "manifest.json"
-SHARD_NAME = re.compile(r"(train|val)-\d{4,}\.tok")
+SHARD_NAME = re.compile(r"(train|val)-\d{4,}\.(tok|bin)")  # .bin: a modded-nanogpt shard, linked as it was
 SHARD_TOKENS = 4 * 1024 * 1024
 ENCODE_CHARS = 16 * 1024 * 1024  # text tokenized per batch: memory stays flat however large the corpus
 FORMAT = "aprtool-shards"
@@ -70,14 +68,6 @@ class PreparedCorpus:
 
 def _text_sha256(tokenizer: Any) -> str | None:
     return hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest() if tokenizer.kind != "bytes" else None
-
-
-def _source_fingerprint(files: list[Path], root: Path, settings: dict[str, Any]) -> str:
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for p in files:
-        h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
 
 
 def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
@@ -113,7 +103,7 @@ def load_prepared(directory: Path) -> PreparedCorpus:
     for split in ("train", "val"):
         for p in corpus.shard_paths(split):
             tokens, shard_vocab = read_shard(p)  # header and size checks
-            if shard_vocab != vocab or (tokens.size and int(tokens.max()) >= vocab):
+            if (shard_vocab is not None and shard_vocab != vocab) or max_token(tokens) >= vocab:
                 raise FormatError(f"{p}: holds token ids outside the manifest's vocabulary of {vocab}")
     return corpus
 
@@ -132,38 +122,120 @@ def _link_prepared(corpus: PreparedCorpus, out_dir: Path) -> PreparedCorpus:
     if corpus.manifest["tokenizer"]["kind"] != "bytes":
         names.append(TOKENIZER_FILE)
     for name in names:
-        tmp = temp_path(out_dir / name)
-        try:
-            os.link(corpus.directory / name, tmp)
-        except OSError:
-            shutil.copyfile(corpus.directory / name, tmp)
-        os.replace(tmp, out_dir / name)
+        _link_file(corpus.directory / name, out_dir / name)
     atomic_write_text(out_dir / MANIFEST, json.dumps(corpus.manifest, indent=1) + "\n")
     return load_prepared(out_dir)
 
 
-def _texts(files: list[Path]) -> Iterator[str]:
-    """The files' text, one file at a time (unreadable and empty files are skipped)."""
-    for path in files:
-        if text := read_text(path):
-            yield text
+def _link_file(source: Path, target: Path) -> None:
+    """`target` as a hard link to `source` where the file system allows, a copy otherwise; replaced atomically."""
+    tmp = temp_path(target)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
-def _write_split(directory: Path, split: str, tok: Any, files: list[Path]) -> list[dict]:
-    """Tokenize `files` in batches of about ENCODE_CHARS characters straight into shards."""
-    writer = ShardWriter(directory, split, tok.frame(), tok.vocab_size, SHARD_TOKENS)
-    batch: list[str] = []
-    size = 0
-    for text in _texts(files):
-        batch.append(text)
-        size += len(text)
-        if size >= ENCODE_CHARS:
-            for doc in tok.encode_batch(batch):
-                writer.add(doc)
-            batch, size = [], 0
-    for doc in tok.encode_batch(batch) if batch else []:
-        writer.add(doc)
-    return writer.close()
+def _adopt_shards(source: Path, found: dict[str, list[Path]], out_dir: Path, tokenizer: str | Any,
+                  log: Any) -> PreparedCorpus:  # fmt: skip
+    """modded-nanogpt shards used as they are (linked into `out_dir`, memory-mapped, never re-tokenized), with
+    the tokenizer they were made with: every id is checked below its vocabulary."""
+    if tokenizer == "bpe":
+        raise UsageError(f"--corpus {source} holds token shards: --tokenizer must name the tokenizer they were made "
+                         "with (a tokenizer.json or SentencePiece .model)")  # fmt: skip
+    tok = ByteTokenizer() if tokenizer == "bytes" or getattr(tokenizer, "kind", None) == "bytes" else tokenizer
+    files = [p for side in SIDES for p in found[side]]
+    settings = {"tokenizer": tok.kind, "sha256": _text_sha256(tok), "format": "modded-nanogpt"}
+    fingerprint = Documents("token-shards", source, files).fingerprint(settings)
+    if (out_dir / MANIFEST).is_file() and (existing := load_prepared(out_dir)).fingerprint == fingerprint:
+        return existing
+    if log:
+        log(f"using {len(files)} token shards from {source} as they are ({tok.kind}, vocab {tok.vocab_size})")
+    table = token_bytes(tok)
+    start = (tok.frame()[0] or tok.frame()[1])[0]  # the boundary token each document begins (or ends) with
+    splits: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    read = {side: Tally() for side in SIDES}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for side in SIDES:
+        for i, path in enumerate(found[side]):
+            tokens, _ = read_shard(path)
+            if (top := max_token(tokens)) >= tok.vocab_size:
+                raise FormatError(f"{path}: holds token id {top}, not below the tokenizer's vocabulary of "
+                                  f"{tok.vocab_size:,} (--tokenizer names another tokenizer)")  # fmt: skip
+            read[side].documents += int(np.count_nonzero(tokens == start))
+            read[side].bytes += _token_bytes(table, tokens, start)
+            name = f"{side}-{i:04d}.bin"
+            _link_file(path, out_dir / name)
+            splits[side].append({"file": name, "tokens": int(len(tokens)), "source": path.name})
+    info = tok.info()
+    if tok.kind != "bytes":
+        tok.save(out_dir / TOKENIZER_FILE)
+        info |= {"file": TOKENIZER_FILE, "sha256": file_sha256(out_dir / TOKENIZER_FILE)}
+    manifest = {"format": FORMAT, "version": 1, "fingerprint": fingerprint,
+                "source": {"root": str(source), "kind": "token-shards", "files": len(files), "default": False},
+                "split": {"by": "file name (_train_ / _val_)"}, "tokenizer": info, "splits": splits,
+                "tokens": {k: sum(s["tokens"] for s in v) for k, v in splits.items()},
+                "read": _tally_record(read)}  # fmt: skip
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return load_prepared(out_dir)
+
+
+def _token_bytes(table: Any, tokens: np.ndarray, boundary: int, chunk: int = 1 << 22) -> int:
+    """The bytes a shard's tokens stand for (the first one after a boundary), a chunk at a time."""
+    total, previous = 0, boundary
+    for i in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[i : i + chunk], np.int64)
+        before = np.concatenate([[previous], part[:-1]])
+        total += int(table.of(part, before).sum())
+        previous = int(part[-1])
+    return total
+
+
+def _write_splits(directory: Path, tok: Any, documents: Iterator[tuple[str, str]]) -> dict[str, list[dict]]:
+    """Tokenize (side, text) documents in batches of about ENCODE_CHARS characters per side straight into
+    each side's shards, in one pass over the corpus."""
+    writers = {side: ShardWriter(directory, side, tok.frame(), tok.vocab_size, SHARD_TOKENS) for side in SIDES}
+    batches: dict[str, list[str]] = {side: [] for side in SIDES}
+    sizes = dict.fromkeys(SIDES, 0)
+
+    def flush(side: str) -> None:
+        for doc in tok.encode_batch(batches[side]) if batches[side] else []:
+            writers[side].add(doc)
+        batches[side], sizes[side] = [], 0
+
+    for side, text in documents:
+        batches[side].append(text)
+        sizes[side] += len(text)
+        if sizes[side] >= ENCODE_CHARS:
+            flush(side)
+    for side in SIDES:
+        flush(side)
+    return {side: writer.close() for side, writer in writers.items()}
+
+
+def _tokenizer_for(out_dir: Path, documents: Documents, tokenizer: str | Any, vocab_size: int, val_fraction: float):
+    """(tokenizer, its manifest entry): the one given, bytes, or a BPE trained on the training side (streamed);
+    a tokenizer.json is written beside the shards for every kind but bytes."""
+    if tokenizer == "bytes" or getattr(tokenizer, "kind", None) == "bytes":
+        tok: Any = ByteTokenizer()
+        return tok, tok.info()
+    if tokenizer == "bpe":
+        tok = BpeTokenizer.train(documents.texts(val_fraction, ("train",)), vocab_size)
+        documents.tally["train"] = Tally()  # counted again when the shards are written
+    else:
+        tok = tokenizer
+    tok.save(out_dir / TOKENIZER_FILE)
+    return tok, tok.info() | {"file": TOKENIZER_FILE, "sha256": file_sha256(out_dir / TOKENIZER_FILE)}
+
+
+def corpus_record(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a prepared corpus read: documents, their UTF-8 bytes, tokens per side, rows skipped (the summary's
+    `corpus`, so a user can check that nothing was lost)."""
+    read = manifest.get("read") or {}
+    tokens = manifest.get("tokens") or {}
+    return {**{k: read.get(k) for k in ("documents", "bytes", "skipped")},
+            "train_tokens": tokens.get("train"), "val_tokens": tokens.get("val")}  # fmt: skip
 
 
 def prepare_corpus(
@@ -173,69 +245,70 @@ def prepare_corpus(
     tokenizer: str | Any = "bpe",
     vocab_size: int = 4096,
     val_fraction: float = 0.05,
+    text_field: str = DEFAULT_TEXT_FIELD,
     log: Any = None,
 ) -> PreparedCorpus:
-    """Prepare `source` (None: the default corpus) into `out_dir`, or reuse what is there. A prepared
-    `source` is linked into `out_dir`, so a run directory holds its own data (resume needs no path).
+    """Prepare `source` (None: the default corpus; a directory of text files; a .parquet / .jsonl(.gz) file or
+    a directory of them, one document per row from `text_field`) into `out_dir`, or reuse what is there. A
+    prepared `source` is linked into `out_dir`, so a run directory holds its own data (resume needs no path).
     `tokenizer`: bpe (trained on the training split), bytes, or a tokenizer object to use as it is (a
-    model's own: continued pretraining, a foreign teacher)."""
+    model's own: continued pretraining, a foreign teacher; a --tokenizer file)."""
     if source is not None and (source / MANIFEST).is_file():
         return _link_prepared(load_prepared(source), out_dir)
-    if source is not None and not source.is_dir():
-        raise FileAccessError(f"--corpus {source}: not a directory")
+    if source is not None and (found := nanogpt_shards(source)) is not None:
+        return _adopt_shards(source, found, out_dir, tokenizer, log)
     given = None if isinstance(tokenizer, str) else tokenizer
     if given is None and tokenizer not in ("bpe", "bytes"):
-        raise UsageError(f"--tokenizer {tokenizer!r}: choose bpe or bytes")
+        raise UsageError(f"--tokenizer {tokenizer!r}: choose bpe, bytes or a tokenizer file")
     if not 0 < val_fraction < 1:
         raise UsageError(f"--val-fraction {val_fraction}: must be between 0 and 1")
-    root = default_corpus_root() if source is None else source
-    files = default_corpus_files() if source is None else text_files(source)
+    documents = Documents.open(source, text_field)
     settings = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction}
     if given is not None:  # the tokenizer itself is a setting: its text's digest
         settings = {"tokenizer": given.kind, "sha256": _text_sha256(given), "val_fraction": val_fraction}
-    fingerprint = _source_fingerprint(files, root, settings)
+    fingerprint = documents.fingerprint(settings)
     if (out_dir / MANIFEST).is_file():
         existing = load_prepared(out_dir)
         if existing.fingerprint == fingerprint:
             return existing
-    train_files, val_files = split_by_file(files, root, val_fraction)
-    if not any(read_text(p) for p in train_files) or not any(read_text(p) for p in val_files):
-        raise UsageError(f"corpus {root}: no readable UTF-8 text on one side of the held-out split")
+    if documents.kind == "text":
+        split_by_file(documents.files, documents.root, val_fraction)  # at least two files, before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     if log:
         vocab = given.vocab_size if given else vocab_size if tokenizer == "bpe" else ByteTokenizer.vocab_size
-        log(f"tokenizing {len(files)} files from {root} ({settings['tokenizer']}, vocab {vocab})")
-    if given is not None:
-        tok = given
-        info = tok.info()
-        if tok.kind != "bytes":
-            tok.save(out_dir / TOKENIZER_FILE)
-            info |= {"file": TOKENIZER_FILE, "sha256": file_sha256(out_dir / TOKENIZER_FILE)}
-    elif tokenizer == "bytes":
-        tok: ByteTokenizer | BpeTokenizer = ByteTokenizer()
-        info = tok.info()
-    else:
-        tok = BpeTokenizer.train(_texts(train_files), vocab_size)  # the training split only, streamed
-        tok.save(out_dir / "tokenizer.json")
-        info = tok.info() | {"file": "tokenizer.json", "sha256": file_sha256(out_dir / "tokenizer.json")}
-    splits = {
-        "train": _write_split(out_dir, "train", tok, train_files),
-        "val": _write_split(out_dir, "val", tok, val_files),
-    }
+        log(f"tokenizing {len(documents.files)} {documents.kind} files from {documents.root} "
+            f"({settings['tokenizer']}, vocab {vocab})")  # fmt: skip
+    tok, info = _tokenizer_for(out_dir, documents, given or tokenizer, vocab_size, val_fraction)
+    splits = _write_splits(out_dir, tok, documents.stream(val_fraction))
+    check_sides(documents, documents.root)
     manifest = {
         "format": FORMAT,
         "version": 1,
         "fingerprint": fingerprint,
-        "source": {"root": str(root), "files": len(files), "default": source is None},
-        "split": {
-            "by": "file",
-            "val_fraction": val_fraction,
-            "train_files": [p.relative_to(root).as_posix() for p in train_files],
-            "val_files": [p.relative_to(root).as_posix() for p in val_files],
-        },
+        "source": documents.describe(),
+        "split": _split_record(documents, val_fraction),
         "tokenizer": info,
         "splits": splits,
         "tokens": {k: sum(s["tokens"] for s in v) for k, v in splits.items()},
+        "read": _read_record(documents),
     }
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return PreparedCorpus(out_dir, manifest)
+
+
+def _split_record(documents: Documents, val_fraction: float) -> dict[str, Any]:
+    if documents.kind != "text":
+        return {"by": "document", "val_fraction": val_fraction, "key": "sha256 of FILE#ROW"}
+    train, val = split_by_file(documents.files, documents.root, val_fraction)
+    return {"by": "file", "val_fraction": val_fraction,
+            "train_files": [p.relative_to(documents.root).as_posix() for p in train],
+            "val_files": [p.relative_to(documents.root).as_posix() for p in val]}  # fmt: skip
+
+
+def _read_record(documents: Documents) -> dict[str, Any]:
+    return _tally_record(documents.tally)
+
+
+def _tally_record(tally: dict[str, Tally]) -> dict[str, Any]:
+    total = {k: sum(t.as_dict()[k] for t in tally.values()) for k in ("documents", "bytes", "skipped")}
+    return total | {side: t.as_dict() for side, t in tally.items()}

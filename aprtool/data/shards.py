@@ -1,8 +1,11 @@
 """Token shards: uint16 tokens behind a small self-describing header; a split is read through memory
 maps (ShardedTokens) and written as documents stream in (ShardWriter).
 
-Header (32 bytes, little-endian): magic b"APRTOKS\\0", u32 version (1), u32 bytes per token (2),
+aprtool's header (32 bytes, little-endian): magic b"APRTOKS\\0", u32 version (1), u32 bytes per token (2),
 u32 vocab_size, u32 reserved (0), u64 token count. Tokens follow, nothing after them.
+
+modded-nanogpt / parameter-golf shards (`fineweb_train_000001.bin`) are read too: 256 little-endian int32
+(magic 20240520, version 1, token count, the rest unused), then uint16 ids; they record no vocabulary.
 """
 
 from __future__ import annotations
@@ -31,11 +34,19 @@ def write_shard(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
         f.write(memoryview(tokens).cast("B"))
 
 
-def read_shard(path: Path) -> tuple[np.ndarray, int]:
-    """(tokens as a read-only memmap, vocab_size), after checking the header against the file."""
+NANOGPT_MAGIC, NANOGPT_VERSION = 20240520, 1
+NANOGPT_HEADER = struct.Struct("<256i")
+
+
+def read_shard(path: Path) -> tuple[np.ndarray, int | None]:
+    """(tokens as a read-only memmap, vocab_size; None for a modded-nanogpt shard), after checking the
+    header against the file."""
     with open_input(path) as f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(HEADER.size)
+        head = f.read(NANOGPT_HEADER.size)
+    if len(head) >= 4 and int.from_bytes(head[:4], "little") == NANOGPT_MAGIC:
+        return _nanogpt_tokens(path, head, size), None
+    head = head[: HEADER.size]
     if len(head) < HEADER.size:
         raise TruncatedError(f"{path}: shard header is {len(head)} bytes, needs {HEADER.size}")
     magic, version, width, vocab, _, count = HEADER.unpack(head)
@@ -50,6 +61,41 @@ def read_shard(path: Path) -> tuple[np.ndarray, int]:
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER.size, shape=(count,)), vocab
 
 
+def _nanogpt_tokens(path: Path, head: bytes, size: int) -> np.ndarray:
+    if len(head) < NANOGPT_HEADER.size:
+        raise TruncatedError(f"{path}: modded-nanogpt shard header is {len(head)} bytes, needs {NANOGPT_HEADER.size}")
+    _, version, count = NANOGPT_HEADER.unpack(head)[:3]
+    if version != NANOGPT_VERSION:
+        raise FormatError(f"{path}: modded-nanogpt shard version {version} is not supported (1)")
+    if count < 0 or size != NANOGPT_HEADER.size + 2 * count:
+        raise TruncatedError(f"{path}: shard header says {count} tokens, the file holds "
+                             f"{(size - NANOGPT_HEADER.size) / 2:g}")  # fmt: skip
+    if count == 0:
+        return np.zeros(0, np.uint16)
+    return np.memmap(path, dtype="<u2", mode="r", offset=NANOGPT_HEADER.size, shape=(count,))
+
+
+def nanogpt_shards(directory: Path) -> dict[str, list[Path]] | None:
+    """A directory's modded-nanogpt shards by side (`*_train_*.bin`, `*_val_*.bin`, sorted by name), or None
+    when it holds none."""
+    if not directory.is_dir():
+        return None
+    found = {side: sorted(p for p in directory.glob(f"*_{side}_*.bin") if p.is_file()) for side in ("train", "val")}
+    if not any(found.values()):
+        return None
+    for side, paths in found.items():
+        if not paths:
+            raise UsageError(
+                f"--corpus {directory}: token shards for train and val are needed, found no *_{side}_*.bin"
+            )
+    return found
+
+
+def max_token(tokens: np.ndarray, chunk: int = 1 << 24) -> int:
+    """The largest id in a (memory-mapped) shard, a chunk at a time; -1 when empty."""
+    return max((int(tokens[i : i + chunk].max()) for i in range(0, len(tokens), chunk)), default=-1)
+
+
 class ShardedTokens:
     """A split's tokens across its shards, each memory-mapped: `len()` and slices, without ever
     holding the split in memory. A slice that crosses a shard boundary is the only copy made."""
@@ -62,6 +108,10 @@ class ShardedTokens:
 
     def __len__(self) -> int:
         return self._starts[-1]
+
+    @property
+    def shards(self) -> list[np.ndarray]:
+        return list(self._shards)
 
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice):

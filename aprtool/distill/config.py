@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from aprtool.data.documents import DEFAULT_TEXT_FIELD
 from aprtool.errors import UsageError
 from aprtool.train.config import LoopConfig
 
@@ -34,6 +35,7 @@ class DistillConfig(LoopConfig):
     teacher_dtype: str = "f32"  # f32 | bf16 | f16: the teacher's weights and forward pass
     # data (None: the teacher's prepared data, else the default corpus with the teacher's tokenizer)
     corpus: str | None = None
+    text_field: str = DEFAULT_TEXT_FIELD  # the documents' field in a parquet / jsonl corpus
 
     def validate(self) -> DistillConfig:
         from aprtool.model.config import PRESETS

@@ -21,6 +21,7 @@ import torch
 
 from aprtool.atomic import atomic_write_text
 from aprtool.data.loader import BatchLoader, eval_windows
+from aprtool.data.prepare import corpus_record
 from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json, without_tokenizer_text
 from aprtool.distill.config import DistillConfig, parse_keys, resume_differences
 from aprtool.distill.losses import block_losses, logit_kd_loss, teacher_hidden_states
@@ -162,9 +163,11 @@ def _distill(teacher, out: Path, options, resume, force, log, progress, tensorbo
         if ckpt is not None else None  # fmt: skip
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        teacher_corpus(options.get("corpus"), teach, out / "data", log, resume=resuming)
+        teacher_corpus(options.get("corpus"), teach, out / "data", log, resume=resuming, text_field=cfg.text_field)
     d.barrier()
-    corpus, corpus_origin = teacher_corpus(options.get("corpus"), teach, out / "data", log, resume=resuming)
+    corpus, corpus_origin = teacher_corpus(
+        options.get("corpus"), teach, out / "data", log, resume=resuming, text_field=cfg.text_field
+    )
     if ckpt is not None and ckpt.training.get("data_fingerprint") != corpus.fingerprint:
         raise UsageError(f"cannot resume {ckpt.path.name}: the corpus changed since the checkpoint was written")
     tok_info = dict(teach.tokenizer)
@@ -269,7 +272,8 @@ def _train(cfg, ckpt, teach, plan, run_id, corpus, corpus_origin, tok_info, ckpt
     d.barrier()  # the last collective: no rank leaves while another works
     summary = _summary(out, run_id, cfg, plan, teach, metadata, distillation, state, start_step, checked, ckpts, d,
                        curves)  # fmt: skip
-    return summary | {"epochs_completed": state.epochs_completed(loader.windows)}
+    read = corpus_record(corpus.manifest)
+    return summary | {"epochs_completed": state.epochs_completed(loader.windows), "corpus": read}
 
 
 def _trained_facts(state: RunState, cfg: DistillConfig, data_fingerprint: str) -> dict[str, Any]:

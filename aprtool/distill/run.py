@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aprtool.data.documents import DEFAULT_TEXT_FIELD
 from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
 from aprtool.data.tokenizer import load_tokenizer
 from aprtool.distill.config import DistillConfig, identity
@@ -137,6 +138,7 @@ def teacher_corpus(
     log: Any,
     *,
     resume: tuple[str, str | None] | None = None,
+    text_field: str = DEFAULT_TEXT_FIELD,
 ) -> tuple[PreparedCorpus, str]:
     """The prepared corpus and a description of where it came from; its tokenizer must be the teacher's.
 
@@ -166,6 +168,7 @@ def teacher_corpus(
         tokenizer=load_tokenizer(tok, teacher.path.parent) if tok["kind"] == "hf" else tok["kind"],
         vocab_size=tok["vocab_size"],
         val_fraction=trained.val_fraction,
+        text_field=text_field,
         log=log,
     )
     differences = tokenizer_differences(tok, corpus.manifest["tokenizer"], "corpus")

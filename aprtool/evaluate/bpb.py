@@ -21,18 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from aprtool.data.corpus import (
-    EVAL_SPLITS,
-    default_corpus_files,
-    default_corpus_root,
-    read_text,
-    split_by_file,
-    text_files,
-)
+from aprtool.data.corpus import EVAL_SPLITS
+from aprtool.data.documents import DEFAULT_TEXT_FIELD, SIDES, Documents
 from aprtool.data.prepare import MANIFEST, load_prepared
+from aprtool.data.shards import ShardedTokens, max_token, nanogpt_shards, read_shard
 from aprtool.data.token_bytes import token_bytes
 from aprtool.data.tokenizer import encode_documents
-from aprtool.errors import FileAccessError, UsageError
+from aprtool.errors import FormatError, UsageError
 from aprtool.model.io import load_model, load_tokenizer_for, training_val_fraction
 
 
@@ -46,25 +41,29 @@ def chosen_split(split: str, metadata: dict[str, Any]) -> str:
     return "val" if trained else "all"
 
 
-def held_out_tokens(corpus: Path | None, tokenizer: Any, metadata: dict[str, Any], split: str = "val") -> np.ndarray:
-    """The tokens scored: the prepared val shards (`all`: train and val), or the file-level split of a text
-    corpus (the same split pretrain made, by the same rule; `all`: every file), tokenized with the model's
-    tokenizer."""
+def held_out_tokens(corpus: Path | None, tokenizer: Any, metadata: dict[str, Any], split: str = "val",
+                    text_field: str = DEFAULT_TEXT_FIELD) -> Any:  # fmt: skip
+    """The tokens scored (an array, or memory-mapped shards to slice): the prepared val shards (`all`: train
+    and val); the `_val_` shards of a modded-nanogpt directory (`all`: every shard; ids checked below the
+    model's vocabulary); or the held-out side of a text or record corpus (the split pretrain made, by the same
+    rule; `all`: every document), tokenized with the model's tokenizer."""
+    sides = SIDES if split == "all" else ("val",)
     if corpus is not None and (corpus / MANIFEST).is_file():
         prepared = load_prepared(corpus)
         ours, theirs = metadata.get("tokenizer", {}), prepared.manifest["tokenizer"]
         for key in ("kind", "vocab_size", "sha256"):
             if ours.get(key) != theirs.get(key):
                 raise UsageError(f"--corpus {corpus}: its tokenizer {key} {theirs.get(key)!r} is not the model's")
-        parts = ("train", "val") if split == "all" else ("val",)
-        return np.concatenate([np.asarray(prepared.tokens(p), dtype=np.int64) for p in parts])
-    if corpus is not None and not corpus.is_dir():
-        raise FileAccessError(f"--corpus {corpus}: not a directory")
-    root = default_corpus_root() if corpus is None else corpus
-    files = default_corpus_files() if corpus is None else text_files(corpus)
-    if split != "all":
-        files = split_by_file(files, root, training_val_fraction(metadata))[1]
-    return encode_documents([t for p in files if (t := read_text(p))], tokenizer)
+        return ShardedTokens([t for side in sides for t in prepared.tokens(side).shards])
+    if corpus is not None and (found := nanogpt_shards(corpus)) is not None:
+        shards = [read_shard(p)[0] for side in sides for p in found[side]]
+        for path, tokens in zip([p for side in sides for p in found[side]], shards, strict=True):
+            if (top := max_token(tokens)) >= tokenizer.vocab_size:
+                raise FormatError(f"{path}: holds token id {top}, not below the model's vocabulary of "
+                                  f"{tokenizer.vocab_size:,} (made with another tokenizer)")  # fmt: skip
+        return ShardedTokens(shards)
+    documents = Documents.open(corpus, text_field)
+    return encode_documents(list(documents.texts(training_val_fraction(metadata), sides)), tokenizer)
 
 
 def evaluate_bpb(
@@ -76,6 +75,7 @@ def evaluate_bpb(
     batch_size: int = 8,
     per_window: bool = False,
     split: str = "auto",
+    text_field: str = DEFAULT_TEXT_FIELD,
 ) -> dict[str, Any]:
     """Bits per byte of the model on held-out tokens, each scored once in windows of `seq_len`. With
     `per_window`, also each window's bits and bytes (`window_bits`, `window_bytes`): what a paired
@@ -85,10 +85,11 @@ def evaluate_bpb(
     metadata, quantized = info.metadata, info.quantized
     tokenizer = load_tokenizer_for(metadata, model_path, info.config)
     split = chosen_split(split, metadata)
-    tokens = held_out_tokens(Path(corpus) if corpus else None, tokenizer, metadata, split)
+    tokens = held_out_tokens(Path(corpus) if corpus else None, tokenizer, metadata, split, text_field)
     seq_len = seq_len or min(model.cfg.max_position_embeddings, 256)
     if max_tokens is not None:
         tokens = tokens[: max_tokens + 1]
+    tokens = np.asarray(tokens, dtype=np.int64)
     windows = (len(tokens) - 1) // seq_len
     if windows < 1:
         raise UsageError(f"the {split} text has {len(tokens)} tokens: not enough for one window of {seq_len + 1}")

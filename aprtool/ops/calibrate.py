@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aprtool.container import open_apr
-from aprtool.data.corpus import default_corpus_files, default_corpus_root, read_text, split_by_file, text_files
+from aprtool.data.documents import DEFAULT_TEXT_FIELD, Documents
 from aprtool.data.prepare import MANIFEST, load_prepared
+from aprtool.data.shards import ShardedTokens, max_token, nanogpt_shards, read_shard
 from aprtool.errors import UsageError
 from aprtool.ops.adaround import BATCH as ADAROUND_BATCH
 from aprtool.text import printable
@@ -152,22 +153,22 @@ def _same_tokenizer(ours: dict[str, Any], theirs: dict[str, Any], where: str) ->
             raise UsageError(f"{where}: its tokenizer {key} {theirs.get(key)!r} is not the model's {ours.get(key)!r}")
 
 
-def _encode_files(files: list[Path], tokenizer: Any, needed: int) -> np.ndarray:
+def _encode_texts(texts: Any, tokenizer: Any, needed: int) -> np.ndarray:
     from aprtool.data.tokenizer import encode_documents
 
     parts, count = [], 0
-    for path in files:  # one file at a time, until there are enough tokens
+    for text in texts:  # one document at a time, until there are enough tokens
         if count >= needed:
             break
-        if text := read_text(path):
-            parts.append(encode_documents([text], tokenizer))
-            count += len(parts[-1])
+        parts.append(encode_documents([text], tokenizer))
+        count += len(parts[-1])
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def calibration_tokens(model_path: Path, metadata: dict[str, Any], tokenizer: Any, calib_data: Path | None,
-                       needed: int) -> tuple[Any, str]:  # fmt: skip
-    """Training-split tokens to calibrate on, and where they came from."""
+                       needed: int, text_field: str = DEFAULT_TEXT_FIELD) -> tuple[Any, str]:  # fmt: skip
+    """Training-split tokens to calibrate on, and where they came from: prepared shards, modded-nanogpt
+    shards (of the model's tokenizer), or the training side of a text or record corpus."""
     from aprtool.model.io import tokenizer_info, training_val_fraction
 
     ours = tokenizer_info(metadata) or {}
@@ -182,12 +183,14 @@ def calibration_tokens(model_path: Path, metadata: dict[str, Any], tokenizer: An
             return corpus.tokens("train"), str(prepared)
         except UsageError:
             pass  # the directory beside the model is another run's data: use the default corpus instead
-    if calib_data is not None and not calib_data.is_dir():
-        raise UsageError(f"--calib-data {calib_data}: not a directory of text files or prepared shards")
-    root = calib_data or default_corpus_root()
-    files = text_files(calib_data) if calib_data is not None else default_corpus_files()
-    train, _ = split_by_file(files, root, training_val_fraction(metadata))
-    return _encode_files(train, tokenizer, needed), str(calib_data) if calib_data else "python-stdlib"
+    if calib_data is not None and (found := nanogpt_shards(calib_data)) is not None:
+        shards = [read_shard(p)[0] for p in found["train"]]
+        if any(max_token(t) >= tokenizer.vocab_size for t in shards):
+            raise UsageError(f"--calib-data {calib_data}: holds token ids beyond the model's vocabulary")
+        return ShardedTokens(shards), str(calib_data)
+    documents = Documents.open(calib_data, text_field)
+    texts = documents.texts(training_val_fraction(metadata), ("train",))
+    return _encode_texts(texts, tokenizer, needed), str(calib_data) if calib_data else "python-stdlib"
 
 
 def _starts(tokens: Any, length: int, count: int, where: str) -> np.ndarray:
@@ -327,7 +330,7 @@ def _metadata_of(model_path: Path) -> dict[str, Any]:
 
 def calibrate(
     model_path: Path, calib_data: Path | None = None, calib_tokens: int = DEFAULT_CALIB_TOKENS,
-    quantized: Collection[str] = (EMBEDDING,),
+    quantized: Collection[str] = (EMBEDDING,), text_field: str = DEFAULT_TEXT_FIELD,
 ) -> Calibration:  # fmt: skip
     """Hessians of every linear layer of the aprtool Llama model in `model_path` (a Calibration); per-row
     ones for the tied embedding when it is among the `quantized` tensors and small enough."""
@@ -343,7 +346,8 @@ def calibrate(
     seq_len = _seq_len(model, info.metadata)
     # twice the tokens the windows take, so that they lie apart and adaround can learn on windows that share
     # no token with the selection windows its symbols are then scored on (a prepared split is read whole)
-    tokens, source = calibration_tokens(model_path, info.metadata, tokenizer, calib_data, 2 * calib_tokens + seq_len)
+    needed = 2 * calib_tokens + seq_len
+    tokens, source = calibration_tokens(model_path, info.metadata, tokenizer, calib_data, needed, text_field)
     windows = _windows(tokens, seq_len, _starts(tokens, seq_len, math.ceil(calib_tokens / seq_len), source))
     hessians = collect_hessians(model, windows)
     selected = _starts(tokens, seq_len + 1, math.ceil(min(calib_tokens, SELECT_TOKENS) / seq_len), source)

@@ -24,6 +24,7 @@ from aprtool.codecs.quant import Clip, Quantized, quantize, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
+from aprtool.data.documents import DEFAULT_TEXT_FIELD
 from aprtool.data.tokenizer import embed_tokenizer
 from aprtool.errors import IntegrityError, MetadataError, UsageError
 from aprtool.ops.adaround import STEPS as ADAROUND_STEPS
@@ -71,6 +72,7 @@ class CompressOptions:
     calibrate: bool = False  # GPTQ rounding under each layer's calibration Hessian (aprtool Llama models)
     calib_tokens: int = DEFAULT_CALIB_TOKENS
     calib_data: str | None = None  # prepared shards or text; None: the model's run data, else the default corpus
+    text_field: str = DEFAULT_TEXT_FIELD  # the documents' field when calib_data is a parquet / jsonl corpus
 
     def validate(self) -> Clip:
         enc.coder_for(self.codec)
@@ -431,7 +433,9 @@ def _calibration(src: Path, plan: _Plan, options: CompressOptions) -> Calibratio
     if plan.repack:
         raise UsageError(f"--calibrate: {src} is already quantized; calibrate its float model instead")
     calib_data = Path(options.calib_data) if options.calib_data is not None else None
-    calibration = calibrate(src, calib_data, options.calib_tokens, quantized=plan.to_quantize + plan.optional)
+    calibration = calibrate(
+        src, calib_data, options.calib_tokens, quantized=plan.to_quantize + plan.optional, text_field=options.text_field
+    )
     calibration.record |= {"damp": DEFAULT_DAMP, "act_order": True}
     if calibration.row_hessians:  # their GPTQ keeps each row's column order, damped per row
         calibration.record |= {"row_damp": ROW_DAMP}

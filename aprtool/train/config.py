@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Self
 
 from aprtool.container.constants import DEFAULT_CLIP, DEFAULT_MIN_ELEMENTS
+from aprtool.data.documents import DEFAULT_TEXT_FIELD
 from aprtool.errors import UsageError
 
 if TYPE_CHECKING:  # the model module imports torch; the CLI reads this file just for defaults
@@ -130,6 +131,7 @@ class TrainConfig(LoopConfig):
     init: str | None = None
     # data
     corpus: str | None = None  # None: the embedded default corpus (the stdlib's sources)
+    text_field: str = DEFAULT_TEXT_FIELD  # the documents' field in a parquet / jsonl corpus
     tokenizer: str = "bpe"  # bpe | bytes | a tokenizer.json or SentencePiece .model (read once, then embedded)
     vocab_size: int = 4096  # for bpe
     val_fraction: float = 0.05
@@ -170,8 +172,8 @@ class TrainConfig(LoopConfig):
 INIT_DECIDES = ("tokenizer", "vocab_size", "size", *MODEL_FIELDS, "tie_word_embeddings")
 # Changing these would make a resumed run a different run: resume refuses, naming the field.
 RESUME_LOCKED = (
-    "init", "corpus", "tokenizer", "vocab_size", "val_fraction", "size", *MODEL_FIELDS, "tie_word_embeddings",
-    "seq_len", "batch_size", "grad_accum", "seed",
+    "init", "corpus", "text_field", "tokenizer", "vocab_size", "val_fraction", "size", *MODEL_FIELDS,
+    "tie_word_embeddings", "seq_len", "batch_size", "grad_accum", "seed",
 )  # fmt: skip
 
 

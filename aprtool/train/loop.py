@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from aprtool.atomic import atomic_write_text
 from aprtool.data.loader import BatchLoader, eval_windows
-from aprtool.data.prepare import MANIFEST, PreparedCorpus, load_prepared, prepare_corpus
+from aprtool.data.prepare import MANIFEST, PreparedCorpus, corpus_record, load_prepared, prepare_corpus
 from aprtool.data.tokenizer import KINDS, TOKENIZER_FILE, bpe_json, without_tokenizer_text
 from aprtool.errors import FileAccessError, IntegrityError, UsageError
 from aprtool.interop.tokenizer_files import open_tokenizer
@@ -184,6 +184,7 @@ def _pretrain(run_dir, overrides, resume, log, progress, tensorboard, status, d:
         "averaged": averaged,
         "world_size": d.world,
         "curves": curves,
+        "corpus": corpus_record(corpus.manifest),
     }
 
 
@@ -279,5 +280,6 @@ def _prepare_data(
         tokenizer=tokenizer or cfg.tokenizer,
         vocab_size=cfg.vocab_size,
         val_fraction=cfg.val_fraction,
+        text_field=cfg.text_field,
         log=log,
     )
