@@ -18,6 +18,8 @@ Examples:
   aprtool eval run/model.apr --max-tokens 20000
   aprtool eval model.int6.apr --corpus run/data --json    # the same held-out tokens as training
   aprtool eval SmolLM-135M/ --corpus texts/ --split all   # an HF folder (or .gguf), all of texts/
+  aprtool eval run/model.apr --corpus fineweb10B_sp1024/ --max-tokens 1000000   # the _val_ shards
+  aprtool eval model.gguf --corpus dump.jsonl.gz --text-field content --split all
 """
 
 

@@ -32,6 +32,8 @@ Examples:
   aprtool pretrain --run-dir runs/tiny --size tiny --steps 200
   aprtool pretrain --run-dir runs/tiny --resume latest      # continue it exactly
   aprtool pretrain --run-dir runs/ft --init SmolLM-135M/ --corpus texts/ --steps 500 --lr 3e-4
+  aprtool pretrain --run-dir runs/pq --corpus dump/ --text-field content --tokenizer sp1024.model
+  aprtool pretrain --run-dir runs/golf --corpus fineweb10B_sp1024/ --tokenizer fineweb_1024_bpe.model
   torchrun --nproc_per_node=2 -m aprtool pretrain --run-dir runs/ddp --time-budget 600
 """
 
