@@ -339,3 +339,26 @@ def test_token_shards_without_their_tokenizer_are_refused(cli, tmp_path, shards)
     folder, _, _ = shards
     r = cli("pretrain", "--run-dir", tmp_path / "run", "--corpus", folder, *TINY)
     one_line_error(r, 2, "--tokenizer", "token shards")
+
+
+def test_distill_and_calibrate_read_rows_with_the_teachers_tokenizer(cli, tmp_path, sp_lossless):
+    docs = _documents() * 2
+    rows = _write_rows(tmp_path / "docs.jsonl.gz", [{"body": t} for t in docs])
+    r = cli("pretrain", "--run-dir", tmp_path / "teacher", "--corpus", rows, "--text-field", "body",
+            "--tokenizer", sp_lossless, "--val-fraction", "0.2", *TINY, "--steps", "2", "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    teacher = tmp_path / "alone" / "teacher.apr"  # no run data beside it: --corpus is what is read
+    teacher.parent.mkdir()
+    shutil.copyfile(tmp_path / "teacher" / "model.apr", teacher)
+    r = cli("distill", "--teacher", teacher, "--run-dir", tmp_path / "student", "--corpus", rows,
+            "--text-field", "body", "--student-layers", "1", "--steps", "2", "--seq-len", "64", "--batch-size", "2",
+            "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    read = r.json()["corpus"]
+    assert read["documents"] == len(docs) and read["bytes"] == sum(len(t.encode()) for t in docs)
+    r = cli("compress", teacher, "-o", tmp_path / "t.int6.apr", "--calibrate", "--calib-data", rows,
+            "--text-field", "body", "--calib-tokens", "1024", "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert r.json()["calibration"]["source"] == str(rows)
+    r = cli("compress", teacher, "-o", tmp_path / "u.int6.apr", "--calibrate", "--calib-data", rows, "--json")
+    assert r.code == 4 and "'body'" in r.stdout + r.stderr  # the default field `text` is not there
