@@ -46,11 +46,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("corpus")
-    for name in ("heapq.py", "bisect.py", "colorsys.py", "keyword.py", "this.py", "shlex.py", "fnmatch.py"):
-        shutil.copyfile(F.STDLIB / name, d / name)
-    (d / "multilingual.txt").write_text(F.MULTILINGUAL * 20, encoding="utf-8")
-    return d
+    return F.small_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
