@@ -98,10 +98,10 @@ class Documents:
                 side = "val" if path in held_out else "train"
                 if side in sides:
                     text = read_text(path)
-                    if text:
+                    if text is None:
+                        self.tally[side].skipped += 1  # not UTF-8, or unreadable
+                    elif text:  # an empty file is no document
                         yield self._counted(side, text)
-                    else:
-                        self.tally[side].skipped += 1  # not UTF-8, unreadable or empty
             return
         for path in self.files:
             for row, value in self._rows(path):

@@ -281,6 +281,11 @@ def prepare_corpus(
     tok, info = _tokenizer_for(out_dir, documents, given or tokenizer, vocab_size, val_fraction)
     splits = _write_splits(out_dir, tok, documents.stream(val_fraction))
     check_sides(documents, documents.root)
+    skipped = sum(t.skipped for t in documents.tally.values())
+    if skipped and log:
+        what = f"rows whose {documents.text_field!r} is not a string" if documents.kind == "records" else \
+            "files that are not UTF-8 text"  # fmt: skip
+        log(f"WARNING: {skipped:,} {what} were skipped (the summary's corpus.skipped)")
     manifest = {
         "format": FORMAT,
         "version": 1,
