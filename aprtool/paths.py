@@ -136,15 +136,28 @@ def recorded_path_hint(what: str, recorded: str, flag: str) -> UsageError:
 
 
 def read_json(path: str | os.PathLike[str], limit: int = MAX_SIDECAR_BYTES) -> object:
-    """A side file's JSON (config.json, tokenizer_config.json, ...): size-capped, and anything `json` raises on
-    hostile text (bad UTF-8, syntax, nesting deep enough to exhaust the stack) is one line naming the file."""
+    """A side file's JSON (config.json, tokenizer_config.json, a manifest, a run's status.json, ...): size-capped,
+    and anything `json` raises on hostile text is one line naming the file (see `parse_json`)."""
+    return parse_json(read_input(path, limit), str(path))
+
+
+def parse_json(data: bytes | str, where: str) -> object:
+    """JSON text from a file (a side file, a metrics line, an embedded tokenizer): bad UTF-8, syntax, a number
+    too long to convert and nesting deep enough to exhaust the stack are each one line naming `where`."""
     import json
 
-    data = read_input(path, limit)
     try:
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FormatError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
+        raise FormatError(f"{where}: not valid JSON ({str(exc)[:80]})") from None
+
+
+def read_json_object(path: str | os.PathLike[str], limit: int = MAX_SIDECAR_BYTES) -> dict[str, Any]:
+    """`read_json` of a file that must hold a JSON object."""
+    value = read_json(path, limit)
+    if not isinstance(value, dict):
+        raise FormatError(f"{path}: must be a JSON object, found {type(value).__name__}")
+    return value
 
 
 def release_pages(mapping: Any, start: int, end: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -72,8 +73,20 @@ def error(message: str) -> None:
 _JSON_UNSAFE = re.compile("[\u0080-\u009f\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float as the string JSON readers agree on ("NaN", "Infinity",
+    "-Infinity"): strict parsers refuse the bare tokens `json` would write."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 def to_json(data: Any) -> str:
-    text = json.dumps(data, indent=2, ensure_ascii=False)
+    text = json.dumps(finite(data), indent=2, ensure_ascii=False, allow_nan=False)
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 

@@ -36,7 +36,7 @@ from aprtool.data.tokenizer import (
     load_tokenizer,
 )
 from aprtool.errors import FormatError, UsageError
-from aprtool.paths import read_input
+from aprtool.paths import read_json
 
 MANIFEST = "manifest.json"
 SHARD_NAME = re.compile(r"(train|val)-\d{4,}\.(tok|bin)")  # .bin: a modded-nanogpt shard, linked as it was
@@ -94,10 +94,7 @@ def _check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
 
 def load_prepared(directory: Path) -> PreparedCorpus:
     path = directory / MANIFEST
-    try:
-        manifest = json.loads(read_input(path))
-    except ValueError as exc:
-        raise FormatError(f"{path}: invalid JSON ({str(exc)[:120]})") from None
+    manifest = read_json(path)
     corpus = PreparedCorpus(directory, _check_manifest(manifest, path))
     vocab = manifest["tokenizer"]["vocab_size"]
     for split in ("train", "val"):

@@ -14,7 +14,6 @@ for each kind). A tokenizer whose decoding this cannot follow (WordPiece, ...) i
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -86,10 +85,11 @@ def _spelling(data: dict[str, Any]) -> str:
 
 def token_bytes_of_json(text: str, size: int) -> TokenBytes:
     """The table for a tokenizer.json, for ids below `size` (a model's rows; ids past the tokenizer are 0)."""
+    from aprtool.data.tokenizer import tokenizer_document
     from aprtool.interop.tokenizer_files import byte_to_unicode
 
-    data = json.loads(text)
-    model = data.get("model") or {}
+    data = tokenizer_document(text)
+    model = data["model"]
     spelling, fallback = _spelling(data), bool(model.get("byte_fallback"))
     unicode_to_byte = {ch: b for b, ch in byte_to_unicode().items()}
     lengths, prefixed, boundary = np.zeros(size, np.int64), np.zeros(size, bool), np.zeros(size, bool)

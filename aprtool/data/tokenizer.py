@@ -179,6 +179,22 @@ def encode_documents(texts: list[str], tokenizer: Any) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+def tokenizer_document(text: str, where: str = "tokenizer") -> dict[str, Any]:
+    """An embedded tokenizer.json parsed and its structure checked (an object, a `model` object, added tokens
+    with integer ids and string contents), before anything reads a field of it."""
+    from aprtool.paths import parse_json
+
+    data = parse_json(text, where)
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise FormatError(f"{where}: not a tokenizers JSON document (an object with a `model` object)")
+    added = data.get("added_tokens") or []
+    if not isinstance(added, list) or not all(
+        isinstance(t, dict) and type(t.get("id")) is int and isinstance(t.get("content"), str) for t in added
+    ):
+        raise FormatError(f"{where}: added_tokens must be objects with an integer id and a string content")
+    return data
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -26,7 +26,7 @@ from aprtool.data.tokenizer import load_tokenizer
 from aprtool.distill.config import DistillConfig, identity
 from aprtool.distill.models import LoadedModel, StudentPlan, tokenizer_differences
 from aprtool.errors import FormatError, UsageError
-from aprtool.paths import recorded_path_hint
+from aprtool.paths import read_json, recorded_path_hint
 from aprtool.train.checkpoint import CheckpointDir
 from aprtool.train.runs import RunStatus
 
@@ -56,9 +56,9 @@ def read_state(out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise FormatError(f"{path}: invalid JSON ({exc}); remove it or use --force") from None
+        state = read_json(path, 1 << 20)
+    except FormatError as exc:
+        raise FormatError(f"{exc}; remove it or use --force") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise FormatError(f"{path}: not an aprtool distill state file; use another --run-dir or --force")
     return state

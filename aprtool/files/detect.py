@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from pathlib import Path
@@ -42,21 +41,18 @@ def detect(path: str | os.PathLike[str]) -> str:
 
 def hf_shard_names(path: Path) -> list[str]:
     """model.safetensors, or the files `model.safetensors.index.json` names: plain names in this folder only."""
-    from aprtool.paths import read_input
+    from aprtool.paths import read_json_object
+    from aprtool.text import printable
 
     index = path / "model.safetensors.index.json"
     if not index.exists():
         if not (path / "model.safetensors").is_file():
             raise FormatError(f"{path}: no model.safetensors and no model.safetensors.index.json")
         return ["model.safetensors"]
-    try:
-        weight_map = json.loads(read_input(index)).get("weight_map")
-    except (ValueError, AttributeError):
-        raise FormatError(f"{index}: not a safetensors index (JSON object with a weight_map)") from None
+    weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict):
         raise FormatError(f"{index}: weight_map must be an object")
-    names = sorted({v for v in weight_map.values()})
-    for name in names:
-        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith(".") or not name:
-            raise FormatError(f"{index}: shard {str(name)[:60]!r} is not a file name in this folder")
-    return names
+    for name in weight_map.values():  # each value checked before any is compared, sorted or opened
+        if not isinstance(name, str) or not name or any(c in name for c in "/\\\0") or name.startswith("."):
+            raise FormatError(f"{index}: shard {printable(str(name))[:60]!r} is not a file name in this folder")
+    return sorted(set(weight_map.values()))

@@ -178,7 +178,7 @@ def imported_metadata(f: SafetensorsFile) -> dict[str, Any]:
     or the string map, plus the model keys of a `config.json` beside the file (type-checked)."""
     from aprtool.container.layout import parse_metadata
     from aprtool.interop.hf_config import architecture_fields
-    from aprtool.paths import read_input
+    from aprtool.paths import read_json_object
 
     if META_KEY in f.metadata:
         metadata = parse_metadata(f.metadata[META_KEY].encode("utf-8"))
@@ -186,10 +186,7 @@ def imported_metadata(f: SafetensorsFile) -> dict[str, Any]:
         metadata = {k: v for k, v in f.metadata.items() if k != "format"}
     config = f.path.with_name("config.json")
     if os.path.lexists(config):
-        try:
-            hf = json.loads(read_input(config))
-        except ValueError as exc:
-            raise FormatError(f"{config}: not valid JSON ({str(exc)[:80]})") from None
+        hf = read_json_object(config)
         metadata = {**architecture_fields(hf, str(config)), **metadata, "hf_config": hf}
     return metadata
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aprtool.data.tokenizer import EOS
+from aprtool.data.tokenizer import EOS, tokenizer_document
 from aprtool.errors import FormatError, IntegrityError
 
 
@@ -61,7 +61,7 @@ def special_ids(info: dict[str, Any]) -> tuple[int | None, int | None]:
 
 def tokenizer_config(text: str, info: dict[str, Any], context: int) -> dict[str, Any]:
     """tokenizer_config.json for a model's own tokenizer: its bos/eos tokens and whether a BOS is added."""
-    data = json.loads(text)
+    data = tokenizer_document(text)
     by_id = {t["id"]: t["content"] for t in data.get("added_tokens", []) if isinstance(t, dict)}
     by_id |= {i: t for t, i in _json_vocab(data).items() if i not in by_id}
     bos, eos = special_ids(info)
@@ -105,8 +105,8 @@ def gguf_vocab(text: str, info: dict[str, Any]) -> dict[str, Any]:
     merge order (what `gguf_tokenizer` reads back into the same merges)."""
     from aprtool.data.token_bytes import BYTE_TOKEN, components
 
-    data = json.loads(text)
-    model = data.get("model", {})
+    data = tokenizer_document(text)
+    model = data["model"]
     if model.get("type") != "BPE":
         raise IntegrityError(f"--to gguf: a {str(model.get('type'))[:20]!r} tokenizer has no llama.cpp form (BPE only)")
     vocab = _json_vocab(data)

@@ -200,6 +200,7 @@ def parse_bits(text: str | None) -> dict[str, int]:
     spec = {"default": C.DEFAULT_BITS}
     if text is None:
         return spec
+    given: set[str] = set()
     for part in (p.strip() for p in str(text).split(",")):
         kind, _, value = part.rpartition("=")
         kind = kind.strip() or "default"
@@ -211,6 +212,9 @@ def parse_bits(text: str | None) -> dict[str, int]:
             widths = f"{C.QUANT_BITS[0]}..{C.QUANT_BITS[-1]}"
             raise UsageError(f"--bits {text!r}: each part is a width {widths}, alone or as KIND=WIDTH with KIND one of "
                              f"{', '.join(BIT_KINDS)} (e.g. mlp=5,attn=6,embed=7)")  # fmt: skip
+        if kind in given:  # `mlp=5,mlp=6` or `6,7`: which one was meant is not ours to guess
+            raise UsageError(f"--bits {text!r}: {kind} is given twice")
+        given.add(kind)
         spec[kind] = bits
     return spec
 

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aprtool.atomic import atomic_write_text
-from aprtool.errors import UnavailableError
+from aprtool.atomic import atomic_writer
+from aprtool.errors import FormatError, UnavailableError
+from aprtool.paths import open_input, parse_json
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -30,15 +31,27 @@ def truncate_metrics(path: Path, step: int) -> None:
     torn line a killed process left."""
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
+    with open_input(path) as f, atomic_writer(path) as out:  # line by line: a large log is never held whole
+        for raw in _lines(f):
+            try:
+                record = parse_json(raw, str(path))
+            except FormatError:
+                continue  # a torn line
+            if isinstance(record, dict) and type(record.get("step")) is int and record["step"] <= step:
+                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+
+
+MAX_LINE = 1 << 20  # far above any record aprtool writes
+
+
+def _lines(f: Any) -> Any:
+    """The file's lines of at most MAX_LINE bytes; a longer one (not a record aprtool wrote) is dropped whole."""
+    while line := f.readline(MAX_LINE):
+        if len(line) == MAX_LINE and not line.endswith(b"\n"):
+            while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                pass
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+        yield line
 
 
 class MetricsLog:

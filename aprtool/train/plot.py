@@ -5,7 +5,6 @@ dependency (`pip install 'aprtool[plot]'`)."""
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aprtool.errors import AprError, FormatError, UnavailableError
-from aprtool.paths import read_input
+from aprtool.paths import parse_json, read_input
 
 CURVES_FILE = "curves.png"
 MAX_METRICS_BYTES = 512 * 1024 * 1024  # a metrics.jsonl line is ~300 bytes: a million steps is ~300 MB
@@ -45,8 +44,8 @@ def read_curves(run_dir: str | os.PathLike[str]) -> Curves:
     curves = Curves(run_dir.resolve().name or str(run_dir))
     for line in read_input(path, MAX_METRICS_BYTES).decode("utf-8", "replace").splitlines():
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = parse_json(line, str(path))
+        except FormatError:
             curves.skipped_lines += 1
             continue
         step = record.get("step") if isinstance(record, dict) else None

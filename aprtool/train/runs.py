@@ -14,6 +14,7 @@ from typing import Any
 
 from aprtool.atomic import atomic_write_text
 from aprtool.errors import AprError, FileAccessError
+from aprtool.paths import read_json_object
 
 
 def _pointer(ckpt: Path) -> str | None:
@@ -62,9 +63,10 @@ def list_run(run_dir: str | os.PathLike[str], *, verify: bool = True) -> dict[st
     for name in ("state.json", "status.json"):
         if (run_dir / name).is_file():
             try:
-                status = json.loads((run_dir / name).read_text(encoding="utf-8")).get("status")
-            except (ValueError, AttributeError, OSError):
+                status = read_json_object(run_dir / name, 1 << 20).get("status")
+            except AprError:
                 status = "unreadable"
+            status = status if isinstance(status, str) or status is None else "unreadable"
     model = run_dir / "model.apr"
     return {
         "run": str(run_dir),
@@ -85,14 +87,13 @@ def _may_replace(path: Path) -> None:
     """A run's config.json / status.json is replaced only if aprtool wrote it (an HF folder has a
     config.json of its own): anything else is refused before it is touched."""
     from aprtool.errors import UsageError
-    from aprtool.paths import read_input
 
     if not os.path.lexists(path):
         return
     try:
-        document = json.loads(read_input(path, 1 << 20))
+        document = read_json_object(path, 1 << 20)
         ours = document.get("command") in ("pretrain", "distill") or document.get("format") == "aprtool-distill-state"
-    except (AprError, ValueError, AttributeError):
+    except AprError:
         ours = False
     if not ours:
         raise UsageError(f"{path} exists and was not written by an aprtool run: choose another run directory")

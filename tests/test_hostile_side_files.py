@@ -1,0 +1,158 @@
+"""Hostile files, round 3 (issue #26): side-file JSON (one reader for all: size cap, deep nesting, bad UTF-8),
+an HF index's weight_map checked before use, non-finite numbers in --json, run files read a line at a time,
+and --bits given twice. Each case is crafted here and must be one line with its documented exit code."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures import foreign as F
+from tests.test_hostile import one_line_error
+from tests.test_real_data import one_line_error as after_progress
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deep enough to exhaust the stack of a recursive parser
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "fixtures" / "models" / "tiny-bytes.apr"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return F.hf_folder(tmp_path_factory.mktemp("hf") / "m", "LlamaForCausalLM")
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(folder, tmp_path / "m"))
+
+
+@pytest.mark.parametrize("text", [DEEP.encode(), b'{"a": ' * 50_000, b"\xff\xfe not utf-8", b"[1, 2]", b"1" * 5000])
+def test_an_hf_config_json_that_is_not_an_object_is_one_line(cli, tmp_path, folder, text):
+    m = _copy(folder, tmp_path)
+    (m / "config.json").write_bytes(text)
+    one_line_error(cli("eval", m), 4, "config.json")
+    one_line_error(cli("export", m, "--to", "apr", "-o", tmp_path / "x.apr"), 4, "config.json")
+    assert not (tmp_path / "x.apr").exists()
+
+
+def test_a_config_json_beside_a_safetensors_file_that_is_deep_is_one_line(cli, tmp_path, folder):
+    m = _copy(folder, tmp_path)
+    (m / "config.json").write_text(DEEP)
+    one_line_error(cli("inspect", m / "model.safetensors"), 4, "config.json")
+
+
+def _sharded(folder: Path, tmp_path: Path, weight_map: object) -> Path:
+    m = _copy(folder, tmp_path)
+    (m / "model.safetensors").rename(m / "model-00001-of-00001.safetensors")
+    (m / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return m
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"a": ["model-00001-of-00001.safetensors"]}, {"a": {"x": 1}}, {"a": 7}, {"a": "x\0.safetensors"},
+     {"a": "../outside.safetensors"}, {"a": ""}, {"a": 1, "b": "x"}],
+)  # fmt: skip
+def test_an_index_weight_map_value_is_checked_before_it_is_used(cli, tmp_path, folder, bad):
+    m = _sharded(folder, tmp_path, bad)
+    one_line_error(cli("inspect", m), 4, "model.safetensors.index.json")
+
+
+def test_a_deep_index_is_one_line(cli, tmp_path, folder):
+    m = _sharded(folder, tmp_path, {})
+    (m / "model.safetensors.index.json").write_text(DEEP)
+    one_line_error(cli("inspect", m), 4, "model.safetensors.index.json")
+
+
+def test_a_prepared_manifest_that_is_deep_is_one_line(cli, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(DEEP)
+    r = cli("pretrain", "--run-dir", tmp_path / "run", "--corpus", data, "--size", "tiny", "--steps", "1")
+    one_line_error(r, 4, "manifest.json")
+
+
+def test_a_run_status_that_is_deep_or_not_an_object_reads_as_unreadable(cli, tmp_path):
+    run = tmp_path / "run"
+    (run / "ckpt").mkdir(parents=True)
+    for text in (DEEP, "[]", '{"status": [1]}'):
+        (run / "status.json").write_text(text)
+        r = cli("runs", run, "--json")
+        assert r.code == 0, r.stderr
+        assert r.json()["status"] == "unreadable"
+
+
+def test_a_distill_state_that_is_deep_is_one_line(cli, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "state.json").write_text(DEEP)
+    (tmp_path / "corpus").mkdir()
+    corpus = F.small_corpus(tmp_path / "corpus")
+    r = cli("distill", "--teacher", MODEL, "--run-dir", out, "--corpus", corpus, "--steps", "1")
+    after_progress(r, 4, "state.json")
+
+
+def test_plot_skips_deep_and_huge_metrics_lines(cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    good = [json.dumps({"step": s, "loss": 3.0 - s / 10, "lr": 0.001}) for s in range(1, 4)]
+    (run / "metrics.jsonl").write_text("\n".join([good[0], DEEP, good[1], "9" * 5000, good[2]]) + "\n")
+    r = cli("plot", run, "-o", tmp_path / "c.png", "--json")
+    assert r.code == 0, r.stderr
+
+
+def test_resume_keeps_the_metrics_lines_of_its_steps_and_drops_torn_deep_and_overlong_ones(tmp_path):
+    from aprtool.train.metrics import MAX_LINE, truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3, 4)]
+    path.write_text("\n".join([lines[0], DEEP, "x" * (3 * MAX_LINE), lines[1], '{"step": "2"}', lines[2],
+                               lines[3], '{"step": 5, "lo']))  # fmt: skip
+    truncate_metrics(path, 3)
+    assert path.read_text().splitlines() == lines[:3]
+
+
+def _strict(text: str) -> object:
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_never_holds_nan_or_infinity(cli, tmp_path):
+    import gguf
+
+    path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_float32("test.nan", math.nan)
+    w.add_float32("test.inf", math.inf)
+    w.add_float64("test.minus_inf", -math.inf)
+    w.add_tensor("x", np.array([[np.nan, np.inf], [1.0, -np.inf]], np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = cli("inspect", path, "--json", "--stats")
+    assert r.code == 0, r.stderr
+    document = _strict(r.stdout)
+    text = json.dumps(document)
+    assert '"NaN"' in text and '"Infinity"' in text and '"-Infinity"' in text
+
+
+def test_finite_keeps_every_finite_value_and_names_the_others():
+    from aprtool.cli._common import finite
+
+    value = {"a": [1.5, math.nan, {"b": -math.inf}], "c": (math.inf, 2), "d": "x", "e": None, "f": 3}
+    assert finite(value) == {"a": [1.5, "NaN", {"b": "-Infinity"}], "c": ["Infinity", 2], "d": "x", "e": None,
+                             "f": 3}  # fmt: skip
+
+
+@pytest.mark.parametrize("bits", ["mlp=5,mlp=6", "6,7", "default=6,6"])
+def test_bits_given_twice_for_one_kind_is_refused(cli, tmp_path, bits):
+    one_line_error(cli("compress", MODEL, "-o", tmp_path / "x.apr", "--bits", bits), 2, "--bits", "twice")
+    assert not (tmp_path / "x.apr").exists()
