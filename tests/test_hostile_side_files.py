@@ -156,3 +156,63 @@ def test_finite_keeps_every_finite_value_and_names_the_others():
 def test_bits_given_twice_for_one_kind_is_refused(cli, tmp_path, bits):
     one_line_error(cli("compress", MODEL, "-o", tmp_path / "x.apr", "--bits", bits), 2, "--bits", "twice")
     assert not (tmp_path / "x.apr").exists()
+
+
+HEAD_COUNT = "llama.attention.head_count"
+
+
+def _gguf_with_heads(path: Path, add_heads, q_shape=(8, 4)) -> Path:
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    add_heads(w)
+    w.add_head_count_kv(1)
+    w.add_tensor("blk.0.attn_q.weight", np.ones(q_shape, np.float32))
+    w.add_tensor("blk.0.attn_k.weight", np.ones((4, 4), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, value",
+    [("uint32", 0), ("uint32", 3), ("uint64", 2**63), ("int32", -2), ("string", "4"), ("float32", 2.0)],
+    ids=["zero", "non-divisor", "2^63", "negative", "string", "float"],
+)
+def test_diff_of_a_gguf_with_a_hostile_head_count_is_one_line(cli, tmp_path, kind, value):
+    bad = _gguf_with_heads(tmp_path / "bad.gguf", lambda w: getattr(w, f"add_{kind}")(HEAD_COUNT, value))
+    good = _gguf_with_heads(tmp_path / "good.gguf", lambda w: w.add_uint32(HEAD_COUNT, 2))
+    r = cli("diff", good, bad)
+    assert r.code == 4, (r.code, r.stdout, r.stderr)
+    assert len([x for x in r.stderr.splitlines() if x.strip()]) == 1
+
+
+def _with_tokenizer(tmp_path: Path, entry: dict) -> Path:
+    """The tiny fixture model, its tokenizer entry replaced by `entry` (written by aprtool's own writer)."""
+    import aprtool
+
+    with aprtool.open_apr(MODEL) as f:
+        tensors = {n: f.numpy(n).copy() for n in f.names()}
+        metadata = {k: v for k, v in f.metadata.items() if k != "aprtool"}
+    vocab = metadata["tokenizer"]["vocab_size"]
+    path = tmp_path / "m.apr"
+    aprtool.write_apr(path, tensors, {**metadata, "tokenizer": {"kind": "hf", "vocab_size": vocab, **entry}})
+    return path
+
+
+def test_compress_refuses_an_embedded_tokenizer_that_does_not_match_its_sha256(cli, tmp_path):
+    tok = F.bytelevel_tokenizer(300, specials=("<|endoftext|>",)).to_str()
+    model = _with_tokenizer(tmp_path, {"json": tok, "sha256": "0" * 64, "eos_id": 0})
+    out = tmp_path / "m.int6.apr"
+    one_line_error(cli("compress", model, "-o", out), 4, "sha256")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text", [5, ["a"], {"x": 1}])
+def test_verify_fails_an_embedded_tokenizer_that_is_not_text(cli, tmp_path, text):
+    model = _with_tokenizer(tmp_path, {"json": text, "sha256": "0" * 64})
+    r = cli("verify", model, "--json")
+    assert r.code == 4, (r.code, r.stdout, r.stderr)
+    assert not r.json()["valid"]

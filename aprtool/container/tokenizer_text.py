@@ -26,8 +26,9 @@ XZ_MEMLIMIT = 128 * 1024 * 1024
 
 
 def has_embedded_text(info: Any) -> bool:
-    """`info` (a tokenizer object) embeds its tokenizer.json, packed or not."""
-    return isinstance(info, dict) and any(isinstance(info.get(k), str) for k in (TEXT_KEY, PACKED_KEY))
+    """`info` (a tokenizer object) embeds its tokenizer.json, packed or not (or claims to: a value that is not
+    a string is an embedded text `verified_text` refuses, never one to ignore)."""
+    return isinstance(info, dict) and any(info.get(k) is not None for k in (TEXT_KEY, PACKED_KEY))
 
 
 @functools.lru_cache(maxsize=4)  # checkpoints write the same tokenizer again and again

@@ -262,7 +262,10 @@ def embed_tokenizer(metadata: dict[str, Any], path: Path) -> tuple[dict[str, Any
     from aprtool.errors import AprError
 
     info = metadata.get(TOKENIZER_KEY)
-    if not isinstance(info, dict) or info.get("kind") not in ("bpe", "hf") or has_embedded_text(info):
+    if isinstance(info, dict) and has_embedded_text(info):
+        verified_text(info)  # a text that does not match its sha256 is never carried into a new file
+        return metadata, None
+    if not isinstance(info, dict) or info.get("kind") not in ("bpe", "hf"):
         return metadata, None
     try:
         text = bpe_json(info, path.parent)
