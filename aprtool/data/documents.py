@@ -24,7 +24,7 @@ from aprtool.errors import FileAccessError, FormatError, UnavailableError, Usage
 RECORD_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz")
 DEFAULT_TEXT_FIELD = "text"
 MAX_LINE_BYTES = 256 * 1024 * 1024  # one jsonl row; a longer line is refused, not read into memory
-PARQUET_BATCH_ROWS = 1024
+PARQUET_BATCH_BYTES = 4 * 1024 * 1024  # rows converted to Python strings at a time: small enough to stay in cache
 SIDES = ("train", "val")
 
 
@@ -179,12 +179,20 @@ def _parquet_rows(path: Path, text_field: str) -> Iterator[tuple[int, Any]]:
         if text_field not in names:
             raise _missing(path, "", text_field, names)
         row = 0
-        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
+        for batch in table.iter_batches(batch_size=_batch_rows(table), columns=[text_field]):
             for value in batch.column(0).to_pylist():
                 yield row, value
                 row += 1
     except (pa.ArrowException, OSError) as exc:
         raise FormatError(f"{path}: not a readable parquet file ({str(exc)[:120]})") from None
+
+
+def _batch_rows(table: Any) -> int:
+    """Rows per batch for about PARQUET_BATCH_BYTES of (uncompressed) data, from the file's own row groups."""
+    meta = table.metadata
+    rows = max(meta.num_rows, 1)
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return int(min(max(PARQUET_BATCH_BYTES * rows // max(size, 1), 16), 65536))
 
 
 def check_sides(documents: Documents, root: Path) -> None:
