@@ -16,7 +16,7 @@ import fcntl
 import mmap
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -53,6 +53,21 @@ def input_file(path: str | os.PathLike[str]) -> Path:
         raise _access_error(path, exc) from None
     if not stat.S_ISREG(mode):
         raise FileAccessError(f"{path}: is {_kind(mode)}, not a regular file")
+    return Path(path)
+
+
+def appendable(path: str | os.PathLike[str]) -> Path:
+    """`path` if it is absent or a regular file (not a symlink): what a log aprtool appends to may be, so that a
+    FIFO or a device in its place is an error (exit 3), never a hang or a write elsewhere."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return Path(path)
+    except OSError as exc:
+        raise _access_error(path, exc) from None
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else _kind(mode)
+        raise FileAccessError(f"{path}: is {kind}, not a regular file aprtool can append to")
     return Path(path)
 
 
@@ -150,6 +165,17 @@ def parse_json(data: bytes | str, where: str) -> object:
         return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"{where}: not valid JSON ({str(exc)[:80]})") from None
+
+
+def bounded_lines(f: BinaryIO, limit: int) -> Iterator[bytes]:
+    """A binary file's lines of at most `limit` bytes, read one at a time; a longer line (no record a tool
+    writes) is skipped whole without ever being held."""
+    while line := f.readline(limit):
+        if len(line) == limit and not line.endswith(b"\n"):
+            while (rest := f.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+            continue
+        yield line
 
 
 def read_json_object(path: str | os.PathLike[str], limit: int = MAX_SIDECAR_BYTES) -> dict[str, Any]:

@@ -216,3 +216,27 @@ def test_verify_fails_an_embedded_tokenizer_that_is_not_text(cli, tmp_path, text
     r = cli("verify", model, "--json")
     assert r.code == 4, (r.code, r.stdout, r.stderr)
     assert not r.json()["valid"]
+
+
+def test_plot_skips_a_value_too_large_for_a_float(tmp_path):
+    from aprtool.train.plot import read_curves
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": ' + "9" * 400 + '}\n{"step": 2, "loss": 2.5}\n')
+    curves = read_curves(run)
+    assert curves.series["loss"] == [(2, 2.5)]
+
+
+def test_resume_with_a_fifo_for_metrics_is_one_line_not_a_hang(cli, tmp_path):
+    import os
+
+    run = tmp_path / "run"
+    args = ("--size", "tiny", "--tokenizer", "bytes", "--seq-len", "64", "--batch-size", "2", "--corpus")
+    (tmp_path / "c").mkdir()
+    r = cli("pretrain", "--run-dir", run, *args, F.small_corpus(tmp_path / "c"), "--steps", "2", "--json")
+    assert r.code == 0, r.stderr
+    (run / "metrics.jsonl").unlink()
+    os.mkfifo(run / "metrics.jsonl")
+    r = cli("pretrain", "--run-dir", run, "--resume", "latest", "--steps", "4", timeout=120)
+    after_progress(r, 3, "metrics.jsonl", "FIFO")

@@ -9,9 +9,10 @@ from typing import Any
 
 from aprtool.atomic import atomic_writer
 from aprtool.errors import FormatError, UnavailableError
-from aprtool.paths import open_input, parse_json
+from aprtool.paths import appendable, bounded_lines, open_input, parse_json
 
 METRICS_FILE = "metrics.jsonl"
+MAX_LINE = 1 << 20  # far above any record aprtool writes
 TENSORBOARD_DIR = "tensorboard"
 SCALARS = ("loss", "val_loss", "lr", "grad_norm_max", "tokens_per_s", "kd_loss", "ce_loss")
 
@@ -32,26 +33,13 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     with open_input(path) as f, atomic_writer(path) as out:  # line by line: a large log is never held whole
-        for raw in _lines(f):
+        for raw in bounded_lines(f, MAX_LINE):
             try:
                 record = parse_json(raw, str(path))
             except FormatError:
                 continue  # a torn line
             if isinstance(record, dict) and type(record.get("step")) is int and record["step"] <= step:
                 out.write(raw if raw.endswith(b"\n") else raw + b"\n")
-
-
-MAX_LINE = 1 << 20  # far above any record aprtool writes
-
-
-def _lines(f: Any) -> Any:
-    """The file's lines of at most MAX_LINE bytes; a longer one (not a record aprtool wrote) is dropped whole."""
-    while line := f.readline(MAX_LINE):
-        if len(line) == MAX_LINE and not line.endswith(b"\n"):
-            while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
-                pass
-            continue
-        yield line
 
 
 class MetricsLog:
@@ -64,6 +52,7 @@ class MetricsLog:
     def start(self, step: int, *, fresh: bool = False) -> None:
         """Open at `step`: a fresh run drops an old file (`fresh`), a resumed one the lines after `step`;
         TensorBoard purges its events after `step` too, so re-run steps are not drawn twice."""
+        appendable(self.path)  # a FIFO here would hang the first write; a symlink, write elsewhere
         if fresh:
             self.path.unlink(missing_ok=True)
         else:

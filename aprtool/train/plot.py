@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from aprtool.errors import AprError, FormatError, UnavailableError
-from aprtool.paths import parse_json, read_input
+from aprtool.paths import bounded_lines, open_input, parse_json
 
 CURVES_FILE = "curves.png"
-MAX_METRICS_BYTES = 512 * 1024 * 1024  # a metrics.jsonl line is ~300 bytes: a million steps is ~300 MB
+MAX_LINE = 1 << 20  # a metrics.jsonl line is ~300 bytes; a longer one is no record
 PANELS = (("loss", "loss (nats/token)"), ("lr", "learning rate"), ("grad_norm_max", "grad norm (max per interval)"),
           ("tokens_per_s", "tokens/s"))  # fmt: skip
 
@@ -31,7 +31,11 @@ class Curves:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # a 400-digit integer
+        return None
+    return number if math.isfinite(number) else None
 
 
 def read_curves(run_dir: str | os.PathLike[str]) -> Curves:
@@ -42,27 +46,33 @@ def read_curves(run_dir: str | os.PathLike[str]) -> Curves:
     if not path.is_file():
         raise FormatError(f"{run_dir}: no metrics.jsonl (not a pretrain or distill run directory)")
     curves = Curves(run_dir.resolve().name or str(run_dir))
-    for line in read_input(path, MAX_METRICS_BYTES).decode("utf-8", "replace").splitlines():
-        try:
-            record = parse_json(line, str(path))
-        except FormatError:
-            curves.skipped_lines += 1
-            continue
-        step = record.get("step") if isinstance(record, dict) else None
-        if not isinstance(step, int) or isinstance(step, bool):
-            curves.skipped_lines += 1
-            continue
-        for key in ("loss", "val_loss", "lr", "grad_norm_max", "tokens_per_s"):
-            value = _number(record.get(key))
-            if value is not None:
-                curves.series.setdefault(key, []).append((step, value))
-        phases = record.get("phases")
-        for phase, began in phases.items() if isinstance(phases, dict) else ():
-            if isinstance(began, int) and not isinstance(began, bool):
-                curves.phases.setdefault(str(phase)[:40], began)
+    with open_input(path) as f:
+        for line in bounded_lines(f, MAX_LINE):
+            _add_record(curves, line, path)
     if not curves.series:
         raise FormatError(f"{path}: no metrics records to plot")
     return curves
+
+
+def _add_record(curves: Curves, line: bytes, path: Path) -> None:
+    """One metrics line into `curves` (a line that is not a record is counted as skipped)."""
+    try:
+        record = parse_json(line, str(path))
+    except FormatError:
+        curves.skipped_lines += 1
+        return
+    step = record.get("step") if isinstance(record, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool):
+        curves.skipped_lines += 1
+        return
+    for key in ("loss", "val_loss", "lr", "grad_norm_max", "tokens_per_s"):
+        value = _number(record.get(key))
+        if value is not None:
+            curves.series.setdefault(key, []).append((step, value))
+    phases = record.get("phases")
+    for phase, began in phases.items() if isinstance(phases, dict) else ():
+        if isinstance(began, int) and not isinstance(began, bool):
+            curves.phases.setdefault(str(phase)[:40], began)
 
 
 def _pyplot() -> Any:
