@@ -240,3 +240,15 @@ def test_resume_with_a_fifo_for_metrics_is_one_line_not_a_hang(cli, tmp_path):
     os.mkfifo(run / "metrics.jsonl")
     r = cli("pretrain", "--run-dir", run, "--resume", "latest", "--steps", "4", timeout=120)
     after_progress(r, 3, "metrics.jsonl", "FIFO")
+
+
+@pytest.mark.parametrize("command", ["compress", "export"])
+def test_a_safetensors_metadata_aprtool_string_is_one_line_and_nothing_is_written(cli, tmp_path, command):
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "m.safetensors"
+    save_file({"w": np.ones((64, 64), np.float32)}, str(src), metadata={"aprtool": "not our records"})
+    out = tmp_path / "out.apr"
+    extra = ("--to", "apr") if command == "export" else ("--min-elements", "16")
+    one_line_error(cli(command, src, "-o", out, *extra), 4, "metadata.aprtool")
+    assert not out.exists()

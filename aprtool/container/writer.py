@@ -23,7 +23,7 @@ from aprtool.container.layout import (
     pad64,
 )
 from aprtool.container.tokenizer_text import pack_tokenizer
-from aprtool.errors import FileAccessError, UsageError
+from aprtool.errors import FileAccessError, MetadataError, UsageError
 
 _NUMPY_TO_APR = {
     "float32": "F32",
@@ -139,7 +139,11 @@ def write_apr(
     meta = pack_tokenizer(dict(metadata or {}))  # the tokenizer.json travels xz-compressed (section 3.2)
     if tensor_records:
         records = {e.name: {C.CHECKSUM_ALGORITHM: xxhash.xxh3_64_hexdigest(e.data), **e.record} for e in entries}
-        aprtool_meta = dict(meta.get(C.APRTOOL_KEY) or {})
+        existing = meta.get(C.APRTOOL_KEY)
+        if existing is not None and not isinstance(existing, dict):  # e.g. a safetensors __metadata__ string
+            raise MetadataError(f"metadata.{C.APRTOOL_KEY}: reserved for aprtool's tensor records, found "
+                                f"{type(existing).__name__}")  # fmt: skip
+        aprtool_meta = dict(existing or {})
         aprtool_meta.update(records_version=C.RECORDS_VERSION, checksum=C.CHECKSUM_ALGORITHM)
         aprtool_meta["tensors"] = records
         meta[C.APRTOOL_KEY] = aprtool_meta
