@@ -78,13 +78,7 @@ class Documents:
         return out | ({"text_field": self.text_field} if self.kind == "records" else {})
 
     def fingerprint(self, settings: dict[str, Any]) -> str:
-        """The corpus's identity: each file's relative path and contents (streamed), and the settings."""
-        h = hashlib.sha256(json.dumps({**settings, **self._identity()}, sort_keys=True).encode())
-        for p in self.files:
-            h.update(p.relative_to(self.root).as_posix().encode() + b"\0")
-            with open(p, "rb") as f:
-                h.update(hashlib.file_digest(f, "sha256").digest())
-        return h.hexdigest()
+        return files_fingerprint(self.files, self.root, {**settings, **self._identity()})
 
     def _identity(self) -> dict[str, Any]:
         return {"text_field": self.text_field} if self.kind == "records" else {}
@@ -129,6 +123,17 @@ class Documents:
             if path.name.endswith(".parquet")
             else _jsonl_rows(path, self.text_field)
         )
+
+
+def files_fingerprint(files: list[Path], root: Path, settings: dict[str, Any]) -> str:
+    """A corpus's identity: each file's relative path and contents (streamed, never read whole), and the
+    settings it is prepared with."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for p in files:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
 
 
 def _shown(names: list[str]) -> str:

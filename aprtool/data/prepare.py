@@ -24,7 +24,7 @@ import numpy as np
 
 from aprtool.atomic import atomic_write_text, temp_path
 from aprtool.data.corpus import split_by_file
-from aprtool.data.documents import DEFAULT_TEXT_FIELD, SIDES, Documents, Tally, check_sides
+from aprtool.data.documents import DEFAULT_TEXT_FIELD, SIDES, Documents, Tally, check_sides, files_fingerprint
 from aprtool.data.shards import ShardedTokens, ShardWriter, max_token, nanogpt_shards, read_shard
 from aprtool.data.token_bytes import token_bytes
 from aprtool.data.tokenizer import (
@@ -144,7 +144,7 @@ def _adopt_shards(source: Path, found: dict[str, list[Path]], out_dir: Path, tok
     tok = ByteTokenizer() if tokenizer == "bytes" or getattr(tokenizer, "kind", None) == "bytes" else tokenizer
     files = [p for side in SIDES for p in found[side]]
     settings = {"tokenizer": tok.kind, "sha256": _text_sha256(tok), "format": "modded-nanogpt"}
-    fingerprint = Documents("token-shards", source, files).fingerprint(settings)
+    fingerprint = files_fingerprint(files, source, settings)
     if (out_dir / MANIFEST).is_file() and (existing := load_prepared(out_dir)).fingerprint == fingerprint:
         return existing
     if log:

@@ -247,14 +247,13 @@ def tokenizer_file(path: Path) -> dict[str, Any]:
     """`--tokenizer PATH`: a tokenizer.json (any kind tokenizers loads), a folder holding one, or a
     SentencePiece .model, as a metadata entry (kind `hf`, text embedded)."""
     from aprtool.errors import FileAccessError
-    from aprtool.paths import input_file
+    from aprtool.paths import open_input
 
     if path.is_dir():
         if (entry := folder_tokenizer(path, {})) is None:
             raise FileAccessError(f"--tokenizer {path}: the directory holds no tokenizer.json")
         return entry
-    path = input_file(path)
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         head = f.read(64).lstrip()
     if head.startswith(b"{"):
         return json_tokenizer(path, {})
