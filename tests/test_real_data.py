@@ -300,6 +300,19 @@ def test_eval_on_token_shards_scores_what_eval_on_their_text_scores(cli, tmp_pat
     assert on_shards.code == 0 and on_text.code == 0, (on_shards.stderr, on_text.stderr)
     a, b = on_shards.json(), on_text.json()
     assert a["tokens"] == b["tokens"] and a["bytes"] == b["bytes"] and a["bits_per_byte"] == b["bits_per_byte"]
+    r = cli("compress", model, "-o", tmp_path / "m.int6.apr", "--calibrate", "--calib-data", folder,
+            "--calib-tokens", "1024", "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert r.json()["calibration"]["source"] == str(folder)
+    beyond = _bad_shards(tmp_path, "id beyond the vocabulary")  # 65000: past the model's 400 rows
+    one_line_error(cli("eval", model, "--corpus", beyond), 4, "fineweb_val_000000.bin", "vocabulary")
+    train_beyond = tmp_path / "train-beyond"
+    train_beyond.mkdir()
+    _nanogpt_shard(train_beyond / "fineweb_train_000000.bin", [1, 2, 65000])
+    _nanogpt_shard(train_beyond / "fineweb_val_000000.bin", [1, 2, 3])
+    r = cli("compress", model, "-o", tmp_path / "x.apr", "--calibrate", "--calib-data", train_beyond)
+    one_line_error(r, 4, "fineweb_train_000000.bin", "vocabulary")
+    assert not (tmp_path / "x.apr").exists()
 
 
 def _bad_shards(tmp_path: Path, damage: str) -> Path:

@@ -25,7 +25,7 @@ import numpy as np
 from aprtool.atomic import atomic_write_text, temp_path
 from aprtool.data.corpus import split_by_file
 from aprtool.data.documents import DEFAULT_TEXT_FIELD, SIDES, Documents, Tally, check_sides, files_fingerprint
-from aprtool.data.shards import ShardedTokens, ShardWriter, max_token, nanogpt_shards, read_shard
+from aprtool.data.shards import ShardedTokens, ShardWriter, checked_nanogpt, max_token, nanogpt_shards, read_shard
 from aprtool.data.token_bytes import token_bytes
 from aprtool.data.tokenizer import (
     TOKENIZER_FILE,
@@ -155,11 +155,8 @@ def _adopt_shards(source: Path, found: dict[str, list[Path]], out_dir: Path, tok
     read = {side: Tally() for side in SIDES}
     out_dir.mkdir(parents=True, exist_ok=True)
     for side in SIDES:
-        for i, path in enumerate(found[side]):
-            tokens, _ = read_shard(path)
-            if (top := max_token(tokens)) >= tok.vocab_size:
-                raise FormatError(f"{path}: holds token id {top}, not below the tokenizer's vocabulary of "
-                                  f"{tok.vocab_size:,} (--tokenizer names another tokenizer)")  # fmt: skip
+        checked = checked_nanogpt(found[side], tok.vocab_size, "the --tokenizer's")
+        for i, (path, tokens) in enumerate(zip(found[side], checked, strict=True)):
             read[side].documents += int(np.count_nonzero(tokens == start))
             read[side].bytes += _token_bytes(table, tokens, start)
             name = f"{side}-{i:04d}.bin"

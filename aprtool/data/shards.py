@@ -91,6 +91,19 @@ def nanogpt_shards(directory: Path) -> dict[str, list[Path]] | None:
     return found
 
 
+def checked_nanogpt(paths: list[Path], vocab_size: int, whose: str) -> list[np.ndarray]:
+    """The shards' tokens (memory-mapped), each checked to hold only ids below `vocab_size` (`whose`
+    vocabulary: the tokenizer's, the model's), else exit 4 naming the file."""
+    shards = []
+    for path in paths:
+        tokens, _ = read_shard(path)
+        if (top := max_token(tokens)) >= vocab_size:
+            raise FormatError(f"{path}: holds token id {top}, not below {whose} vocabulary of {vocab_size:,} "
+                              "(the shards were made with another tokenizer)")  # fmt: skip
+        shards.append(tokens)
+    return shards
+
+
 def max_token(tokens: np.ndarray, chunk: int = 1 << 24) -> int:
     """The largest id in a (memory-mapped) shard, a chunk at a time; -1 when empty."""
     return max((int(tokens[i : i + chunk].max()) for i in range(0, len(tokens), chunk)), default=-1)

@@ -24,10 +24,10 @@ import torch
 from aprtool.data.corpus import EVAL_SPLITS
 from aprtool.data.documents import DEFAULT_TEXT_FIELD, SIDES, Documents
 from aprtool.data.prepare import MANIFEST, load_prepared
-from aprtool.data.shards import ShardedTokens, max_token, nanogpt_shards, read_shard
+from aprtool.data.shards import ShardedTokens, checked_nanogpt, nanogpt_shards
 from aprtool.data.token_bytes import token_bytes
 from aprtool.data.tokenizer import encode_documents
-from aprtool.errors import FormatError, UsageError
+from aprtool.errors import UsageError
 from aprtool.model.io import load_model, load_tokenizer_for, training_val_fraction
 
 
@@ -56,12 +56,7 @@ def held_out_tokens(corpus: Path | None, tokenizer: Any, metadata: dict[str, Any
                 raise UsageError(f"--corpus {corpus}: its tokenizer {key} {theirs.get(key)!r} is not the model's")
         return ShardedTokens([t for side in sides for t in prepared.tokens(side).shards])
     if corpus is not None and (found := nanogpt_shards(corpus)) is not None:
-        shards = [read_shard(p)[0] for side in sides for p in found[side]]
-        for path, tokens in zip([p for side in sides for p in found[side]], shards, strict=True):
-            if (top := max_token(tokens)) >= tokenizer.vocab_size:
-                raise FormatError(f"{path}: holds token id {top}, not below the model's vocabulary of "
-                                  f"{tokenizer.vocab_size:,} (made with another tokenizer)")  # fmt: skip
-        return ShardedTokens(shards)
+        return ShardedTokens(checked_nanogpt([p for s in sides for p in found[s]], tokenizer.vocab_size, "the model's"))
     documents = Documents.open(corpus, text_field)
     return encode_documents(list(documents.texts(training_val_fraction(metadata), sides)), tokenizer)
 

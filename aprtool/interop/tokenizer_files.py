@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aprtool.data.tokenizer import EOS, tokenizer_document
-from aprtool.errors import FormatError, IntegrityError
+from aprtool.errors import FormatError, IntegrityError, UnavailableError
 
 
 def byte_to_unicode() -> dict[int, str]:
@@ -284,7 +284,7 @@ def sentencepiece_tokenizer(path: Path) -> dict[str, Any]:
         from google.protobuf.message import DecodeError
         from sentencepiece import sentencepiece_model_pb2
     except ImportError:
-        raise FormatError(
+        raise UnavailableError(
             f"--tokenizer {path}: a SentencePiece model needs the sentencepiece package (pip install 'aprtool[data]')"
         ) from None
     proto = sentencepiece_model_pb2.ModelProto()

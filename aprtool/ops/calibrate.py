@@ -24,7 +24,7 @@ import numpy as np
 from aprtool.container import open_apr
 from aprtool.data.documents import DEFAULT_TEXT_FIELD, Documents
 from aprtool.data.prepare import MANIFEST, load_prepared
-from aprtool.data.shards import ShardedTokens, max_token, nanogpt_shards, read_shard
+from aprtool.data.shards import ShardedTokens, checked_nanogpt, nanogpt_shards
 from aprtool.errors import UsageError
 from aprtool.ops.adaround import BATCH as ADAROUND_BATCH
 from aprtool.text import printable
@@ -184,10 +184,7 @@ def calibration_tokens(model_path: Path, metadata: dict[str, Any], tokenizer: An
         except UsageError:
             pass  # the directory beside the model is another run's data: use the default corpus instead
     if calib_data is not None and (found := nanogpt_shards(calib_data)) is not None:
-        shards = [read_shard(p)[0] for p in found["train"]]
-        if any(max_token(t) >= tokenizer.vocab_size for t in shards):
-            raise UsageError(f"--calib-data {calib_data}: holds token ids beyond the model's vocabulary")
-        return ShardedTokens(shards), str(calib_data)
+        return ShardedTokens(checked_nanogpt(found["train"], tokenizer.vocab_size, "the model's")), str(calib_data)
     documents = Documents.open(calib_data, text_field)
     texts = documents.texts(training_val_fraction(metadata), ("train",))
     return _encode_texts(texts, tokenizer, needed), str(calib_data) if calib_data else "python-stdlib"
