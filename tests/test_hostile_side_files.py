@@ -252,3 +252,63 @@ def test_a_safetensors_metadata_aprtool_string_is_one_line_and_nothing_is_writte
     extra = ("--to", "apr") if command == "export" else ("--min-elements", "16")
     one_line_error(cli(command, src, "-o", out, *extra), 4, "metadata.aprtool")
     assert not out.exists()
+
+
+def _model_of_300_rows(tmp_path: Path, text: str, vocab_size: int) -> Path:
+    """The tiny fixture model with a 300-row embedding and `text` embedded as its tokenizer (sha256 right)."""
+    import hashlib
+
+    import aprtool
+
+    with aprtool.open_apr(MODEL) as f:
+        tensors = {n: f.numpy(n).copy() for n in f.names()}
+        metadata = {k: v for k, v in f.metadata.items() if k != "aprtool"}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in tensors:
+            t = tensors[name]
+            tensors[name] = np.concatenate([t, np.zeros((300 - t.shape[0], t.shape[1]), t.dtype)])
+    entry = {"kind": "hf", "vocab_size": vocab_size, "eos_id": 256, "json": text,
+             "sha256": hashlib.sha256(text.encode()).hexdigest()}  # fmt: skip
+    path = tmp_path / "m.apr"
+    aprtool.write_apr(path, tensors, {**metadata, "vocab_size": 300, "tokenizer": entry})
+    return path
+
+
+def _tokenizer_case(case: str) -> tuple[str, int]:
+    good = F.bytelevel_tokenizer(280, specials=("<|endoftext|>",)).to_str()
+    if case == "not json":
+        return "{not json", 280
+    if case == "more tokens than rows":
+        return F.bytelevel_tokenizer(600, specials=("<|endoftext|>",)).to_str(), 280
+    if case == "vocab_size disagrees":
+        return good, 290
+    if case == "merge of unknown tokens":
+        data = json.loads(good)
+        data["model"]["merges"].append(["zzq", "qqz"])
+        return json.dumps(data), 280
+    if case == "good":
+        return good, 280
+    data = json.loads(good)  # "id beyond the rows": 280 tokens, one of them numbered past the embedding
+    token = next(t for t, i in data["model"]["vocab"].items() if i == 200)
+    data["model"]["vocab"][token] = 299 + 1000
+    return json.dumps(data), 280
+
+
+@pytest.mark.parametrize("to", ["hf", "gguf"])
+@pytest.mark.parametrize("case", ["not json", "more tokens than rows", "vocab_size disagrees",
+                                  "merge of unknown tokens", "id beyond the rows"])  # fmt: skip
+def test_export_checks_the_tokenizer_against_the_model_before_writing(cli, tmp_path, case, to):
+    text, vocab_size = _tokenizer_case(case)
+    model = _model_of_300_rows(tmp_path, text, vocab_size)
+    out = tmp_path / f"out.{to}"
+    one_line_error(cli("export", model, "-o", out, "--to", to), 4, "tokenizer")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.apr"]
+
+
+def test_export_publishes_a_tokenizer_that_fits(cli, tmp_path):
+    from tokenizers import Tokenizer
+
+    model = _model_of_300_rows(tmp_path, *_tokenizer_case("good"))
+    r = cli("export", model, "-o", tmp_path / "hf", "--to", "hf")
+    assert r.code == 0, r.stderr
+    assert Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json")).get_vocab_size() == 280

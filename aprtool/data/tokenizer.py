@@ -36,6 +36,7 @@ class ByteTokenizer:
     kind = "bytes"
     vocab_size = 257
     eos_id = 256
+    top_id = 256  # the largest id encoding can produce: the model needs an embedding row for each
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -62,6 +63,7 @@ class BpeTokenizer:
     def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
         self.vocab_size = tokenizer.get_vocab_size()
+        self.top_id = max(tokenizer.get_vocab().values(), default=-1)
         self.eos_id = tokenizer.token_to_id(EOS)
 
     @classmethod
@@ -134,6 +136,7 @@ class HfTokenizer(BpeTokenizer):
     def __init__(self, tokenizer: Any, text: str, bos_id: int | None, eos_id: int | None, add_bos: bool) -> None:
         self._tok, self._text = tokenizer, text
         self.vocab_size = tokenizer.get_vocab_size()
+        self.top_id = max(tokenizer.get_vocab().values(), default=-1)
         self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
 
     @classmethod

@@ -28,7 +28,7 @@ from aprtool.interop.hf_config import hf_config, require_llama
 from aprtool.interop.safetensors_io import META_KEY, SafetensorsFile, imported_metadata
 from aprtool.interop.targets import DTYPE_NAMES, TARGETS
 from aprtool.interop.tokenizer_files import gguf_vocab, special_ids, tokenizer_config, tokenizer_json
-from aprtool.model.io import check_tensors, llama_config, tokenizer_info
+from aprtool.model.io import check_tensors, llama_config, load_tokenizer_for, tokenizer_info
 from aprtool.paths import input_file, output_path
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
@@ -182,11 +182,20 @@ def checked_llama(metadata: dict[str, Any], tensors: dict[str, torch.Tensor], ta
     return {**metadata, **config.to_metadata()}
 
 
+def published_tokenizer(metadata: dict[str, Any], src: Path, config: Any) -> str | None:
+    """The tokenizer.json text an export publishes, loaded and checked against the model before anything is
+    written (exit 4): it parses, it has the size the metadata records, every id it yields has an embedding row."""
+    text = tokenizer_json(metadata, src)
+    if text is not None:
+        load_tokenizer_for(metadata, src, config)
+    return text
+
+
 def _export_hf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
     metadata = checked_llama(metadata, tensors, "hf")
     config = llama_config(metadata)
     model = _model_tensors(tensors, dtype or "f32")
-    tok = tokenizer_json(metadata, src)
+    tok = published_tokenizer(metadata, src, config)
     info = metadata.get("tokenizer") or {}
     bos, eos = special_ids(info) if tok else (None, None)
     torch_dtype = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[
@@ -222,7 +231,7 @@ def _export_gguf(src, out, tensors, metadata, dtype, files) -> tuple[int, int]:
         raise UsageError("--to gguf writes f32 or f16 tensors; use --dtype f32 or f16")
     metadata = checked_llama(metadata, tensors, "gguf")
     config = llama_config(metadata)
-    tok = tokenizer_json(metadata, src)
+    tok = published_tokenizer(metadata, src, config)
     if tok is None:
         raise IntegrityError("--to gguf: the model names no tokenizer, and llama.cpp needs one")
     vocab = gguf_vocab(tok, metadata["tokenizer"])

@@ -216,6 +216,11 @@ def load_tokenizer_for(metadata: dict[str, Any], path: Path, config: LlamaConfig
             f"metadata.tokenizer: records vocab_size {info['vocab_size']}, eos_id {info.get('eos_id')}; "
             f"the tokenizer has {tokenizer.vocab_size}, {tokenizer.eos_id}"
         )
+    if config is not None and tokenizer.top_id >= config.vocab_size:
+        raise MetadataError(
+            f"metadata.tokenizer: the tokenizer has token id {tokenizer.top_id}, beyond the model's "
+            f"{config.vocab_size} embedding rows"
+        )
     return tokenizer
 
 
