@@ -51,6 +51,7 @@ CASES = {
         "duplicate key",
     ),
     "shape 2^62 x 0": (one_tensor(shape=(2**62, 0), data=b""), "too large"),
+    "I8 shape 0 x 2^62 (too large once widened)": (one_tensor(dtype="I8", shape=(0, 2**62), data=b""), "too large"),
     "negative dimension": (one_tensor(shape=(-1, 4)), "non-negative"),
     "size does not match the shape": (one_tensor(shape=(3, 2)), "bytes for shape"),
     "offsets past the buffer": (one_tensor(offsets=[0, 64]), "outside"),
@@ -92,26 +93,53 @@ def test_malformed_safetensors_is_exit_4_naming_the_problem(tmp_path, case):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("case", ["shape 2^62 x 0", "metadata values not strings", "header longer than the file"])
+@pytest.mark.parametrize("case", ["shape 2^62 x 0", "metadata values not strings", "header longer than the file",
+                                  "I8 shape 0 x 2^62 (too large once widened)"])  # fmt: skip
 def test_malformed_safetensors_through_the_cli(cli, tmp_path, case):
     src = tmp_path / "in.safetensors"
     src.write_bytes(CASES[case][0])
+    one_line_error(cli("inspect", src, "--stats"), 4, CASES[case][1])
+    r = cli("verify", src, "--deep")  # the report names the problem on stdout
+    assert r.code == 4 and CASES[case][1] in r.stdout and "Traceback" not in r.stderr, (r.stdout, r.stderr)
     one_line_error(cli("export", src, "-o", tmp_path / "o.apr", "--to", "apr"), 4, CASES[case][1])
     one_line_error(cli("compress", src, "-o", tmp_path / "o.apr"), 4, CASES[case][1])
 
 
+F8_TORCH = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
 @pytest.mark.parametrize("dtype", ["F8_E4M3", "F8_E5M2"])
 def test_f8_tensors_are_widened_exactly_to_float32(tmp_path, dtype):
-    bits = np.arange(256, dtype=np.uint8)
+    every = torch.from_numpy(np.arange(256, dtype=np.uint8)).view(F8_TORCH[dtype]).float()
+    bits = np.arange(256, dtype=np.uint8)[torch.isfinite(every).numpy()]  # every finite bit pattern
     src = tmp_path / "f8.safetensors"
-    src.write_bytes(one_tensor(dtype=dtype, shape=(16, 16), data=bits.tobytes()))
+    src.write_bytes(one_tensor(dtype=dtype, shape=(len(bits),), data=bits.tobytes()))
     export_file(src, tmp_path / "out.apr", "apr")
-    torch_dtype = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}[dtype]
-    expected = torch.from_numpy(bits.copy()).view(torch_dtype).float().numpy().reshape(16, 16)
+    expected = torch.from_numpy(bits.copy()).view(F8_TORCH[dtype]).float().numpy()
     with aprtool.open_apr(tmp_path / "out.apr") as f:
         got = f.numpy("w")
         assert got.dtype == np.float32
-        assert np.array_equal(got, expected, equal_nan=True)
+        assert np.array_equal(got, expected)
+    assert aprtool.verify_file(tmp_path / "out.apr").exit_code == 0
+
+
+@pytest.mark.parametrize("command", ["compress", "export-apr", "export-safetensors"])
+@pytest.mark.parametrize("dtype", ["F8_E4M3", "F8_E5M2"])
+def test_an_f8_nan_pattern_is_refused_not_written_unverifiable(cli, tmp_path, dtype, command):
+    src = tmp_path / "f8.safetensors"
+    src.write_bytes(one_tensor(dtype=dtype, shape=(16, 16), data=np.arange(256, dtype=np.uint8).tobytes()))
+    out = tmp_path / "out"
+    args = ["compress", src, "-o", out] if command == "compress" else ["export", src, "-o", out, "--to", command[7:]]
+    one_line_error(cli(*args), 5, "'w'", "NaN/Inf")
+    assert not out.exists()
+
+
+def test_a_float16_overflow_of_a_kept_tensor_is_refused(cli, tmp_path):
+    src = tmp_path / "big.safetensors"
+    src.write_bytes(one_tensor(dtype="F32", shape=(4,), data=np.array([1, 2, 3e38, 4], "<f4").tobytes()))
+    one_line_error(cli("compress", src, "-o", tmp_path / "c.apr"), 5, "'w'", "F16")
+    one_line_error(cli("export", src, "-o", tmp_path / "e.apr", "--to", "apr", "--dtype", "f16"), 5, "'w'", "float16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
 
 
 CONFIGS = {

@@ -51,13 +51,23 @@ _FLOAT_BITS = {
 }
 
 
+def count_nonfinite(data: np.ndarray | memoryview, dtype_name: str) -> int:
+    """NaN/Inf values in a float tensor's stored bytes (BF16 as its raw bits), counted as verify counts them;
+    0 for a type that is not a float."""
+    if dtype_name not in _FLOAT_BITS:
+        return 0
+    view, exponent, _ = _FLOAT_BITS[dtype_name]
+    bits = np.frombuffer(data, dtype=view) if isinstance(data, memoryview) else np.ascontiguousarray(data).view(view)
+    return int(np.count_nonzero((bits & np.array(exponent, dtype=view)) == exponent))
+
+
 def _content(info: TensorInfo, part: memoryview, state: TensorScan) -> None:
     """Count non-finite values and note any non-zero value (-0.0 counts as zero). Done on the bit
     patterns: no float arithmetic, so a signaling NaN in a file cannot raise a floating-point warning."""
     if info.dtype.name in _FLOAT_BITS:
-        view, exponent, unsigned = _FLOAT_BITS[info.dtype.name]
+        view, _, unsigned = _FLOAT_BITS[info.dtype.name]
         bits = np.frombuffer(part, dtype=view)
-        state.nonfinite += int(np.count_nonzero((bits & np.array(exponent, dtype=view)) == exponent))
+        state.nonfinite += count_nonfinite(part, info.dtype.name)
         state.nonzero = state.nonzero or bool((bits & np.array(unsigned, dtype=view)).any())
     elif not state.nonzero:
         state.nonzero = bool(np.frombuffer(part, dtype=np.uint8).any())

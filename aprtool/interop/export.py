@@ -94,6 +94,10 @@ def _model_tensors(tensors: dict[str, torch.Tensor], dtype: str | None) -> dict[
         raise IntegrityError("nothing to export: the input holds 0 model tensors")
     if dtype is not None:
         out = {n: t.to(DTYPES[dtype]) if t.is_floating_point() else t for n, t in out.items()}
+    for name, t in out.items():  # NaN/Inf in the input or from a narrowing --dtype: the output would fail verify
+        if t.is_floating_point() and (bad := int(t.numel() - torch.isfinite(t).sum())):
+            raise IntegrityError(f"tensor {name!r}: {bad} NaN/Inf values kept as {str(t.dtype)[6:]}; "
+                                 "the output would fail verify")  # fmt: skip
     return out
 
 

@@ -91,7 +91,8 @@ def _entry(name: str, spec: Any, buffer_start: int, buffer_len: int) -> Entry:
     if not _int_list(shape) or any(d < 0 for d in shape) or len(shape) > C.MAX_NDIM:
         raise FormatError(f"{where}: shape must be at most {C.MAX_NDIM} non-negative integers")
     itemsize = np.dtype(STORED[dtype]).itemsize
-    if math.prod(d for d in shape if d) * itemsize >= 2**63:
+    # an empty tensor's other dimensions still bound any array of its shape, widened to float64 at most
+    if math.prod(d for d in shape if d) * 8 >= 2**63:
         raise FormatError(f"{where}: shape {shape} is too large for any array")
     if not _int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1] <= buffer_len:
         raise FormatError(f"{where}: data_offsets {str(offsets)[:60]} lie outside the {buffer_len}-byte buffer")

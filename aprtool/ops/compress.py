@@ -24,6 +24,7 @@ from aprtool.codecs.quant import Clip, Quantized, quantize, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
+from aprtool.container.scan import count_nonfinite
 from aprtool.data.documents import DEFAULT_TEXT_FIELD
 from aprtool.data.tokenizer import embed_tokenizer
 from aprtool.errors import IntegrityError, MetadataError, UsageError
@@ -511,7 +512,9 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
             continue
         stored = array
         if quantizing and options.passthrough == "f16" and dtype_name in FLOATS[:3]:
-            stored = np.asarray(array).astype(np.float16)
+            with np.errstate(over="ignore"):  # an overflow to Inf is refused just below
+                stored = np.asarray(array).astype(np.float16)
+        _refuse_nonfinite(name, stored, "F16" if stored is not array else dtype_name)
         plan.out[name] = stored
         if options.budget is not None and quantizing and _budget_may_quantize(array, dtype_name):
             plan.optional.append(name)
@@ -523,6 +526,15 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
             "rel_rmse": round(err, 6),
         }
     return plan
+
+
+def _refuse_nonfinite(name: str, stored: np.ndarray, dtype_name: str) -> None:
+    """A kept tensor holding NaN/Inf (in the input, or from a float16 overflow) would make a file `verify`
+    fails: refused (exit 5) before anything is written."""
+    if bad := count_nonfinite(stored, dtype_name):
+        raise IntegrityError(
+            f"tensor {name!r}: {bad} NaN/Inf values kept as {dtype_name}; the output would fail verify"
+        )
 
 
 def _budget_may_quantize(array: np.ndarray, dtype_name: str) -> bool:
