@@ -82,10 +82,10 @@ def _model_seeds(d: Path) -> list[bytes]:
     import aprtool
     from aprtool.model.llama import PRESETS, LlamaForCausalLM
 
-    cfg = PRESETS["tiny"].with_overrides(vocab_size=64, num_layers=1)
+    cfg = PRESETS["tiny"].with_overrides(vocab_size=257, num_layers=1)
     torch.manual_seed(0)
     meta = {"architecture": "LlamaForCausalLM", **cfg.to_metadata(),
-            "tokenizer": {"kind": "bytes", "vocab_size": 64, "eos_id": 63}}  # fmt: skip
+            "tokenizer": {"kind": "bytes", "vocab_size": 257, "eos_id": 256, "file": None}}  # fmt: skip
     aprtool.write_apr(d / "model.apr", LlamaForCausalLM(cfg).weights(), meta)
     from aprtool.ops.compress import CompressOptions, compress_file
 
