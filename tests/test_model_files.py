@@ -286,6 +286,19 @@ CHECKPOINT_CASES = {
     "python rng too short": (lambda t, m: t.update({"__training__.rng.python": np.zeros(5, np.int64)}), "rng.python"),
     "param_groups not a list": (lambda t, m: m["optimizer"].update(param_groups={"lr": 1}), "param_groups"),
     "rng metadata broken": (lambda t, m: m["rng"].update(python={"version": "x"}), "rng"),
+    "moment stored as int32": (
+        lambda t, m: t.update({k: t[k].astype(np.int32) for k in t if k.endswith("norm.weight.exp_avg")}),
+        "int32",
+    ),
+    "no exp_avg_sq": (lambda t, m: [t.pop(k) for k in list(t) if k.endswith("norm.weight.exp_avg_sq")], "exp_avg_sq"),
+    "numpy rng word beyond 32 bits": (lambda t, m: t["__training__.rng.numpy"].__setitem__(3, 1 << 40), "rng.numpy"),
+    "python rng position out of range": (lambda t, m: t["__training__.rng.python"].__setitem__(-1, 10**6), "rng"),
+    "numpy rng kind": (lambda t, m: m["rng"]["numpy"].update(kind="PCG64"), "rng"),
+    "numpy rng pos a float": (lambda t, m: m["rng"]["numpy"].update(pos=1.5), "rng"),
+    "numpy cached gaussian NaN": (lambda t, m: m["rng"]["numpy"].update(cached_gaussian="NaN"), "rng"),
+    "python gauss_next a list": (lambda t, m: m["rng"]["python"].update(gauss_next=[1]), "rng"),
+    "lr a string": (lambda t, m: m["optimizer"]["param_groups"][0].update(lr="0.1"), "param_groups"),
+    "betas missing": (lambda t, m: m["optimizer"]["param_groups"][0].pop("betas"), "param_groups"),
 }
 
 

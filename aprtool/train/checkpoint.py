@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import re
 import time
@@ -174,38 +175,99 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, weights, {"tensors": state}, training, metadata)
 
 
-def _expected_state_shapes(model: Any) -> dict[str, tuple[int, ...]]:
-    """Every `__training__.*` tensor a checkpoint of this model may hold, with its shape."""
-    shapes: dict[str, tuple[int, ...]] = {}
+MOMENTS = ("exp_avg", "exp_avg_sq", "step")  # AdamW's per-parameter state: all three, or none before a step
+MT_WORDS = 624  # the Mersenne Twister's state: 624 32-bit words (Python's tuple adds the position)
+
+
+def _expected_state(model: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Every `__training__.*` tensor a checkpoint of this model may hold, with its shape and dtype."""
+    expected: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    f32 = np.dtype(np.float32)
     for name, param in model.named_parameters():
-        shape = tuple(param.shape)
-        shapes |= {f"{P}optim.{name}.exp_avg": shape, f"{P}optim.{name}.exp_avg_sq": shape, f"{P}optim.{name}.step": ()}
+        shape, dtype = tuple(param.shape), np.dtype(str(param.dtype).removeprefix("torch."))
+        expected |= {f"{P}optim.{name}.exp_avg": (shape, dtype), f"{P}optim.{name}.exp_avg_sq": (shape, dtype),
+                     f"{P}optim.{name}.step": ((), f32)}  # fmt: skip
     for name, weight in model.weights().items():
-        shapes[f"{P}average.{name}"] = tuple(weight.shape)
-    shapes[P + "rng.python"] = (625,)
-    shapes[P + "rng.numpy"] = (624,)
-    shapes[P + "rng.torch"] = tuple(torch.get_rng_state().shape)
-    return shapes
+        expected[f"{P}average.{name}"] = (tuple(weight.shape), np.dtype(str(weight.dtype).removeprefix("torch.")))
+    expected[P + "rng.python"] = ((MT_WORDS + 1,), np.dtype(np.int64))
+    expected[P + "rng.numpy"] = ((MT_WORDS,), np.dtype(np.int64))
+    expected[P + "rng.torch"] = (tuple(torch.get_rng_state().shape), np.dtype(np.uint8))
+    return expected
+
+
+def _check_tensors(where: str, tensors: dict[str, np.ndarray], model: Any) -> None:
+    """Every training tensor by name, shape and dtype; each parameter's AdamW state complete; RNG words in range."""
+    expected = _expected_state(model)
+    for name, array in tensors.items():
+        if name.startswith(P + "rng.cuda."):
+            continue
+        if name not in expected or tuple(array.shape) != expected[name][0]:
+            raise MetadataError(f"{where}: training tensor {name!r} {tuple(array.shape)} does not fit the model")
+        if array.dtype != expected[name][1]:
+            raise MetadataError(
+                f"{where}: training tensor {name!r} is {array.dtype}, the model's is {expected[name][1]}"
+            )
+    for name, _ in model.named_parameters():
+        held = [k for k in MOMENTS if f"{P}optim.{name}.{k}" in tensors]
+        if held and len(held) != len(MOMENTS):
+            missing = next(k for k in MOMENTS if k not in held)
+            raise MetadataError(f"{where}: training tensor '{P}optim.{name}.{missing}' is missing")
+    for name in (P + "rng.python", P + "rng.numpy"):
+        words = tensors.get(name)
+        if words is None:
+            raise MetadataError(f"{where}: training tensor {name!r} is missing")
+        if words.size and (words.min() < 0 or words.max() >= 1 << 32):
+            raise MetadataError(f"{where}: training tensor {name!r} holds a value outside 0..2^32-1")
+
+
+def _check_rng_metadata(where: str, rng: dict[str, Any], python_words: np.ndarray) -> None:
+    """The RNG metadata as `rng_metadata` writes it, checked before random/numpy are handed it."""
+    py, n = rng.get("python"), rng.get("numpy")
+    ok = (
+        isinstance(py, dict) and type(py.get("version")) is int and _float_or_none(py.get("gauss_next"))
+        and isinstance(n, dict) and n.get("kind") == "MT19937" and type(n.get("pos")) is int
+        and 0 <= n["pos"] <= MT_WORDS and n.get("has_gauss") in (0, 1) and _float_or_none(n.get("cached_gaussian"))
+        and 0 <= int(python_words[-1]) <= MT_WORDS
+    )  # fmt: skip
+    if not ok:
+        raise MetadataError(f"{where}: training.rng is not the state of Python's and numpy's MT19937 generators")
+
+
+def _float_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
 
 
 def check_state(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer) -> None:
     """Everything a restore reads fits this model, before anything is restored (MetadataError, exit 4):
-    the weights and every training tensor by name and shape, and the metadata parts by type."""
+    the weights and every training tensor by name, shape and dtype, and the metadata parts by type."""
     where = ckpt.path.name
     weights = {n: tuple(w.shape) for n, w in model.weights().items()}
     got = {n: tuple(a.shape) for n, a in ckpt.weights.items()}
     for name in sorted(set(weights) | set(got)):
         if weights.get(name) != got.get(name):
             raise MetadataError(f"{where}: tensor {name!r} is {got.get(name)}, the model's is {weights.get(name)}")
-    expected = _expected_state_shapes(model)
-    for name, array in ckpt.optimizer["tensors"].items():
-        if name.startswith(P + "rng.cuda."):
-            continue
-        if name not in expected or tuple(array.shape) != expected[name]:
-            raise MetadataError(f"{where}: training tensor {name!r} {tuple(array.shape)} does not fit the model")
+    tensors = ckpt.optimizer["tensors"]
+    _check_tensors(where, tensors, model)
+    _check_rng_metadata(where, ckpt.training["rng"], tensors[P + "rng.python"])
     groups = ckpt.training["optimizer"].get("param_groups")
     if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
         raise MetadataError(f"{where}: training.optimizer.param_groups does not match the model's parameter groups")
+    for saved, live in zip(groups, optimizer.param_groups, strict=True):
+        if not isinstance(saved, dict) or any(
+            _kind(saved.get(k)) != _kind(v) for k, v in live.items() if k != "params"
+        ):
+            raise MetadataError(f"{where}: training.optimizer.param_groups holds a value of the wrong type")
+
+
+def _kind(value: Any) -> str:
+    """A hyperparameter's type as JSON keeps it (a tuple comes back a list, a float may be written as an int)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value) if value is None else "bool"
+    if isinstance(value, int | float):
+        return "number" if math.isfinite(value) else "non-finite"
+    if isinstance(value, list | tuple):
+        return "list:" + ",".join(_kind(v) for v in value)
+    return type(value).__name__
 
 
 def restore_training(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, names: list[str]) -> dict:
