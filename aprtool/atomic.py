@@ -137,3 +137,16 @@ def sweep_temp_files(directory: Path) -> list[Path]:
             continue
         removed.append(p)
     return removed
+
+
+@contextlib.contextmanager
+def removed_if_refused(directory: Path) -> Iterator[None]:
+    """`directory` is removed again when the block raises and it did not exist before it: a refused command
+    leaves nothing behind, and what was there before (not aprtool's to delete) is never touched."""
+    existed = os.path.lexists(directory)
+    try:
+        yield
+    except BaseException:
+        if not existed and directory.is_dir() and not directory.is_symlink():
+            shutil.rmtree(directory, ignore_errors=True)
+        raise

@@ -370,6 +370,39 @@ def test_tokenizer_mismatches_are_clear_errors(tmp_path, teacher, shards):
     prepare_corpus(text, bpe, tokenizer="bpe", vocab_size=300)
     result = invoke("--teacher", teacher, "--out", tmp_path / "r2", "--corpus", bpe)
     assert result.exit_code == 2 and "not the teacher's" in result.stderr and "kind" in result.stderr
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()  # a refused run leaves nothing
+    (tmp_path / "r3").mkdir()
+    (tmp_path / "r3" / "notes.txt").write_text("mine")
+    result = invoke("--teacher", teacher, "--out", tmp_path / "r3", "--corpus", bpe)
+    assert result.exit_code == 2 and [p.name for p in (tmp_path / "r3").iterdir()] == ["notes.txt"]
+
+
+def test_a_bpe_teacher_tokenizes_plain_text_with_its_own_tokenizer(tmp_path):
+    text = tmp_path / "text"
+    text.mkdir()
+    for name in ("textwrap.py", "shlex.py", "glob.py", "this.py"):
+        shutil.copyfile(STDLIB / name, text / name)
+    pretrain(tmp_path / "t", {"size": "tiny", "tokenizer": "bpe", "vocab_size": 300, "seq_len": 32, "batch_size": 2,
+                              "steps": 2, "eval_tokens": 256, "corpus": str(text)}, **QUIET)  # fmt: skip
+    alone = tmp_path / "alone"  # no run directory beside it: the corpus must be tokenized from text
+    alone.mkdir()
+    shutil.copyfile(tmp_path / "t" / "model.apr", alone / "teacher.apr")
+    with open_apr(alone / "teacher.apr") as f:
+        recorded = f.metadata["tokenizer"]
+    other = tmp_path / "other"  # the user's own text, not the teacher's
+    other.mkdir()
+    for name in ("fnmatch.py", "bisect.py", "heapq.py"):
+        shutil.copyfile(STDLIB / name, other / name)
+    out = tmp_path / "s"
+    summary = distill(alone / "teacher.apr", out, {**SMALL, "corpus": str(other), "steps": 2, "seq_len": 32},
+                      **QUIET)  # fmt: skip
+    assert summary["steps"] == 2
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["tokenizer"]["sha256"] == recorded["sha256"] and manifest["tokenizer"]["kind"] == "bpe"
+    assert hashlib.sha256((out / "data" / "tokenizer.json").read_bytes()).hexdigest() == recorded["sha256"]
+    with open_apr(out / "model.apr") as f:
+        assert f.metadata["tokenizer"]["sha256"] == recorded["sha256"]
+    assert verify_file(out / "model.apr", strict=True).valid
 
 
 def test_students_from_a_file_and_from_scratch(tmp_path, teacher, shards):

@@ -60,8 +60,8 @@ class BpeTokenizer:
 
     kind = "bpe"
 
-    def __init__(self, tokenizer: Any) -> None:
-        self._tok = tokenizer
+    def __init__(self, tokenizer: Any, text: str | None = None) -> None:
+        self._tok, self._text = tokenizer, text  # text: as it was read (its sha256 identifies the tokenizer)
         self.vocab_size = tokenizer.get_vocab_size()
         self.top_id = max(tokenizer.get_vocab().values(), default=-1)
         self.eos_id = tokenizer.token_to_id(EOS)
@@ -95,7 +95,7 @@ class BpeTokenizer:
         from tokenizers import Tokenizer
 
         try:
-            tok = cls(Tokenizer.from_str(text))
+            tok = cls(Tokenizer.from_str(text), text)
         except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
             raise FormatError(f"{where}: not a tokenizers JSON file ({str(exc)[:200]})") from None
         if tok.eos_id is None:
@@ -116,7 +116,8 @@ class BpeTokenizer:
         return [], [self.eos_id]
 
     def to_json(self) -> str:
-        return self._tok.to_str()
+        """The tokenizer.json text as it was read (a model's own), or as `tokenizers` writes it (trained here)."""
+        return self._text if self._text is not None else self._tok.to_str()
 
     def save(self, path: Path) -> None:
         from aprtool.atomic import atomic_write_text
@@ -148,10 +149,6 @@ class HfTokenizer(BpeTokenizer):
         except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
             raise FormatError(f"{where}: not a tokenizers JSON file ({str(exc)[:200]})") from None
         return cls(tok, text, info.get("bos_id"), info.get("eos_id"), bool(info.get("add_bos", False)))
-
-    def to_json(self) -> str:
-        """The tokenizer.json text as the model ships it (its sha256 identifies the tokenizer)."""
-        return self._text
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from aprtool.atomic import atomic_write_text
+from aprtool.atomic import atomic_write_text, removed_if_refused
 from aprtool.data.loader import BatchLoader, eval_windows
 from aprtool.data.prepare import corpus_record
 from aprtool.data.tokenizer import TOKENIZER_FILE, bpe_json, without_tokenizer_text
@@ -161,9 +161,11 @@ def _distill(teacher, out: Path, options, resume, force, log, progress, tensorbo
     # --- data: the teacher's tokens (prepared by rank 0; every rank opens the same shards)
     resuming = (ckpt.training.get("data_fingerprint"), DistillConfig.from_dict(ckpt.training["config"]).corpus) \
         if ckpt is not None else None  # fmt: skip
+    plan = plan_student(cfg, teach)  # a student that cannot be made is refused before any data is written
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        teacher_corpus(options.get("corpus"), teach, out / "data", log, resume=resuming, text_field=cfg.text_field)
+        with removed_if_refused(out), removed_if_refused(out / "data"):
+            out.mkdir(parents=True, exist_ok=True)
+            teacher_corpus(options.get("corpus"), teach, out / "data", log, resume=resuming, text_field=cfg.text_field)
     d.barrier()
     corpus, corpus_origin = teacher_corpus(
         options.get("corpus"), teach, out / "data", log, resume=resuming, text_field=cfg.text_field
@@ -176,8 +178,7 @@ def _distill(teacher, out: Path, options, resume, force, log, progress, tensorbo
         if d.main:
             atomic_write_text(out / TOKENIZER_FILE, tok_info["json"])
 
-    # --- the student's plan and the run's identity: skip a completed run, refuse to mix two runs
-    plan = plan_student(cfg, teach)
+    # --- the run's identity: skip a completed run, refuse to mix two runs
     run_id = fingerprint(cfg, teach, plan, corpus)
     model_path = out / "model.apr"
     if resume is None:

@@ -162,19 +162,24 @@ def teacher_corpus(
         raise recorded_path_hint("the teacher was trained on corpus", trained.corpus, "--corpus")
     else:
         source, origin = None, "python-stdlib"
+    if source is not None and (source / MANIFEST).is_file():  # already tokenized: checked before it is linked
+        _check_corpus_tokens(tok, load_prepared(source).manifest, origin)
     corpus = prepare_corpus(
         source,
         out_dir,
-        tokenizer=load_tokenizer(tok, teacher.path.parent) if tok["kind"] == "hf" else tok["kind"],
-        vocab_size=tok["vocab_size"],
+        tokenizer="bytes" if tok["kind"] == "bytes" else load_tokenizer(tok, teacher.path.parent),
         val_fraction=trained.val_fraction,
         text_field=text_field,
         log=log,
     )
-    differences = tokenizer_differences(tok, corpus.manifest["tokenizer"], "corpus")
+    _check_corpus_tokens(tok, corpus.manifest, origin)
+    return corpus, origin
+
+
+def _check_corpus_tokens(teacher_tokenizer: dict[str, Any], manifest: dict[str, Any], origin: str) -> None:
+    differences = tokenizer_differences(teacher_tokenizer, manifest["tokenizer"], "corpus")
     if differences:
         raise UsageError(
             f"corpus {origin}: its tokens are not the teacher's ({'; '.join(differences)}); pass --corpus with text "
-            "(prepared with the teacher's tokenizer settings) or the teacher run's data/ directory"
+            "(it is tokenized with the teacher's own tokenizer) or the teacher run's data/ directory"
         )
-    return corpus, origin
