@@ -10,7 +10,6 @@ the input, a symlink, or not a regular file/directory is always refused.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import mmap
@@ -20,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from aprtool.errors import FileAccessError, FormatError, UsageError
+from aprtool.errors import FileAccessError, FormatError, LimitError, UsageError
 
 MAX_SIDECAR_BYTES = 64 * 1024 * 1024  # config.json, tokenizer.json, manifest.json: far below this
 
@@ -186,13 +185,32 @@ def read_json_object(path: str | os.PathLike[str], limit: int = MAX_SIDECAR_BYTE
     return value
 
 
-def release_pages(mapping: Any, start: int, end: int) -> None:
-    """Drop the pages of bytes [start, end) of a file mapping from this process's memory once they have
-    been copied out (they are read again from the file if touched): loading a model tensor by tensor then
-    costs the model, not the model plus the file."""
-    if mapping is None or end <= start or not hasattr(mapping, "madvise"):
-        return
-    page = mmap.PAGESIZE
-    first, last = start // page * page, -(-end // page) * page
-    with contextlib.suppress(OSError, ValueError):
-        mapping.madvise(mmap.MADV_DONTNEED, first, min(last, len(mapping)) - first)
+class FileRanges:
+    """An open input whose bytes are mapped one range at a time: a multi-GiB model is never mapped whole, so
+    it can be listed and read tensor by tensor under an address-space limit. Each range's mapping lives as
+    long as the arrays made from it; every OSError names the file."""
+
+    def __init__(self, f: BinaryIO, path: Path, *, writable: bool = False) -> None:
+        import weakref
+
+        self.path, self.size = path, os.fstat(f.fileno()).st_size
+        self._fd = os.dup(f.fileno())  # a plain descriptor: no ResourceWarning if the owner is never closed
+        self._access = mmap.ACCESS_COPY if writable else mmap.ACCESS_READ
+        self._closer = weakref.finalize(self, os.close, self._fd)
+
+    def view(self, start: int, size: int, what: str) -> memoryview:
+        """Bytes [start, start + size) of the file (checked by the caller to lie inside it)."""
+        if size <= 0:
+            return memoryview(bytearray(0))
+        base = start // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(self._fd, start + size - base, access=self._access, offset=base)
+        except (OSError, ValueError) as exc:
+            message = f"{self.path}: cannot map the {size:,} bytes of {what} ({getattr(exc, 'strerror', None) or exc})"
+            if getattr(exc, "errno", None) == errno.ENOMEM:  # out of memory, as ensure_allocatable says it
+                raise LimitError(message) from None
+            raise FileAccessError(message) from None
+        return memoryview(mapping)[start - base : start - base + size]
+
+    def close(self) -> None:
+        self._closer()

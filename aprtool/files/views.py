@@ -90,7 +90,7 @@ class SafetensorsView:
             return np.asarray(self.file.float32_or_stored(name), dtype=np.float32)
 
     def close(self) -> None:
-        pass
+        self.file.close()
 
 
 class GgufView:
@@ -150,7 +150,8 @@ class HfView:
         return self.shards_of[name].values(name)
 
     def close(self) -> None:
-        pass
+        for shard in self.shards.values():
+            shard.close()
 
 
 VIEWS = {APR: AprView, SAFETENSORS: SafetensorsView, GGUF: GgufView, HF: HfView}

@@ -11,10 +11,8 @@ overlaps. The `gguf` package's own reader maps whatever the header claims; this 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -24,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from aprtool.container.constants import MAX_DECODED_ELEMENTS, MAX_NDIM
-from aprtool.errors import FormatError, LimitError, NotAprError, TruncatedError
+from aprtool.errors import FileAccessError, FormatError, LimitError, NotAprError, TruncatedError
 from aprtool.memory import ensure_allocatable
-from aprtool.paths import open_input
+from aprtool.paths import FileRanges, open_input
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -69,15 +67,22 @@ class GgufTensor:
 
 
 class _Cursor:
-    def __init__(self, buf: Any, path: Path) -> None:
-        self.buf, self.pos, self.path = buf, 0, path
+    """Reads the head in order from the open file: each length is checked against the bytes left first."""
+
+    def __init__(self, f: Any, size: int, path: Path) -> None:
+        self.f, self.size, self.pos, self.path = f, size, 0, path
 
     def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.buf):
+        if n < 0 or self.pos + n > self.size:
             raise TruncatedError(f"{self.path}: {what} needs {n} bytes at byte {self.pos}, the file ends first")
-        data = self.buf[self.pos : self.pos + n]
+        try:
+            data = self.f.read(n)
+        except OSError as exc:
+            raise FileAccessError(f"{self.path}: cannot read {what} ({exc.strerror or exc})") from None
+        if len(data) != n:
+            raise TruncatedError(f"{self.path}: {what}: the file ended while it was read")
         self.pos += n
-        return bytes(data)
+        return data
 
     def unpack(self, code: str, what: str) -> Any:
         return struct.unpack("<" + code, self.take(struct.calcsize("<" + code), what))[0]
@@ -93,8 +98,8 @@ class _Cursor:
 
     def count(self, what: str, min_item: int) -> int:
         n = self.unpack("Q", what)
-        if n > MAX_COUNT * 64 or n * min_item > len(self.buf) - self.pos:
-            raise FormatError(f"{self.path}: {what} {n} cannot fit in the {len(self.buf) - self.pos} bytes left")
+        if n > MAX_COUNT * 64 or n * min_item > self.size - self.pos:
+            raise FormatError(f"{self.path}: {what} {n} cannot fit in the {self.size - self.pos} bytes left")
         return n
 
 
@@ -122,8 +127,10 @@ class GgufFile:
             self.size = os.fstat(f.fileno()).st_size
             if self.size < 24:
                 raise TruncatedError(f"{self.path}: {self.size} bytes, a GGUF file has at least 24")
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        cur = _Cursor(memoryview(self._map), self.path)
+            self._ranges = FileRanges(f, self.path)
+            self._read_head(_Cursor(f, self.size, self.path))
+
+    def _read_head(self, cur: _Cursor) -> None:
         if cur.take(4, "magic") != MAGIC:
             raise NotAprError(f"{self.path}: not a GGUF file (magic)")
         self.version = cur.unpack("I", "version")
@@ -200,24 +207,19 @@ class GgufFile:
         t = self.tensors[name]
         shape = tuple(reversed(t.shape))
         if t.ggml_type in FLOATS:
-            flat = np.frombuffer(self._map, dtype=FLOATS[t.ggml_type], count=math.prod(t.shape), offset=t.start)
+            flat = np.frombuffer(self._bytes(t), dtype=FLOATS[t.ggml_type], count=math.prod(t.shape))
             return flat.astype(np.float32).reshape(shape)
         if not dequantizable(t.ggml_type):
             return None
         ensure_allocatable(4 * math.prod(t.shape) + t.size, f"{self.path}: tensor {name[:80]!r} dequantized")
-        raw = np.frombuffer(self._map, dtype=np.uint8, count=t.size, offset=t.start)
+        raw = np.frombuffer(self._bytes(t), dtype=np.uint8, count=t.size)
         return np.asarray(dequantize(raw, GGMLQuantizationType(t.ggml_type)), np.float32).reshape(shape)
 
-    def release(self, name: str) -> None:
-        """Forget the pages of `name`'s bytes (after they were copied out)."""
-        from aprtool.paths import release_pages
-
-        t = self.tensors[name]
-        release_pages(self._map, t.start, t.start + t.size)
+    def _bytes(self, t: GgufTensor) -> memoryview:
+        return self._ranges.view(t.start, t.size, f"tensor {t.name[:80]!r}")
 
     def close(self) -> None:
-        with contextlib.suppress(BufferError):  # arrays handed out may still use the mapping
-            self._map.close()
+        self._ranges.close()
 
     def __enter__(self) -> GgufFile:
         return self

@@ -4,15 +4,15 @@ The format is an 8-byte little-endian header length, a JSON header, then one byt
 checked here before any tensor is touched: its length against the file and a ceiling, the JSON (an
 object, no duplicate keys), every entry's dtype, shape and offsets (in bounds, exactly the dtype's size,
 and together covering the buffer without holes or overlaps, as the format requires), and `__metadata__`
-(strings to strings). Tensors are then views of a private mapping of the file. F8 tensors, which APR
-cannot hold, are widened exactly to float32; dtypes with no APR counterpart are refused.
+(strings to strings). Tensors are then views of private mappings of their own byte ranges (the file is never
+mapped whole). F8 tensors, which APR cannot hold, are widened exactly to float32; dtypes with no APR
+counterpart are refused.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ import numpy as np
 from aprtool.container import constants as C
 from aprtool.container.layout import reject_duplicate_keys
 from aprtool.errors import FormatError, MetadataError, TruncatedError
-from aprtool.paths import open_input
+from aprtool.paths import FileRanges, open_input
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 META_KEY = "aprtool_metadata"  # __metadata__ key under which aprtool keeps the APR metadata, as JSON
@@ -123,7 +123,7 @@ class SafetensorsFile:
             if n > min(MAX_HEADER_BYTES, size - 8):
                 raise FormatError(f"{self.path}: header of {n} bytes exceeds the file or {MAX_HEADER_BYTES:,}")
             raw = f.read(n)
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+            self._ranges = FileRanges(f, self.path, writable=True)
         try:
             header = json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
         except MetadataError as exc:
@@ -154,15 +154,13 @@ class SafetensorsFile:
         e = self.entries[name]
         dtype = np.dtype(STORED[e.dtype])
         count = (e.end - e.start) // dtype.itemsize
-        flat = np.frombuffer(self._map, dtype, count, e.start) if count else np.zeros(0, dtype)
-        return flat.reshape(e.shape)
+        if not count:
+            return np.zeros(e.shape, dtype)
+        view = self._ranges.view(e.start, e.end - e.start, f"tensor {name[:80]!r}")
+        return np.frombuffer(view, dtype).reshape(e.shape)
 
-    def release(self, name: str) -> None:
-        """Forget the pages of `name`'s bytes (after they were copied out)."""
-        from aprtool.paths import release_pages
-
-        e = self.entries[name]
-        release_pages(self._map, e.start, e.end)
+    def close(self) -> None:
+        self._ranges.close()
 
     def float32_or_stored(self, name: str) -> np.ndarray:
         """F8 and BF16 widened exactly to float32; every other dtype as stored."""

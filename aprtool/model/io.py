@@ -174,8 +174,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[LlamaForCausalLM, ModelFil
         params = model.state_dict(keep_vars=True)
         with torch.no_grad():
             for name in source.shapes:
-                params[name].copy_(torch.from_numpy(source.float32(name)))
-                source.release(name)
+                params[name].copy_(torch.from_numpy(source.float32(name)))  # its mapping goes with the array
         info = ModelFile(Path(path), source.metadata, source.config, source.format, source.quantized,
                          source.param_count)  # fmt: skip
     return model.eval(), info

@@ -47,16 +47,6 @@ class ModelSource:
     def float32(self, name: str) -> np.ndarray:
         return self.read(name)
 
-    def release(self, name: str) -> None:
-        """After `name`'s values were copied out: drop its mapped pages (foreign formats; APR keeps its own)."""
-        view = self.view
-        if self.format == HF:
-            view.shards_of[name].file.release(name)
-        elif self.format == SAFETENSORS:
-            view.file.release(name)
-        elif self.format == GGUF:
-            view.file.release(view.names[name])
-
     @property
     def param_count(self) -> int:
         return sum(int(np.prod(s)) for s in self.shapes.values())

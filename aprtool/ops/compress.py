@@ -176,11 +176,6 @@ class _Source:
             return enc.dequantize(self.file, name, np.float32)  # widens the stored bits exactly
         return np.asarray(self.array(name), np.float32)  # no copy for F32: a view of the mapping
 
-    def release(self, name: str) -> None:
-        """`name`'s values were used: a mapped foreign model forgets their pages."""
-        if self.model is not None:
-            self.model.release(name)
-
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
@@ -627,11 +622,8 @@ def _quantize_all(
     widths = parse_bits(options.bits)
 
     def one(n: str) -> list[tuple[Quantized, dict[str, Any]]]:  # read in the worker: one tensor in memory each
-        try:
-            return _quantize_one(source.as_float32(n), clip, source.dtype_name(n), hessians.get(n), n,
-                                 widths.get(tensor_kind(n), widths["default"]), factors.get(n))  # fmt: skip
-        finally:
-            source.release(n)
+        return _quantize_one(source.as_float32(n), clip, source.dtype_name(n), hessians.get(n), n,
+                             widths.get(tensor_kind(n), widths["default"]), factors.get(n))  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
         jobs = {n: pool.submit(one, n) for n in plan.to_quantize}
