@@ -39,6 +39,49 @@ def test_decoder_refuses_a_different_symbol_count(codec):
             CODERS[codec].decode(body, n)
 
 
+@pytest.mark.parametrize("codec", sorted(CODERS))
+def test_decoders_feed_and_yield_in_small_chunks(monkeypatch, codec):
+    """A body many chunks long (CHUNK made small, so the test is quick) is read a chunk at a time and still
+    decodes exactly; one symbol too many or too few is still refused."""
+    from aprtool.codecs import coders
+
+    monkeypatch.setattr(coders, "CHUNK", 997)
+    symbols = SYMBOL_SETS["full-range"]
+    body = memoryview(CODERS[codec].encode(symbols))
+    assert len(body) > 5 * 997
+    assert np.array_equal(CODERS[codec].decode(body, symbols.size), symbols)
+    for n in (symbols.size - 1, symbols.size + 1):
+        with pytest.raises(IntegrityError):
+            CODERS[codec].decode(body, n)
+
+
+@pytest.mark.parametrize("codec", ["rans", "raw"])
+def test_decoding_a_tensor_allocates_its_symbols_once(tmp_path, codec):
+    """The digest is taken as the symbols stream in (hashing a copy of them doubled the peak): 64 MiB of
+    symbols cost their 64 MiB plus a few decoder chunks, traced by tracemalloc (numpy reports to it)."""
+    import tracemalloc
+
+    from aprtool.codecs.quant import Quantized
+    from aprtool.codecs.tensor import encode
+
+    rows, cols = 1 << 12, 1 << 14
+    symbols = np.zeros((rows, cols), np.int8)
+    symbols[:, ::64] = rng.integers(-31, 32, size=(rows, cols // 64))
+    q = Quantized(symbols, np.ones(rows, np.float16), (rows, cols), 6)
+    write_apr(tmp_path / "big.apr", {"w": encode(q, codec, {}).tensor}, {})
+    del q
+    with open_apr(tmp_path / "big.apr") as f:
+        f.raw("w")  # the stored checksum, outside the trace
+        tracemalloc.start()
+        try:
+            decoded = decode(f, "w")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert np.array_equal(decoded.symbols, symbols)
+    assert peak < 1.5 * symbols.size, f"{peak / 2**20:.0f} MiB to decode {symbols.size / 2**20:.0f} MiB"
+
+
 def test_order0_entropy_on_a_hand_made_distribution():
     # p = (1/2, 1/4, 1/4): H = 1.5 bits per symbol, 8 symbols -> 12 bits
     symbols = np.array([0, 0, 0, 0, 1, 1, -2, -2], np.int8)

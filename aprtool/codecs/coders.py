@@ -81,17 +81,27 @@ def _lzma_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes
 def _lzma_stream(body: memoryview, n: int) -> Iterator[np.ndarray]:
     _check_expansion("INT6_LZMA", body, n, "lzma")
     d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-    pending, produced = bytes(body), 0
+    fed = produced = 0
     try:
         while produced < n:
-            out = b"" if d.eof else d.decompress(pending, max_length=min(CHUNK, n - produced))
             pending = b""
+            if d.needs_input and fed < len(body):  # the body is fed a chunk at a time: never copied whole
+                pending = body[fed : fed + CHUNK]
+                fed += len(pending)
+            out = b"" if d.eof else d.decompress(pending, max_length=min(CHUNK, n - produced))
+            if not out and d.needs_input and fed < len(body):
+                continue
             if not out:
                 raise DecodeError(f"lzma stream decodes to {produced} symbols, shape needs {n}")
             produced += len(out)
             yield np.frombuffer(out, dtype=np.int8)
-        if not d.eof and d.decompress(b"", max_length=1):
-            raise DecodeError(f"lzma stream decodes to more than the {n} symbols the shape holds")
+        while not d.eof:  # the rest of the body may hold no further symbol
+            more = body[fed : fed + CHUNK] if d.needs_input and fed < len(body) else b""
+            fed += len(more)
+            if d.decompress(more, max_length=1):
+                raise DecodeError(f"lzma stream decodes to more than the {n} symbols the shape holds")
+            if not more and fed >= len(body):  # all fed, and what was buffered decoded to nothing more
+                break
     except lzma.LZMAError as exc:
         raise DecodeError(f"lzma stream is corrupt ({exc})") from None
 
@@ -144,7 +154,7 @@ def _zstd_encode(symbols: np.ndarray, counts: np.ndarray | None = None) -> bytes
 def _zstd_stream(body: memoryview, n: int) -> Iterator[np.ndarray]:
     import zstandard
 
-    data = bytes(body)
+    data = body  # read in place: a large body is never copied
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError as exc:
@@ -269,7 +279,7 @@ def _rans_stream(body: memoryview, n: int) -> Iterator[np.ndarray]:
     if 8 * len(words) < need:
         raise DecodeError(f"rANS stream has {8 * len(words)} bits; its table's {n} symbols need at least {need:.0f}")
     try:
-        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32, copy=False))
     except ValueError as exc:  # e.g. a stream that ends in a zero word cannot come from an encoder
         raise DecodeError(f"rANS stream is invalid ({exc})") from None
     model = _model(np.asarray(counts))

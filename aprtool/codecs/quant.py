@@ -66,7 +66,8 @@ class Quantized:
         return symbol_counts(self.symbols)
 
     def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
-        values = self.symbols.astype(np.float32) * self.scales.astype(np.float32)[:, None]
+        values = self.symbols.astype(np.float32)
+        values *= self.scales.astype(np.float32)[:, None]  # in place: one float array, not two
         return values.reshape(self.shape).astype(dtype, copy=False)
 
 

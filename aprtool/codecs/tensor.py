@@ -33,8 +33,8 @@ def content_digest(q: Quantized) -> str:
     """XXH3-128 of shape, symbols and scales: the same whatever codec stores them (~10 GB/s)."""
     h = xxhash.xxh3_128()
     h.update(json.dumps({"quant": f"int{q.bits}", "shape": list(q.shape)}).encode())
-    h.update(q.symbols.astype(np.int8, copy=False).tobytes())
-    h.update(q.scales.astype("<f2", copy=False).tobytes())
+    h.update(np.ascontiguousarray(q.symbols, dtype=np.int8))  # hashed in place, not copied
+    h.update(np.ascontiguousarray(q.scales, dtype="<f2"))
     return h.hexdigest()
 
 
@@ -149,42 +149,53 @@ def _symbols_in_range(name: str, chunk: np.ndarray, bits: int) -> None:
         raise DecodeError(f"tensor {name!r}: symbols outside -{levels}..{levels} (int{bits})")
 
 
-def decode(f: AprFile, name: str, *, verify: bool = True) -> Quantized:
-    """Decode an encoded tensor to symbols + scales, checking its content digest."""
-    plan = _plan(f, name, verify)
-    n = plan.rows * plan.cols
-    ensure_allocatable(n, f"tensor {name!r} ({n:,} int6 symbols)")
-    try:
-        symbols = CODERS[plan.codec].decode(plan.body, n)
-    except DecodeError as exc:
-        raise DecodeError(f"tensor {name!r}: {exc}") from None
-    _symbols_in_range(name, symbols, plan.bits)
-    q = Quantized(symbols.reshape(plan.rows, plan.cols), plan.scales, tuple(f.info(name).shape), plan.bits)
-    if verify and content_digest(q) != plan.record.get("content_xxh3_128"):
-        raise DecodeError(f"tensor {name!r}: decoded content digest differs from content_xxh3_128")
-    return q
-
-
-def check_encoded(f: AprFile, name: str) -> None:
-    """verify --deep for one encoded tensor: decode it chunk by chunk and compare the content digest.
-    Memory stays at a few chunks whatever the tensor's size; raises DecodeError/LimitError on failure."""
-    plan = _plan(f, name, verify=True)
+def _stream(f: AprFile, name: str, plan: _Plan, out: np.ndarray | None) -> str:
+    """Decode `plan` chunk by chunk, each checked for range, hashed and (with `out`) stored: the content
+    digest of what it decodes to. Memory beyond `out` stays at a few chunks whatever the tensor's size."""
     n = plan.rows * plan.cols
     h = xxhash.xxh3_128()
     h.update(json.dumps({"quant": f"int{plan.bits}", "shape": list(f.info(name).shape)}).encode())
     produced = 0
     try:
         for chunk in CODERS[plan.codec].stream(plan.body, n):
+            if produced + chunk.size > n:
+                raise DecodeError(f"decodes to more than the {n} symbols the shape holds")
             _symbols_in_range(name, chunk, plan.bits)
             h.update(chunk)
+            if out is not None:
+                out[produced : produced + chunk.size] = chunk
             produced += chunk.size
     except DecodeError as exc:
         raise DecodeError(f"tensor {name!r}: {exc}") from None
     if produced != n:
         raise DecodeError(f"tensor {name!r}: decodes to {produced} symbols, shape needs {n}")
-    h.update(plan.scales.astype("<f2", copy=False).tobytes())
-    if h.hexdigest() != plan.record.get("content_xxh3_128"):
+    h.update(plan.scales.astype("<f2", copy=False))
+    return h.hexdigest()
+
+
+def _check_digest(name: str, plan: _Plan, digest: str) -> None:
+    if digest != plan.record.get("content_xxh3_128"):
         raise DecodeError(f"tensor {name!r}: decoded content digest differs from content_xxh3_128")
+
+
+def decode(f: AprFile, name: str, *, verify: bool = True) -> Quantized:
+    """Decode an encoded tensor to symbols + scales, checking its content digest as it streams (the symbols
+    are the only tensor-sized allocation: no copy is made to hash them)."""
+    plan = _plan(f, name, verify)
+    n = plan.rows * plan.cols
+    ensure_allocatable(n, f"tensor {name!r} ({n:,} int6 symbols)")
+    symbols = np.empty(n, dtype=np.int8)
+    digest = _stream(f, name, plan, symbols)
+    if verify:
+        _check_digest(name, plan, digest)
+    return Quantized(symbols.reshape(plan.rows, plan.cols), plan.scales, tuple(f.info(name).shape), plan.bits)
+
+
+def check_encoded(f: AprFile, name: str) -> None:
+    """verify --deep for one encoded tensor: decode it chunk by chunk and compare the content digest.
+    Memory stays at a few chunks whatever the tensor's size; raises DecodeError/LimitError on failure."""
+    plan = _plan(f, name, verify=True)
+    _check_digest(name, plan, _stream(f, name, plan, None))
 
 
 def dequantize(f: AprFile, name: str, dtype: Any = np.float32) -> np.ndarray:
