@@ -3,20 +3,25 @@
     python tests/fuzz_harness.py TARGET --cases N [--seed S] [--limit-mb 1024]
 
 TARGET is `apr` (structure, encoded payloads, verify --deep, decoding), `model` (Llama metadata and
-tensors as eval/export/distill open them), `safetensors` (the import reader) or `gguf` (inspect --stats
-and verify --deep of a GGUF file). Each case mutates a
-valid seed file; after the mutation both CRCs and every per-tensor checksum are recomputed, so the case
-reaches the deep checks and decoders instead of stopping at a checksum. A case passes when the reader
-returns or raises an AprError; any other exception is what the CLI would report as exit 1 (a bug), and
-a case slower than 2 s is a failure too. The process runs under RLIMIT_AS, so an allocation sized by a
-file's claim fails as MemoryError (a bug) or kills the process (a signal death): both are caught by the
+tensors as eval/export/distill open them), `safetensors` (the import reader), `gguf` (inspect --stats
+and verify --deep of a GGUF file), `hf` (a Hugging Face folder: config.json, the index, the shards, as
+inspect, verify and every command's model opener read it), `run` (a run directory's status.json,
+config.json and metrics.jsonl as `runs`, `plot` and --resume read them) or `tokenizer` (a model's
+embedded tokenizer text as eval, calibrate and export --to hf|gguf load it). Each case mutates a valid seed (a
+file, or one of a folder's files); after an APR mutation both CRCs and every per-tensor checksum are
+recomputed, so the case reaches the deep checks and decoders instead of stopping at a checksum. A case passes
+when the reader returns or raises an AprError; any other exception is what the CLI would report as exit 1 (a
+bug), and a case slower than 2 s is a failure too. The process runs under RLIMIT_AS, so an allocation sized by
+a file's claim fails as MemoryError (a bug) or kills the process (a signal death): both are caught by the
 caller. Prints one JSON summary line; exit 0 only if every case passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import lzma
 import random
 import resource
 import struct
@@ -111,6 +116,149 @@ def _gguf_seeds(d: Path) -> list[bytes]:
         export_file(d / "model.apr", d / f"{dtype}.gguf", "gguf", dtype=dtype)
         seeds.append((d / f"{dtype}.gguf").read_bytes())
     return seeds
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _hf_seeds(d: Path) -> list[dict[str, bytes]]:
+    from aprtool.interop.export import export_file
+
+    _model_seeds(d)
+    export_file(d / "model.apr", d / "hf", "hf")
+    single = _files(d / "hf")
+    sharded = {k: v for k, v in single.items() if k != "model.safetensors"}
+    shard = "model-00001-of-00001.safetensors"
+    sharded[shard] = single["model.safetensors"]
+    (n,) = struct.unpack_from("<Q", sharded[shard], 0)
+    names = [k for k in json.loads(sharded[shard][8 : 8 + n]) if k != "__metadata__"]
+    index = {"metadata": {"total_size": len(sharded[shard])}, "weight_map": dict.fromkeys(names, shard)}
+    sharded["model.safetensors.index.json"] = json.dumps(index).encode()
+    return [single, sharded]
+
+
+def _run_seeds(d: Path) -> list[dict[str, bytes]]:
+    import sysconfig
+
+    from aprtool.data.prepare import prepare_corpus
+    from aprtool.train.loop import pretrain
+
+    text = d / "text"
+    text.mkdir()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("textwrap.py", "shlex.py", "glob.py", "this.py"):
+        (text / name).write_bytes((stdlib / name).read_bytes())
+    prepare_corpus(text, d / "shards", tokenizer="bytes")
+    cfg = {"size": "tiny", "num_layers": 1, "tokenizer": "bytes", "seq_len": 16, "batch_size": 2, "steps": 4,
+           "eval_every": 2, "log_every": 1, "eval_tokens": 128, "corpus": str(d / "shards")}  # fmt: skip
+    pretrain(d / "run", cfg, log=lambda _m: None)
+    return [{k: v for k, v in _files(d / "run").items() if not k.startswith("data/") and k != "model.apr"}]
+
+
+def _tokenizer_seeds(d: Path) -> list[bytes]:
+    import torch
+
+    import aprtool
+    from aprtool.data.tokenizer import BpeTokenizer, HfTokenizer
+    from aprtool.model.llama import PRESETS, LlamaForCausalLM
+
+    text = [json.dumps(JSON_VALUES) * 20, Path(__file__).read_text()]
+    bpe = BpeTokenizer.train(text, 300)
+    cfg = PRESETS["tiny"].with_overrides(vocab_size=bpe.vocab_size, num_layers=1)
+    torch.manual_seed(0)
+    weights = LlamaForCausalLM(cfg).weights()
+    seeds = []
+    for tok in (bpe, HfTokenizer.from_entry(bpe.to_json(), {"eos_id": bpe.eos_id}, "seed")):
+        info = tok.info() | {"file": "tokenizer.json", "sha256": _sha256(tok.to_json()), "json": tok.to_json()}
+        path = d / f"{tok.kind}.apr"
+        aprtool.write_apr(path, weights, {"architecture": "LlamaForCausalLM", **cfg.to_metadata(), "tokenizer": info})
+        seeds.append(path.read_bytes())
+    return seeds
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- JSON side files
+
+
+def mutate_json_text(data: bytes, rnd: random.Random) -> bytes:
+    """A JSON side file mutated: a value replaced somewhere inside, nested very deep, a huge number, bytes
+    flipped (not JSON, not UTF-8), or cut."""
+    kind = rnd.choice(["value", "value", "value", "deep", "number", "bytes", "cut"])
+    if kind == "deep":
+        return b"[" * rnd.choice([100, 1000, 100_000]) + b"]" * rnd.choice([0, 100_000])
+    if kind == "number":
+        return b'{"step": 1' + b"9" * rnd.choice([20, 400, 5000]) + b', "loss": 1e999}'
+    if kind == "bytes":
+        buf = bytearray(data or b"{}")
+        _mutate_bytes(buf, rnd)
+        return bytes(buf)
+    if kind == "cut":
+        return data[: rnd.randrange(len(data) + 1)]
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return data
+    return json.dumps(_replace_inside(value, rnd)).encode()
+
+
+def _replace_inside(node, rnd: random.Random, depth: int = 0):
+    keys = list(node) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
+    if not keys or depth > 5 or rnd.random() < 0.2:
+        return rnd.choice(JSON_VALUES + [rnd.choice(INTERESTING), [[[[]]]], "\x00/..", "\u202e"])
+    key = rnd.choice(keys)
+    node[key] = _replace_inside(node[key], rnd, depth + 1)
+    return node
+
+
+def mutate_folder(seed: dict[str, bytes], rnd: random.Random) -> dict[str, bytes]:
+    """One file of a folder mutated (a safetensors file as the safetensors target does), or one removed."""
+    files = dict(seed)
+    name = rnd.choice(sorted(files))
+    if rnd.random() < 0.05:
+        del files[name]
+    elif name.endswith(".safetensors"):
+        files[name] = mutate_safetensors(files[name], rnd)
+    elif name.endswith(".jsonl"):
+        lines = files[name].splitlines(keepends=True) or [b"{}\n"]
+        i = rnd.randrange(len(lines))
+        lines[i] = mutate_json_text(lines[i].rstrip(b"\n"), rnd) + rnd.choice([b"\n", b""])
+        files[name] = b"".join(lines)
+    elif name.endswith(".apr"):
+        files[name] = mutate_apr(files[name], rnd)
+    else:
+        files[name] = mutate_json_text(files[name], rnd)
+    return files
+
+
+def mutate_tokenizer(seed: bytes, rnd: random.Random) -> bytes:
+    """The embedded tokenizer text (or its entry) mutated, its sha256 recomputed (mostly), the file re-sealed."""
+    buf = bytearray(seed)
+    meta = json.loads(metadata_bytes(buf))
+    info = meta["tokenizer"]
+    choice = rnd.random()
+    if choice < 0.7:  # the text, stored plain (`json`) or packed again (`json_xz`)
+        text = lzma.decompress(base64.b64decode(info.pop("json_xz"))).decode()
+        text = mutate_json_text(text.encode(), rnd).decode("utf-8", "replace")
+        if rnd.random() < 0.9:
+            info["sha256"] = _sha256(text)
+        if rnd.random() < 0.5:
+            info["json"] = text
+        else:
+            info["json_xz"] = base64.b64encode(lzma.compress(text.encode(), format=lzma.FORMAT_XZ, preset=0)).decode()
+    elif choice < 0.8:  # the packed bytes themselves
+        packed = bytearray(base64.b64decode(info["json_xz"]))
+        _mutate_bytes(packed, rnd)
+        info["json_xz"] = base64.b64encode(packed).decode()
+    else:
+        key = rnd.choice(["kind", "vocab_size", "eos_id", "bos_id", "add_bos", "json", "json_xz", "sha256", "file"])
+        info[key] = rnd.choice(JSON_VALUES + [rnd.choice(INTERESTING), "bpe", "hf", "bytes"])
+    return bytes(reseal(replace_metadata(buf, json.dumps(meta, separators=(",", ":")).encode())))
 
 
 # ---------------------------------------------------------------- APR mutations (checksums re-sealed)
@@ -298,12 +446,64 @@ def read_any(path: Path) -> None:
         raise FormatError("; ".join(report.errors))
 
 
+def read_hf(path: Path) -> None:
+    """What inspect --stats, verify --deep and every command's model opener do with an HF folder."""
+    from aprtool.model.io import load_model
+
+    read_any(path)
+    load_model(path)
+
+
+def read_run(path: Path) -> None:
+    """What `runs`, `plot` and --resume read in a run directory."""
+    from aprtool.train.metrics import truncate_metrics
+    from aprtool.train.plot import read_curves
+    from aprtool.train.runs import list_run
+
+    list_run(path)
+    read_curves(path)
+    truncate_metrics(path / "metrics.jsonl", 2)
+
+
+def read_tokenizer(path: Path) -> None:
+    """What eval and calibrate (the model's tokenizer) and export --to hf|gguf do with an embedded tokenizer."""
+    import aprtool
+    from aprtool.interop.export import export_file
+    from aprtool.model.io import load_tokenizer_for
+
+    aprtool.verify_file(path)
+    with aprtool.open_apr(path) as f:
+        metadata = dict(f.metadata)
+    tok = load_tokenizer_for(metadata, path)
+    tok.decode(tok.encode("def f(x):\n    return x  # ünïcode"))
+    for to, name in (("gguf", "out.gguf"), ("hf", "out-hf")):
+        export_file(path, path.with_name(name), to, force=True)
+
+
 TARGETS = {
     "apr": (_apr_seeds, mutate_apr, read_apr, ".apr"),
     "model": (_model_seeds, mutate_apr, read_model, ".apr"),
     "safetensors": (_safetensors_seeds, mutate_safetensors, read_safetensors_file, ".safetensors"),
     "gguf": (_gguf_seeds, mutate_gguf, read_any, ".gguf"),
+    "hf": (_hf_seeds, mutate_folder, read_hf, ".hf"),
+    "run": (_run_seeds, mutate_folder, read_run, ".run"),
+    "tokenizer": (_tokenizer_seeds, mutate_tokenizer, read_tokenizer, ".apr"),
 }
+
+
+def write_case(path: Path, data: bytes | dict[str, bytes]) -> None:
+    """A case on disk: a file, or a folder of files (what was there before is removed)."""
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.unlink(missing_ok=True)
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+        return
+    for name, content in data.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(content)
 
 
 def main() -> int:
@@ -323,7 +523,7 @@ def main() -> int:
         d = Path(tmp)
         seeds = make_seeds(d)
         warm = d / f"warm{suffix}"
-        warm.write_bytes(seeds[0])
+        write_case(warm, seeds[0])
         read(warm)  # lazy imports and first-call setup are not the case's time
         limit = args.limit_mb * 1024 * 1024  # set after the imports and seeds: the readers run under it
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -331,11 +531,10 @@ def main() -> int:
         for case in range(args.cases):
             data = mutate(rnd.choice(seeds), rnd)
             path = d / f"case{suffix}"
-            path.unlink(missing_ok=True)
-            path.write_bytes(data)
+            write_case(path, data)
             if args.sample and case % 100 == 0:
                 args.sample.mkdir(parents=True, exist_ok=True)
-                (args.sample / f"{args.target}-{case}{suffix}").write_bytes(data)
+                write_case(args.sample / f"{args.target}-{case}{suffix}", data)
             start = time.perf_counter()
             try:
                 read(path)
@@ -347,7 +546,7 @@ def main() -> int:
                                  "where": traceback.format_exc().splitlines()[-3:]})  # fmt: skip
                 if args.keep:
                     args.keep.mkdir(parents=True, exist_ok=True)
-                    (args.keep / f"{args.target}-{case}{suffix}").write_bytes(data)
+                    write_case(args.keep / f"{args.target}-{case}{suffix}", data)
             seconds = time.perf_counter() - start
             slowest = max(slowest, seconds)
             if seconds > SLOW_SECONDS:

@@ -286,6 +286,10 @@ def _tokenizer_case(case: str) -> tuple[str, int]:
         data = json.loads(good)
         data["model"]["merges"].append(["zzq", "qqz"])
         return json.dumps(data), 280
+    if case == "subword prefix no merge has":  # tokenizers 0.23 aborts the process (a Rust panic) on it
+        data = json.loads(good)
+        data["model"]["continuing_subword_prefix"] = "##"
+        return json.dumps(data), 280
     if case == "good":
         return good, 280
     data = json.loads(good)  # "id beyond the rows": 280 tokens, one of them numbered past the embedding
@@ -296,13 +300,20 @@ def _tokenizer_case(case: str) -> tuple[str, int]:
 
 @pytest.mark.parametrize("to", ["hf", "gguf"])
 @pytest.mark.parametrize("case", ["not json", "more tokens than rows", "vocab_size disagrees",
-                                  "merge of unknown tokens", "id beyond the rows"])  # fmt: skip
+                                  "merge of unknown tokens", "id beyond the rows",
+                                  "subword prefix no merge has"])  # fmt: skip
 def test_export_checks_the_tokenizer_against_the_model_before_writing(cli, tmp_path, case, to):
     text, vocab_size = _tokenizer_case(case)
     model = _model_of_300_rows(tmp_path, text, vocab_size)
     out = tmp_path / f"out.{to}"
     one_line_error(cli("export", model, "-o", out, "--to", to), 4, "tokenizer")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.apr"]
+
+
+def test_eval_refuses_a_tokenizer_that_would_abort_the_process(cli, tmp_path):
+    model = _model_of_300_rows(tmp_path, *_tokenizer_case("subword prefix no merge has"))
+    (tmp_path / "text").mkdir()
+    one_line_error(cli("eval", model, "--corpus", F.small_corpus(tmp_path / "text")), 4, "continuing_subword_prefix")
 
 
 def test_export_publishes_a_tokenizer_that_fits(cli, tmp_path):

@@ -55,6 +55,31 @@ class ByteTokenizer:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "eos_id": self.eos_id, "file": None}
 
 
+def parse_tokenizer(text: str, where: str) -> Any:
+    """A `tokenizers.Tokenizer` from tokenizer.json text that may be hostile: one line naming `where` for text
+    that is not a JSON object, and for what is known to abort the process inside `tokenizers` (0.23 panics,
+    uncatchably, on a BPE whose continuing_subword_prefix a merge's second part does not start with)."""
+    from tokenizers import Tokenizer
+
+    from aprtool.paths import parse_json
+
+    data = parse_json(text, where)
+    if not isinstance(data, dict):
+        raise FormatError(f"{where}: a tokenizer.json must be a JSON object")
+    model = data.get("model")
+    prefix = model.get("continuing_subword_prefix") if isinstance(model, dict) else None
+    if isinstance(prefix, str) and prefix and isinstance(model.get("merges"), list):
+        for merge in model["merges"]:
+            second = merge.split(" ", 1)[-1] if isinstance(merge, str) else merge[-1] if merge else None
+            if isinstance(second, str) and not second.startswith(prefix):
+                raise FormatError(f"{where}: merge {str(merge)[:60]!r} does not continue with the model's "
+                                  f"continuing_subword_prefix {prefix[:20]!r}")  # fmt: skip
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
+        raise FormatError(f"{where}: not a tokenizers JSON file ({str(exc)[:200]})") from None
+
+
 class BpeTokenizer:
     """Byte-level BPE (GPT-2 style pre-tokenization, no normalization, so decoding is exact)."""
 
@@ -92,12 +117,7 @@ class BpeTokenizer:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> BpeTokenizer:
-        from tokenizers import Tokenizer
-
-        try:
-            tok = cls(Tokenizer.from_str(text), text)
-        except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
-            raise FormatError(f"{where}: not a tokenizers JSON file ({str(exc)[:200]})") from None
+        tok = cls(parse_tokenizer(text, where), text)
         if tok.eos_id is None:
             raise FormatError(f"{where}: the tokenizer has no {EOS} token")
         return tok
@@ -142,13 +162,8 @@ class HfTokenizer(BpeTokenizer):
 
     @classmethod
     def from_entry(cls, text: str, info: dict[str, Any], where: str) -> HfTokenizer:
-        from tokenizers import Tokenizer
-
-        try:
-            tok = Tokenizer.from_str(text)
-        except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
-            raise FormatError(f"{where}: not a tokenizers JSON file ({str(exc)[:200]})") from None
-        return cls(tok, text, info.get("bos_id"), info.get("eos_id"), bool(info.get("add_bos", False)))
+        add_bos = bool(info.get("add_bos", False))
+        return cls(parse_tokenizer(text, where), text, info.get("bos_id"), info.get("eos_id"), add_bos)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -218,12 +218,9 @@ def json_tokenizer(path: Path, config: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise FormatError(f"{directory / name}: must be a JSON object")
             side[name] = value
-    from tokenizers import Tokenizer
+    from aprtool.data.tokenizer import parse_tokenizer
 
-    try:
-        vocab = Tokenizer.from_str(text)
-    except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
-        raise FormatError(f"{path}: not a tokenizers JSON file ({str(exc)[:200]})") from None
+    vocab = parse_tokenizer(text, str(path))
     tcfg, gen = side.get("tokenizer_config.json", {}), side.get("generation_config.json", {})
     template_bos = _template_bos(data)
     ids = {}
