@@ -12,7 +12,7 @@ from aprtool.errors import FormatError, UnavailableError
 from aprtool.paths import appendable, bounded_lines, open_input, parse_json
 
 METRICS_FILE = "metrics.jsonl"
-MAX_LINE = 1 << 20  # far above any record aprtool writes
+MAX_LINE = 1 << 20  # a metrics.jsonl line: a record is ~300 bytes; a longer line is no record
 TENSORBOARD_DIR = "tensorboard"
 SCALARS = ("loss", "val_loss", "lr", "grad_norm_max", "tokens_per_s", "kd_loss", "ce_loss")
 

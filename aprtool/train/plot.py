@@ -13,9 +13,9 @@ from typing import Any
 
 from aprtool.errors import AprError, FormatError, UnavailableError
 from aprtool.paths import bounded_lines, open_input, parse_json
+from aprtool.train.metrics import MAX_LINE
 
 CURVES_FILE = "curves.png"
-MAX_LINE = 1 << 20  # a metrics.jsonl line is ~300 bytes; a longer one is no record
 PANELS = (("loss", "loss (nats/token)"), ("lr", "learning rate"), ("grad_norm_max", "grad norm (max per interval)"),
           ("tokens_per_s", "tokens/s"))  # fmt: skip
 
