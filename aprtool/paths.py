@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 from aprtool.errors import FileAccessError, FormatError, LimitError, UsageError
 
 MAX_SIDECAR_BYTES = 64 * 1024 * 1024  # config.json, tokenizer.json, manifest.json: far below this
+MAX_RUN_FILE_BYTES = 1 << 20  # a run's status.json / config.json, distill's state.json: a few KB each
 
 _KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",

@@ -26,7 +26,7 @@ from aprtool.data.tokenizer import load_tokenizer
 from aprtool.distill.config import DistillConfig, identity
 from aprtool.distill.models import LoadedModel, StudentPlan, tokenizer_differences
 from aprtool.errors import FormatError, UsageError
-from aprtool.paths import read_json, recorded_path_hint
+from aprtool.paths import MAX_RUN_FILE_BYTES, read_json, recorded_path_hint
 from aprtool.train.checkpoint import CheckpointDir
 from aprtool.train.runs import RunStatus
 
@@ -56,7 +56,7 @@ def read_state(out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        state = read_json(path, 1 << 20)
+        state = read_json(path, MAX_RUN_FILE_BYTES)
     except FormatError as exc:
         raise FormatError(f"{exc}; remove it or use --force") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:

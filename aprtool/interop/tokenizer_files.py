@@ -200,15 +200,12 @@ def folder_tokenizer(directory: Path, config: dict[str, Any]) -> dict[str, Any] 
 def json_tokenizer(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     """A tokenizer.json as a metadata entry, its bos/eos as `folder_tokenizer` reads them from the side files
     beside it; without any, its well-known special tokens (`<|endoftext|>`, `</s>`, ...) by name."""
-    from aprtool.paths import read_input, read_json
+    from aprtool.paths import parse_json, read_input, read_json
 
     directory = path.parent
     raw = read_input(path)
-    try:
-        text = raw.decode("utf-8")
-        data = json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FormatError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
+    data = parse_json(raw, str(path))  # strict UTF-8 JSON, so the text below decodes
+    text = raw.decode("utf-8")
     if not isinstance(data, dict):
         raise FormatError(f"{path}: must be a JSON object")
     side = {}

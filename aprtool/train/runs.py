@@ -14,7 +14,7 @@ from typing import Any
 
 from aprtool.atomic import atomic_write_text
 from aprtool.errors import AprError, FileAccessError
-from aprtool.paths import read_json_object
+from aprtool.paths import MAX_RUN_FILE_BYTES, read_json_object
 
 
 def _pointer(ckpt: Path) -> str | None:
@@ -63,7 +63,7 @@ def list_run(run_dir: str | os.PathLike[str], *, verify: bool = True) -> dict[st
     for name in ("state.json", "status.json"):
         if (run_dir / name).is_file():
             try:
-                status = read_json_object(run_dir / name, 1 << 20).get("status")
+                status = read_json_object(run_dir / name, MAX_RUN_FILE_BYTES).get("status")
             except AprError:
                 status = "unreadable"
             status = status if isinstance(status, str) or status is None else "unreadable"
@@ -91,7 +91,7 @@ def _may_replace(path: Path) -> None:
     if not os.path.lexists(path):
         return
     try:
-        document = read_json_object(path, 1 << 20)
+        document = read_json_object(path, MAX_RUN_FILE_BYTES)
         ours = document.get("command") in ("pretrain", "distill") or document.get("format") == "aprtool-distill-state"
     except AprError:
         ours = False
