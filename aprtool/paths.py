@@ -15,6 +15,7 @@ import fcntl
 import mmap
 import os
 import stat
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -192,9 +193,7 @@ class FileRanges:
     long as the arrays made from it; every OSError names the file."""
 
     def __init__(self, f: BinaryIO, path: Path, *, writable: bool = False) -> None:
-        import weakref
-
-        self.path, self.size = path, os.fstat(f.fileno()).st_size
+        self.path = path
         self._fd = os.dup(f.fileno())  # a plain descriptor: no ResourceWarning if the owner is never closed
         self._access = mmap.ACCESS_COPY if writable else mmap.ACCESS_READ
         self._closer = weakref.finalize(self, os.close, self._fd)

@@ -184,15 +184,19 @@ def _expected_state(model: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     expected: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     f32 = np.dtype(np.float32)
     for name, param in model.named_parameters():
-        shape, dtype = tuple(param.shape), np.dtype(str(param.dtype).removeprefix("torch."))
+        shape, dtype = tuple(param.shape), _numpy_dtype(param)
         expected |= {f"{P}optim.{name}.exp_avg": (shape, dtype), f"{P}optim.{name}.exp_avg_sq": (shape, dtype),
                      f"{P}optim.{name}.step": ((), f32)}  # fmt: skip
     for name, weight in model.weights().items():
-        expected[f"{P}average.{name}"] = (tuple(weight.shape), np.dtype(str(weight.dtype).removeprefix("torch.")))
+        expected[f"{P}average.{name}"] = (tuple(weight.shape), _numpy_dtype(weight))
     expected[P + "rng.python"] = ((MT_WORDS + 1,), np.dtype(np.int64))
     expected[P + "rng.numpy"] = ((MT_WORDS,), np.dtype(np.int64))
     expected[P + "rng.torch"] = (tuple(torch.get_rng_state().shape), np.dtype(np.uint8))
     return expected
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
+    return np.dtype(str(tensor.dtype).removeprefix("torch."))
 
 
 def _check_tensors(where: str, tensors: dict[str, np.ndarray], model: Any) -> None:
@@ -261,8 +265,8 @@ def check_state(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer) 
 
 def _kind(value: Any) -> str:
     """A hyperparameter's type as JSON keeps it (a tuple comes back a list, a float may be written as an int)."""
-    if isinstance(value, bool) or value is None:
-        return repr(value) if value is None else "bool"
+    if value is None or isinstance(value, bool):
+        return type(value).__name__
     if isinstance(value, int | float):
         return "number" if math.isfinite(value) else "non-finite"
     if isinstance(value, list | tuple):
