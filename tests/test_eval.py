@@ -98,3 +98,23 @@ def test_eval_cli_json(model, corpus, cli):
     data = result.json()
     assert {"loss_nats_per_token", "bits_per_token", "bits_per_byte", "tokens", "bytes"} <= set(data)
     assert cli("eval", model.parent / "nope.apr").code == 3
+
+
+@pytest.mark.parametrize("max_logits", [1, 7 * 300, 1 << 30])  # one row a chunk, a partial last chunk, one chunk
+def test_token_losses_in_a_reused_buffer_equal_cross_entropy_of_the_logits(max_logits):
+    import torch
+    import torch.nn.functional as F
+
+    from aprtool.model.llama import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, rope_theta=1e4, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False)  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 300, (3, 17))
+    with torch.no_grad():
+        want = F.cross_entropy(model(ids[:, :-1]).double().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    got = model.token_losses(ids[:, :-1], ids[:, 1:], max_logits=max_logits)
+    assert got.shape == (3, 16) and got.dtype == torch.float32
+    assert torch.allclose(got.double().flatten(), want, atol=1e-5, rtol=0)

@@ -76,6 +76,48 @@ def test_logits_equal_transformers_for_every_family_member(tmp_path, tok, case):
         assert _logits_gap(transformers.AutoModelForCausalLM.from_pretrained(plain).eval(), ours, 400) > 1e-3
 
 
+def _mapped_from(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of `path` (/proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc/self/maps")
+def test_a_read_only_load_uses_the_files_pages_and_a_trainer_gets_its_own_copy(tmp_path, tok):
+    folder = F.hf_folder(tmp_path / "m", "LlamaForCausalLM", tok, tokenizer_files=SPECIALS)
+    file = folder / "model.safetensors"
+    shared, _ = load_model(folder, share_file_pages=True)
+    mapped = _mapped_from(file)
+    inside = lambda t: any(a <= t.data_ptr() < b for a, b in mapped)  # noqa: E731
+    assert all(inside(t) for t in shared.weights().values())  # eval and compress: no second copy
+    copied, _ = load_model(folder)
+    assert not any(inside(t) for t in copied.weights().values())
+    with torch.no_grad():  # a write to the shared model stays in this process (copy-on-write), never the file
+        before = file.read_bytes()
+        shared.model.embed_tokens.weight.add_(1.0)
+    assert file.read_bytes() == before
+    assert _logits_gap(shared, copied, 400) > 0
+
+
+def test_a_meta_model_does_not_pull_in_torchs_python_meta_kernels():
+    """Building a model's shapes on the meta device once imported sympy (75 MB resident in eval)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nfrom aprtool.model.llama import LlamaConfig, LlamaForCausalLM\n"
+            "cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,"
+            " intermediate_size=64, max_position_embeddings=16, rope_theta=1e4, rms_norm_eps=1e-5,"
+            " tie_word_embeddings=True)\n"
+            "with torch.device('meta'):\n    LlamaForCausalLM(cfg)\nprint('sympy' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def _gguf_from(tmp_path: Path, folder: Path, tok, qtypes=None, bos: str | None = "<|begin_of_text|>") -> Path:
     vocab = F.bytelevel_vocab(tok, "llama-bpe", bos, "<|end_of_text|>")
     return F.gguf_from_hf(folder, tmp_path / "model.gguf", vocab, qtypes)

@@ -76,7 +76,7 @@ def evaluate_bpb(
     `per_window`, also each window's bits and bytes (`window_bits`, `window_bytes`): what a paired
     comparison or a bootstrap of two models on the same text needs."""
     model_path = Path(model_path)
-    model, info = load_model(model_path)
+    model, info = load_model(model_path, share_file_pages=True)
     metadata, quantized = info.metadata, info.quantized
     tokenizer = load_tokenizer_for(metadata, model_path, info.config)
     split = chosen_split(split, metadata)

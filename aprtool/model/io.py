@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from aprtool.container import verify_file, write_apr
@@ -158,9 +159,14 @@ class ModelFile:
     param_count: int = 0
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[LlamaForCausalLM, ModelFile]:
+def load_model(path: str | os.PathLike[str], *, share_file_pages: bool = False) -> tuple[LlamaForCausalLM, ModelFile]:
     """The model in float32 from a file of any format `model.sources` opens (APR, safetensors with
-    config.json, an HF folder, GGUF), every weight dequantized, checksums verified on the way."""
+    config.json, an HF folder, GGUF), every weight dequantized, checksums verified on the way.
+
+    Each weight the reader decodes becomes the parameter itself (no second copy). A float32 weight read in
+    place from the file is copied unless `share_file_pages`: then the parameter is the file's copy-on-write
+    mapping, so a model that is only read (eval, compress) costs its file's pages once and no more. A
+    trainer copies: a run of days should not depend on a file that may be rewritten under it."""
     from aprtool.model.sources import open_source
 
     with open_source(path) as source:
@@ -168,16 +174,34 @@ def load_model(path: str | os.PathLike[str]) -> tuple[LlamaForCausalLM, ModelFil
         ensure_allocatable(4 * source.param_count + 9 * largest, f"{path}: the model in float32")
         with torch.device("meta"):  # no random initialization of weights that are overwritten next
             model = LlamaForCausalLM(source.config)
-        model.to_empty(device="cpu")
-        if source.config.tie_word_embeddings:  # to_empty gives each module its own tensor: tie them again
+        for name in source.shapes:
+            values = source.float32(name)
+            if not share_file_pages and _file_backed(values) or not _adoptable(values):
+                values = np.array(values, dtype=np.float32, order="C")
+            module_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(module_name), leaf, torch.nn.Parameter(torch.from_numpy(values)))
+        if source.config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
-        params = model.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for name in source.shapes:
-                params[name].copy_(torch.from_numpy(source.float32(name)))  # its mapping goes with the array
         info = ModelFile(Path(path), source.metadata, source.config, source.format, source.quantized,
                          source.param_count)  # fmt: skip
     return model.eval(), info
+
+
+def _adoptable(values: np.ndarray) -> bool:
+    flags = values.flags
+    return values.dtype == np.float32 and flags.c_contiguous and flags.aligned and flags.writeable
+
+
+def _file_backed(values: np.ndarray) -> bool:
+    """Whether the array's memory is a file mapping (followed through views to the buffer that owns it)."""
+    import mmap
+
+    base: Any = values
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return isinstance(base, mmap.mmap)
 
 
 def training_val_fraction(metadata: dict[str, Any]) -> float:

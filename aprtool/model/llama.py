@@ -20,6 +20,8 @@ from aprtool.codecs.quant import Clip, torch_fake_quant
 from aprtool.errors import UsageError
 from aprtool.model.config import PRESETS, LlamaConfig, RopeScaling
 
+LOGITS_AT_ONCE = 1 << 21  # scoring's output projection: 8 MB of logits a chunk (42 rows of a 49 k vocabulary)
+
 __all__ = ["PRESETS", "LlamaConfig", "LlamaForCausalLM", "QATLinear"]
 
 
@@ -29,9 +31,12 @@ class QATLinear(nn.Linear):
 
     qat: Clip | None = None
 
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer multiplies by: fake-quantized under QAT."""
+        return self.weight if self.qat is None else torch_fake_quant(self.weight, self.qat)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight if self.qat is None else torch_fake_quant(self.weight, self.qat)
-        return F.linear(x, weight, self.bias)
+        return F.linear(x, self.effective_weight(), self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -143,7 +148,11 @@ class DecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # On the meta device Embedding is given its tensor, so it skips normal_, which on meta imports torch's
+        # Python meta kernels and sympy (75 MB resident); elsewhere it draws as always (seeded runs unchanged).
+        shape = (cfg.vocab_size, cfg.hidden_size)
+        meta = torch.empty(0).is_meta
+        self.embed_tokens = nn.Embedding(*shape, _weight=torch.empty(shape) if meta else None)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -176,7 +185,8 @@ class LlamaForCausalLM(nn.Module):
 
     def reset_parameters(self) -> None:
         for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
+            # A meta model (shapes only, weights read next) has nothing to draw (see LlamaModel).
+            if isinstance(module, nn.Linear | nn.Embedding) and not module.weight.is_meta:
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)  # HF initializer_range
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -205,17 +215,30 @@ class LlamaForCausalLM(nn.Module):
             x = layer(x, cos, sin)
         return self.model.norm(x)
 
-    def token_losses(self, ids: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 24) -> torch.Tensor:
-        """Cross-entropy (nats) of each target [batch, seq] after `ids`, the output projection taken over at most
-        `max_logits` logits at a time: a 49 k vocabulary never holds a whole batch's logits (400 MB) at once."""
-        if ids.numel() * self.cfg.vocab_size <= max_logits:
-            logits = self(ids).float()
-            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-        hidden = self.final_hidden(self.embed(ids)).flatten(0, 1)
-        flat, step = targets.flatten(), max(1, max_logits // self.cfg.vocab_size)
-        parts = [F.cross_entropy(self.lm_head(hidden[i : i + step]).float(), flat[i : i + step], reduction="none")
-                 for i in range(0, len(flat), step)]  # fmt: skip
-        return torch.cat(parts).view_as(targets)
+    @torch.no_grad()
+    def token_losses(self, ids: torch.Tensor, targets: torch.Tensor, max_logits: int = LOGITS_AT_ONCE) -> torch.Tensor:
+        """Cross-entropy (nats, float32, no gradient) of each target [batch, seq] after `ids`."""
+        return self.losses_from_layer(self.embed(ids), targets, 0, max_logits)
+
+    @torch.no_grad()
+    def losses_from_layer(
+        self, x: torch.Tensor, targets: torch.Tensor, start: int = 0, max_logits: int = LOGITS_AT_ONCE
+    ) -> torch.Tensor:
+        """`token_losses` from decoder layer `start`'s input x [batch, seq, hidden]. The output projection
+        fills one reused buffer of at most `max_logits` logits at a time and the softmax runs in it in place:
+        a 49 k vocabulary never holds a batch's logits (400 MB), and no chunk allocates anew (the allocator
+        kept freed chunks' pages, so fresh ones grew the process by hundreds of MB)."""
+        hidden = self.final_hidden(x, start).flatten(0, 1).float()
+        flat, weight = targets.flatten(), self.lm_head.effective_weight().float()
+        step = max(1, min(len(flat), max_logits // self.cfg.vocab_size))
+        buffer, losses = torch.empty(step, self.cfg.vocab_size), torch.empty(len(flat))
+        for i in range(0, len(flat), step):
+            logits = torch.mm(hidden[i : i + step], weight.t(), out=buffer[: len(flat[i : i + step])])
+            top = logits.amax(1, keepdim=True)
+            picked = logits.gather(1, flat[i : i + step, None])
+            total = logits.sub_(top).exp_().sum(1)
+            losses[i : i + step] = total.log_().add_(top[:, 0]).sub_(picked[:, 0])
+        return losses.view_as(targets)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """Parameters by HF name; the tied lm_head is left out, as transformers saves it."""

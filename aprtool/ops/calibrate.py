@@ -81,7 +81,6 @@ class Calibration:
     def window_losses(self, values: dict[str, np.ndarray]) -> np.ndarray:
         """Mean cross-entropy of each selection window with every tensor of `values` set at once."""
         import torch
-        import torch.nn.functional as F
 
         first = min((_layer_of(n) for n in values), default=0)
         inputs = self._inputs_of_layer(first) if first > 0 else None  # before any tensor is changed
@@ -94,9 +93,9 @@ class Calibration:
                     params[n].copy_(torch.from_numpy(np.ascontiguousarray(v, np.float32)).reshape(params[n].shape))
                 for k, start in enumerate(range(0, len(self.select), SELECT_BATCH)):
                     batch = self.select[start : start + SELECT_BATCH]
-                    logits = self.model(batch[:, :-1]) if inputs is None else self.model.from_layer(inputs[k], first)
-                    each = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
-                    losses.append(each.view(len(batch), -1).double().mean(1))
+                    x = self.model.embed(batch[:, :-1]) if inputs is None else inputs[k]
+                    each = self.model.losses_from_layer(x, batch[:, 1:], 0 if inputs is None else first)
+                    losses.append(each.double().mean(1))
         finally:
             with torch.no_grad():
                 for n, v in saved.items():
