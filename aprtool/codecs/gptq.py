@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aprtool.codecs.quant import Clip, Quantized, as_rows, levels_for, quantize
+from aprtool.codecs.quant import Clip, Quantized, as_rows, error_sums, levels_for, quantize
 from aprtool.errors import IntegrityError
 
 # Fraction of H's mean diagonal added to its diagonal. The paper uses 0.01; on our models 1.0 (half the
@@ -141,9 +141,5 @@ def gptq_rows(
 
 def output_error(weights: np.ndarray, q: Quantized, hessian: np.ndarray) -> float:
     """tr(E H Eᵀ) / tr(W H Wᵀ): the relative output error the rounding causes on the calibration inputs."""
-    rows, cols = as_rows(q.shape)
-    w = np.asarray(weights, dtype=np.float64).reshape(rows, cols)
-    e = q.dequantize(np.float64).reshape(rows, cols) - w
-    h = np.asarray(hessian, np.float64)
-    denom = float(np.einsum("ij,ij->", w @ h, w))  # the product first: BLAS, not einsum's three-operand loop
-    return float(np.einsum("ij,ij->", e @ h, e)) / denom if denom > 0 else 0.0
+    error, norm = error_sums(weights, q, hessian)
+    return error / norm if norm > 0 else 0.0

@@ -66,14 +66,50 @@ class Quantized:
         return symbol_counts(self.symbols)
 
     def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
-        values = self.symbols.astype(np.float32)
-        values *= self.scales.astype(np.float32)[:, None]  # in place: one float array, not two
-        return values.reshape(self.shape).astype(dtype, copy=False)
+        return self.dequantize_rows(slice(None), dtype).reshape(self.shape)
+
+    def dequantize_rows(self, rows: slice, dtype: Any = np.float32) -> np.ndarray:
+        """Rows of the [rows, cols] matrix the symbols stand for."""
+        values = self.symbols[rows].astype(np.float32)
+        values *= self.scales[rows].astype(np.float32)[:, None]  # in place: one float array, not two
+        return values.astype(dtype, copy=False)
 
 
 def as_rows(shape: tuple[int, ...]) -> tuple[int, int]:
     rows = shape[0]
     return rows, (int(np.prod(shape[1:])) if rows else 0)
+
+
+BLOCK_ELEMENTS = 1 << 18  # values per block of rows: float64 temporaries of 2 MiB, never of the tensor
+
+
+def row_blocks(rows: int, cols: int) -> list[slice]:
+    """Consecutive row ranges of about BLOCK_ELEMENTS values each, covering [0, rows)."""
+    step = max(1, BLOCK_ELEMENTS // max(cols, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def error_sums(weights: np.ndarray, restored: Any, hessian: np.ndarray | None = None) -> tuple[float, float]:
+    """(‖E‖², ‖W‖²), or with a Hessian (tr(E·H·Eᵀ), tr(W·H·Wᵀ)), in float64, E the rounding error of
+    `restored` (anything with `shape` and `dequantize_rows`); a block of rows at a time."""
+    rows, cols = as_rows(tuple(weights.shape))
+    w_all = np.asarray(weights).reshape(rows, cols)
+    h = None if hessian is None else np.asarray(hessian, np.float64)
+    error = norm = 0.0
+    for block in row_blocks(rows, cols):
+        w = w_all[block].astype(np.float64)
+        e = restored.dequantize_rows(block, np.float64) - w
+        if h is None:
+            error, norm = error + float(np.einsum("ij,ij->", e, e)), norm + float(np.einsum("ij,ij->", w, w))
+        else:  # the product first: BLAS, not einsum's three-operand loop
+            error, norm = error + float(np.einsum("ij,ij->", e @ h, e)), norm + float(np.einsum("ij,ij->", w @ h, w))
+    return error, norm
+
+
+def relative_error(weights: np.ndarray, q: Quantized) -> float:
+    """‖W − Q‖ / ‖W‖ of quantized symbols, a block at a time (what `relative_rmse` gives on whole arrays)."""
+    error, norm = error_sums(weights, q)
+    return float(np.sqrt(error / norm)) if norm > 0 else 0.0
 
 
 def _fp16_scales(raw: np.ndarray, peak: np.ndarray) -> np.ndarray:
@@ -94,11 +130,12 @@ def quantize(weights: np.ndarray, clip: Clip, bits: int = C.DEFAULT_BITS) -> Qua
     shape = tuple(weights.shape)
     rows, cols = as_rows(shape)
     w = np.asarray(weights, dtype=np.float32).reshape(rows, cols)
-    if not np.isfinite(w).all():
-        raise UsageError("cannot quantize a tensor holding NaN/Inf")
     if not cols:
         return Quantized(np.zeros((rows, 0), np.int8), np.zeros(rows, np.float16), shape, bits)
-    peak = np.maximum(w.max(axis=1), -w.min(axis=1))
+    high, low = w.max(axis=1), w.min(axis=1)  # NaN propagates into both; an Inf is an extreme
+    if not (np.isfinite(high).all() and np.isfinite(low).all()):
+        raise UsageError("cannot quantize a tensor holding NaN/Inf")
+    peak = np.maximum(high, -low)
     if clip.mode == "absmax":
         raw = peak / levels
     else:  # one pass for the std: E[x^2] - E[x]^2, accumulated in float64
@@ -109,10 +146,13 @@ def quantize(weights: np.ndarray, clip: Clip, bits: int = C.DEFAULT_BITS) -> Qua
     scales = _fp16_scales(raw.astype(np.float32), peak)
     s = scales.astype(np.float32)
     divisor = np.where(s > 0, s, np.float32(np.inf))[:, None]  # zero rows quantize to 0
-    q = np.divide(w, divisor)
-    np.rint(q, out=q)
-    np.clip(q, -levels, levels, out=q)
-    return Quantized(q.astype(np.int8), scales, shape, bits)
+    symbols = np.empty((rows, cols), np.int8)
+    for block in row_blocks(rows, cols):  # a float temporary of one block, not of the tensor
+        q = np.divide(w[block], divisor[block])
+        np.rint(q, out=q)
+        np.clip(q, -levels, levels, out=q)
+        symbols[block] = q
+    return Quantized(symbols, scales, shape, bits)
 
 
 def relative_rmse(original: np.ndarray, restored: np.ndarray) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from aprtool.codecs.quant import Quantized, as_rows
+from aprtool.codecs.quant import Quantized, as_rows, error_sums
 from aprtool.container import write_apr
 
 # Joint-loss evaluations the local search (refine) may spend, per quantized tensor: one forward pass over
@@ -61,6 +61,9 @@ class Unquantized:
 
     def dequantize(self, dtype: Any = np.float32) -> np.ndarray:
         return np.asarray(self.array, dtype)
+
+    def dequantize_rows(self, rows: slice, dtype: Any = np.float32) -> np.ndarray:
+        return np.asarray(self.array.reshape(as_rows(self.shape))[rows], dtype)
 
 
 @dataclass
@@ -94,11 +97,7 @@ def payload_of(choices: dict[str, list[Choice]], chosen: dict[str, int]) -> int:
 
 def rounding_cost(weights: np.ndarray, q: Quantized | Unquantized, hessian: np.ndarray | None) -> float:
     """tr(E·H·Eᵀ) with the layer's Hessian, else ||E||²: E is the rounding error of the weights."""
-    rows, cols = as_rows(q.shape)
-    e = q.dequantize(np.float64).reshape(rows, cols) - np.asarray(weights, np.float64).reshape(rows, cols)
-    if hessian is None:
-        return float(np.einsum("ij,ij->", e, e))
-    return float(np.einsum("ij,ij->", e @ np.asarray(hessian, np.float64), e))  # BLAS: O(rows·cols²) fast
+    return error_sums(weights, q, hessian)[0]
 
 
 def lower_hull(choices: list[Choice]) -> list[int]:

@@ -20,7 +20,7 @@ import numpy as np
 from aprtool.codecs import tensor as enc
 from aprtool.codecs.coders import CODERS, order0_entropy_bits
 from aprtool.codecs.gptq import DEFAULT_DAMP, ROW_DAMP, gptq_quantize, gptq_rows, output_error, row_factors
-from aprtool.codecs.quant import Clip, Quantized, quantize, relative_rmse
+from aprtool.codecs.quant import Clip, Quantized, quantize, relative_error, relative_rmse
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
@@ -568,7 +568,7 @@ def _record(
     _ = q.counts  # computed here, in parallel, for the entropy bound and the rANS table
     record = {
         "clip": str(clip),
-        "rel_rmse": round(relative_rmse(weights, q.dequantize()), 6),
+        "rel_rmse": round(relative_error(weights, q), 6),
         "source_dtype": dtype_name,
     }
     if hessian is not None:
