@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 import subprocess
@@ -165,3 +166,69 @@ def test_a_malformed_qat_clip_in_metadata_is_exit_4(tmp_path, cli):
     r = cli("compress", bad, "-o", tmp_path / "o.apr")
     assert r.code == 4 and "metadata.qat.clip" in r.stderr and "\x1b" not in r.stderr
     assert not (tmp_path / "o.apr").exists()
+
+
+def _metrics(run: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_a_budgeted_runs_learning_rate_ends_at_its_floor(tmp_path, shards, schedule):
+    """Under --time-budget alone the decay follows the budget used: it once ran over 10^9 planned steps, so the
+    last lr was the peak. The last step began at wall[-2] at the latest, so it is at most one step from the end."""
+    logs: list[str] = []
+    cfg = {**TINY, "corpus": str(shards), "time_budget": 3.0, "log_every": 1, "eval_every": 10**6,
+           "schedule": schedule, "lr": 0.003, "min_lr_ratio": 0.1, "warmup_steps": 0}  # fmt: skip
+    pretrain(tmp_path / "run", cfg, log=logs.append)
+    steps = [r for r in _metrics(tmp_path / "run") if "lr" in r and "loss" in r]
+    floor, peak, last = 0.0003, 0.003, steps[-1]
+    left = (last["wall_seconds"] - steps[-2]["wall_seconds"]) / 3.0  # the budget's share the last step may start in
+    reach = (math.pi**2 / 4) * left**2 if schedule == "cosine" else left
+    assert floor <= last["lr"] <= floor + (peak - floor) * reach + 1e-12
+    assert any("schedule: cosine decay" in m or "schedule: linear decay" in m for m in logs)
+    assert any("over the 3 s time budget" in m for m in logs)
+
+
+def test_the_schedule_line_names_what_ends_the_run():
+    from aprtool.train.config import UNBOUNDED_STEPS, LoopConfig
+    from aprtool.train.engine import schedule_text
+
+    assert "over 300 steps" in schedule_text(LoopConfig())
+    assert "time budget" in schedule_text(LoopConfig(time_budget=60.0, steps=UNBOUNDED_STEPS))
+    assert "whichever ends the run first: 500 steps or 60 s" in schedule_text(LoopConfig(time_budget=60.0, steps=500))
+    assert "warmup-stable-warmdown" in schedule_text(LoopConfig(warmdown_frac=0.3))
+
+
+def test_budget_progress_counts_steps_done_not_a_billion(tmp_path):
+    from aprtool.train.config import UNBOUNDED_STEPS
+    from aprtool.train.progress import RunProgress, log_line
+
+    budgeted = RunProgress(UNBOUNDED_STEPS, 40.0, step=10, wall=4.0)
+    assert budgeted.steps_text == "10"
+    assert log_line({"step": 10}, budgeted).startswith("step 10  10% of 0:00:40")
+    assert RunProgress(300, None, step=10).steps_text == "10/300"
+
+
+def test_checkpoint_minutes_0_turns_periodic_checkpoints_off(tmp_path, shards):
+    cfg = {**TINY, "corpus": str(shards), "steps": 30, "checkpoint_every": 0, "checkpoint_minutes": 0}
+    pretrain(tmp_path / "off", cfg, log=lambda _m: None)
+    pretrain(tmp_path / "on", {**cfg, "checkpoint_minutes": 1e-9}, log=lambda _m: None)  # every step is due
+    step_files = lambda run: sorted(p.name for p in (run / "ckpt").glob("step-*.apr"))  # noqa: E731
+    assert len(step_files(tmp_path / "on")) > 1
+    assert step_files(tmp_path / "off") == step_files(tmp_path / "off")[-1:]  # the final checkpoint alone
+    assert (tmp_path / "off" / "model.apr").is_file()
+
+
+def test_a_budgeted_run_warns_when_it_has_wrapped_the_corpus(tmp_path):
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for name in ("this.py", "colorsys.py"):  # a few kB: an epoch is a few steps
+        shutil.copyfile(STDLIB / name, root / name)
+    prepare_corpus(root, tmp_path / "shards", tokenizer="bytes", val_fraction=0.5)
+    logs: list[str] = []
+    cfg = {**TINY, "corpus": str(tmp_path / "shards"), "steps": 60, "time_budget": 3600.0, "eval_tokens": 64}
+    pretrain(tmp_path / "run", cfg, log=logs.append)
+    warned = [m for m in logs if "read the training split" in m]
+    assert len(warned) == 1 and "within --time-budget" in warned[0]

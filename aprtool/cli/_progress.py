@@ -20,18 +20,17 @@ class _Bar:
         from rich.progress import BarColumn, Progress, TextColumn
 
         self.bar = Progress(
-            TextColumn("step {task.fields[step]}/{task.fields[steps]}"),
+            TextColumn("step {task.fields[steps]}"),
             BarColumn(),
             TextColumn("{task.percentage:>3.0f}%  loss {task.fields[loss]}  {task.fields[tps]} tok/s"),
             TextColumn("ETA {task.fields[eta]}"),
             console=Console(stderr=True),
             transient=True,
         )
-        self.task = self.bar.add_task("train", total=BAR_UNITS, step=0, steps="-", loss="-", tps="-", eta="-")
+        self.task = self.bar.add_task("train", total=BAR_UNITS, steps="-", loss="-", tps="-", eta="-")
 
     def show(self, progress: RunProgress, record: dict[str, Any] | None) -> None:
-        fields: dict[str, Any] = {"step": progress.step, "steps": progress.total_steps,
-                                  "eta": format_duration(progress.eta_seconds)}  # fmt: skip
+        fields: dict[str, Any] = {"steps": progress.steps_text, "eta": format_duration(progress.eta_seconds)}
         if record and "loss" in record:
             fields |= {"loss": f"{record['loss']:.3f}", "tps": f"{record['tokens_per_s']:,.0f}"}
         self.bar.update(self.task, completed=round(progress.fraction * BAR_UNITS), **fields)

@@ -55,7 +55,10 @@ LOOP_OPTIONS: dict[str, tuple[Any, ...]] = {
     "min_evals": (int, "Evaluations before early stopping may fire."),
     "min_epochs": (int, "Epochs (passes over the training split) before early stopping may fire."),
     "checkpoint_every": (int, "Steps between step checkpoints; 0: every --checkpoint-minutes."),
-    "checkpoint_minutes": (float, "Wall-time checkpoint cadence."),
+    "checkpoint_minutes": (
+        float,
+        "Wall-time checkpoint cadence; 0 (with --checkpoint-every 0): no periodic checkpoints.",
+    ),
     "keep_last": (int, "Step checkpoints to keep."),
     "keep_epochs": (int, "Epoch checkpoints to keep (0: none; every epoch's record stays)."),
     "log_every": (int, "Steps per metrics.jsonl line."),

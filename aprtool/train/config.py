@@ -61,7 +61,7 @@ class LoopConfig:
     min_epochs: int = 0  # ... nor before this many passes over the training split
     # checkpoints and logging
     checkpoint_every: int = 0  # steps; 0: by wall time
-    checkpoint_minutes: float = 10.0
+    checkpoint_minutes: float = 10.0  # with checkpoint_every 0; 0: no periodic saves (the final one stays)
     keep_last: int = 5
     keep_epochs: int = 3  # epoch checkpoints kept (full training states); 0: none, the records stay
     log_every: int = 10
@@ -81,8 +81,10 @@ class LoopConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UsageError("--min-lr-ratio must be between 0 and 1")
-        if self.lr <= 0 or not self.checkpoint_minutes > 0:
-            raise UsageError("--lr and --checkpoint-minutes must be positive")
+        if self.lr <= 0:
+            raise UsageError("--lr must be positive")
+        if not self.checkpoint_minutes >= 0:  # also NaN
+            raise UsageError("--checkpoint-minutes must be >= 0 (0: no periodic checkpoints)")
         if self.time_budget is not None and self.time_budget <= 0:
             raise UsageError("--time-budget must be positive (seconds)")
         for name in ("warmdown_frac", "swa_frac", "qat_frac"):
@@ -118,10 +120,11 @@ class LoopConfig:
     def with_budget(self, given: dict[str, Any]) -> Self:
         """A --time-budget without --steps: the budget, not a step count, ends the run."""
         if self.time_budget and "steps" not in given:
-            return replace(self, steps=10**9)
+            return replace(self, steps=UNBOUNDED_STEPS)
         return self
 
 
+UNBOUNDED_STEPS = 10**9  # --time-budget without --steps: the budget, never this count, ends the run
 LOOP_FIELDS = tuple(f.name for f in fields(LoopConfig))
 
 

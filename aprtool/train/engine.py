@@ -34,6 +34,7 @@ from aprtool.model.llama import LlamaForCausalLM
 from aprtool.schema import from_json
 from aprtool.train.checkpoint import Checkpoint, CheckpointDir, restore_training, try_save
 from aprtool.train.common import (
+    WRAP_WARN_EPOCHS,
     autocast,
     catch_signals,
     clip_limit,
@@ -44,7 +45,7 @@ from aprtool.train.common import (
     interrupted,
     param_groups,
 )
-from aprtool.train.config import LoopConfig
+from aprtool.train.config import UNBOUNDED_STEPS, LoopConfig
 from aprtool.train.distributed import Dist
 from aprtool.train.metrics import MetricsLog
 from aprtool.train.phases import Phases
@@ -157,6 +158,17 @@ def run_facts(cfg: LoopConfig, loader: BatchLoader, val_windows: torch.Tensor, d
     warn_or_refuse([eval_shortfall(len(val_windows), cfg.seq_len, cfg.eval_tokens)], cfg.strict, log)
 
 
+def schedule_text(cfg: LoopConfig) -> str:
+    """Which learning-rate schedule runs, and what drives it (said at start)."""
+    kind = f"warmup-stable-warmdown (last {cfg.warmdown_frac:.0%})" if cfg.warmdown_frac else f"{cfg.schedule} decay"
+    floor = f"to {cfg.min_lr_ratio:g}x of lr {cfg.lr:g}"
+    if not cfg.time_budget:
+        return f"{kind} {floor} over {cfg.steps:,} steps"
+    if cfg.steps >= UNBOUNDED_STEPS:
+        return f"{kind} {floor} over the {cfg.time_budget:g} s time budget"
+    return f"{kind} {floor} over whichever ends the run first: {cfg.steps:,} steps or {cfg.time_budget:g} s"
+
+
 @dataclass
 class Engine:
     cfg: LoopConfig
@@ -197,6 +209,7 @@ class Engine:
         self.interval_start, self.interval_tokens = time.monotonic(), 0
         self._emit({"event": "start", "step": state.step, "total_steps": cfg.steps, "time_budget": cfg.time_budget,
                     "wall_seconds": state.wall_seconds})  # fmt: skip
+        self.log(f"schedule: {schedule_text(cfg)}")
         caught, restore_signals = catch_signals()
         fit_checked = False
         try:
@@ -241,7 +254,7 @@ class Engine:
         scale = self.phases.lr_scale(state.step, p, cfg.min_lr_ratio)
         lr = cfg.lr * scale if scale is not None else learning_rate(
             state.step, lr=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, floor_ratio=cfg.min_lr_ratio,
-            kind=cfg.schedule,
+            kind=cfg.schedule, progress=p if cfg.time_budget else None,
         )  # fmt: skip
         for g in self.optimizer.param_groups:
             g["lr"] = lr
@@ -330,6 +343,12 @@ class Engine:
                 name = f"epoch-{state.epochs_saved:03d}.metadata.json"
                 try_save(name, lambda r=record: self.ckpts.write_record(r["epoch"], r), self.log)
             self.log(f"epoch {state.epochs_saved} completed at step {state.step}")
+            if self.cfg.time_budget and state.epochs_saved == WRAP_WARN_EPOCHS + 1:  # a budget has no plan to warn of
+                self.log(
+                    f"WARNING: the run has now read the training split {state.epochs_saved} times "
+                    f"({self.loader.windows * self.cfg.seq_len:,} tokens per epoch) within --time-budget: a "
+                    "corpus repeated this often is memorized; use a larger --corpus or a shorter budget"
+                )
 
     def _held_out_loss(self) -> float:
         return evaluate(self.model, self.val_windows, self.cfg.batch_size, self.cfg.device)
@@ -357,7 +376,9 @@ class Engine:
     def _checkpoint_if_due(self, caught: list[int]) -> None:
         cfg, state, d = self.cfg, self.state, self.d
         due = (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or (
-            not cfg.checkpoint_every and time.monotonic() - self.last_ckpt >= cfg.checkpoint_minutes * 60
+            not cfg.checkpoint_every
+            and cfg.checkpoint_minutes > 0
+            and time.monotonic() - self.last_ckpt >= cfg.checkpoint_minutes * 60
         )
         stop = d.any(bool(caught))  # a signal on any rank stops every rank after this same step
         due = d.from_main(bool(due)) if d.world > 1 else due

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from aprtool.train.config import UNBOUNDED_STEPS
+
 
 @dataclass
 class RunProgress:
@@ -32,6 +34,11 @@ class RunProgress:
 
     def update(self, step: int, wall_seconds: float) -> None:
         self.step, self.wall = step, wall_seconds
+
+    @property
+    def steps_text(self) -> str:
+        """`step/total`, or the steps done alone when a time budget, not a step count, ends the run."""
+        return f"{self.step}/{self.total_steps}" if self.total_steps < UNBOUNDED_STEPS else f"{self.step}"
 
     @property
     def fraction(self) -> float:
@@ -66,7 +73,7 @@ def format_duration(seconds: float | None) -> str:
 
 def log_line(record: dict[str, Any], progress: RunProgress) -> str:
     """The plain line printed every --log-every steps when stderr is not a terminal."""
-    parts = [f"step {record['step']}/{progress.total_steps}"]
+    parts = [f"step {RunProgress(progress.total_steps, step=record['step']).steps_text}"]
     if progress.time_budget:
         parts.append(f"{progress.fraction:.0%} of {format_duration(progress.time_budget)}")
     if "loss" in record:
