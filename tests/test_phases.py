@@ -232,3 +232,34 @@ def test_a_budgeted_run_warns_when_it_has_wrapped_the_corpus(tmp_path):
     pretrain(tmp_path / "run", cfg, log=logs.append)
     warned = [m for m in logs if "read the training split" in m]
     assert len(warned) == 1 and "within --time-budget" in warned[0]
+
+
+def test_every_held_out_measurement_feeds_one_best(tmp_path):
+    """Epoch-end losses once bypassed the best tracker: every epoch said best, and best.apr was worse than
+    an epoch's file. On a small corpus read many times the held-out loss rises again (memorization)."""
+    import json
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for name in ("this.py", "colorsys.py"):
+        shutil.copyfile(STDLIB / name, root / name)
+    prepare_corpus(root, tmp_path / "shards", tokenizer="bytes", val_fraction=0.5)
+    cfg = {**TINY, "corpus": str(tmp_path / "shards"), "steps": 160, "eval_every": 10**6, "eval_tokens": 64,
+           "lr": 0.01, "warmup_steps": 5, "keep_epochs": 1}  # fmt: skip
+    summary = pretrain(tmp_path / "run", cfg, log=lambda _m: None)
+    ckpt = tmp_path / "run" / "ckpt"
+    records = sorted((json.loads(p.read_text()) for p in ckpt.glob("epoch-*.metadata.json")), key=lambda r: r["epoch"])
+    assert len(records) >= 5
+    low = math.inf
+    for r in records:
+        assert r["best"] == (r["val_loss"] < low), r
+        low = min(low, r["val_loss"])
+    assert not all(r["best"] for r in records)  # the loss rose at least once: the flags are not all true
+    with open_apr(ckpt / "best.apr") as f:
+        best = f.metadata["training"]
+    assert best["val_loss"] == summary["best_val_loss"] <= low
+    best_epoch = min(records, key=lambda r: r["val_loss"])["epoch"]
+    if best["val_loss"] == low:
+        assert best["step"] == next(r["step"] for r in records if r["epoch"] == best_epoch)
+    kept = sorted(p.name for p in ckpt.glob("epoch-*.apr"))
+    assert f"epoch-{best_epoch:03d}.apr" in kept and f"epoch-{records[-1]['epoch']:03d}.apr" in kept

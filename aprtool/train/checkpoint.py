@@ -433,11 +433,30 @@ class CheckpointDir:
         """Keep the newest `keep_epochs` epoch checkpoints (their small .metadata.json records all stay),
         so a heavily wrapped small corpus cannot fill the disk with full training states."""
         found = [(EPOCH_RE.match(p.name), p) for p in self.dir.glob("epoch-*.apr")]
-        epochs = [p for _, p in sorted((int(m.group(1)), p) for m, p in found if m is not None)]
-        for old in epochs[: max(len(epochs) - self.keep_epochs, 0)]:
+        best = self.best_epoch()
+        epochs = [p for n, p in sorted((int(m.group(1)), p) for m, p in found if m is not None) if n != best]
+        for old in epochs[: max(len(epochs) - self.keep_epochs, 0)]:  # the best epoch's file is never one
             doomed = old.with_name(DELETING + old.name)
             old.rename(doomed)
             doomed.unlink()
+
+    def best_epoch(self) -> int | None:
+        """The epoch whose end-of-epoch held-out loss is the lowest, from the epoch records (unreadable or
+        malformed records are passed over: they only decide which file retention spares)."""
+        from aprtool.errors import AprError
+        from aprtool.paths import read_json
+
+        best: tuple[float, int] | None = None
+        for path in self.dir.glob("epoch-*.metadata.json"):
+            try:
+                record = read_json(path)
+            except (AprError, OSError):
+                continue
+            loss = record.get("val_loss") if isinstance(record, dict) else None
+            epoch = record.get("epoch") if isinstance(record, dict) else None
+            if type(epoch) is int and isinstance(loss, float) and math.isfinite(loss):
+                best = min(best or (loss, epoch), (loss, epoch))
+        return None if best is None else best[1]
 
     def write_record(self, epoch: int, data: dict[str, Any]) -> None:
         """epoch-NNN.metadata.json: the epoch's facts; kept when its checkpoint is not (--keep-epochs)."""

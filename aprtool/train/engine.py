@@ -188,6 +188,7 @@ class Engine:
     run_meta: dict[str, Any]  # config, data fingerprint, tokenizer: in every checkpoint's `training`
     resume_command: str
     average: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_before: float | None = None  # the best held-out loss before the current best was measured
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -330,18 +331,18 @@ class Engine:
             record = {
                 "epoch": state.epochs_saved, "step": state.step,
                 "train_loss": state.epoch_loss / max(state.epoch_steps, 1), "val_loss": state.val_loss,
-                "best": state.best_val_loss is None or state.val_loss < state.best_val_loss, "lr": lr,
+                "best": self._track_best(), "lr": lr,
                 "tokens_seen": state.tokens_seen, "tokens": state.tokens_seen - state.epoch_start_tokens,
                 "wall_seconds": state.wall_seconds, "epoch_seconds": state.wall_seconds - state.epoch_start_wall,
                 "grad_norm_max": state.epoch_grad_max,
             }  # fmt: skip
             state.epoch_loss, state.epoch_steps, state.epoch_grad_max = 0.0, 0, 0.0
             state.epoch_start_tokens, state.epoch_start_wall = state.tokens_seen, state.wall_seconds
-            if self.d.main:
-                if self.cfg.keep_epochs:
-                    self.checkpoint(self.ckpts.epoch_path(state.epochs_saved), pointer=False)
+            if self.d.main:  # the record first: retention after the checkpoint reads it to spare the best epoch
                 name = f"epoch-{state.epochs_saved:03d}.metadata.json"
                 try_save(name, lambda r=record: self.ckpts.write_record(r["epoch"], r), self.log)
+                if self.cfg.keep_epochs:
+                    self.checkpoint(self.ckpts.epoch_path(state.epochs_saved), pointer=False)
             self.log(f"epoch {state.epochs_saved} completed at step {state.step}")
             if self.cfg.time_budget and state.epochs_saved == WRAP_WARN_EPOCHS + 1:  # a budget has no plan to warn of
                 self.log(
@@ -349,6 +350,19 @@ class Engine:
                     f"({self.loader.windows * self.cfg.seq_len:,} tokens per epoch) within --time-budget: a "
                     "corpus repeated this often is memorized; use a larger --corpus or a shorter budget"
                 )
+
+    def _track_best(self) -> bool:
+        """One best for every held-out measurement on the fixed windows, periodic and epoch-end alike: a
+        lower loss than any before becomes best_val_loss, best_step and best.apr. True if this one is it."""
+        state = self.state
+        if state.best_step == state.step and state.best_val_loss == state.val_loss:
+            return True  # this step's loss was measured already (an epoch ended at a periodic evaluation)
+        if state.best_val_loss is not None and not state.val_loss < state.best_val_loss:
+            return False
+        self.best_before = state.best_val_loss  # what the new best is a gain over (patience counts real gains)
+        state.best_val_loss, state.best_step = state.val_loss, state.step
+        self.checkpoint(self.ckpts.best_path, pointer=False)
+        return True
 
     def _held_out_loss(self) -> float:
         return evaluate(self.model, self.val_windows, self.cfg.batch_size, self.cfg.device)
@@ -358,9 +372,8 @@ class Engine:
         cfg, state = self.cfg, self.state
         state.val_loss = self._held_out_loss()
         state.evals += 1
-        if state.best_val_loss is None or state.val_loss < state.best_val_loss - cfg.min_delta:
-            state.best_val_loss, state.best_step, state.evals_since_best = state.val_loss, state.step, 0
-            self.checkpoint(self.ckpts.best_path, pointer=False)
+        if self._track_best() and (self.best_before is None or state.val_loss < self.best_before - cfg.min_delta):
+            state.evals_since_best = 0
         else:
             state.evals_since_best += 1
             settled = state.step > cfg.warmup_steps and state.loader.epoch >= cfg.min_epochs
