@@ -445,3 +445,13 @@ def test_option_errors_exit_2_before_any_work(tmp_path, teacher):
     assert not (tmp_path / "r").exists()
     missing = run_cli("--teacher", tmp_path / "nope.apr", "--out", tmp_path / "r")
     assert missing.returncode == 3 and "no such file" in missing.stderr and missing.stderr.count("\n") == 1
+
+
+def test_spellings_that_train_the_same_parameters_are_one_run():
+    from aprtool.distill.config import DistillConfig, identity
+
+    whole = identity(DistillConfig(mode="blockwise"))
+    for keys in ("entire_block", "attention,ffn", "ffn, attention"):
+        assert identity(DistillConfig(mode="blockwise", keys_to_learn=keys)) == whole, keys
+    assert identity(DistillConfig(mode="blockwise", keys_to_learn="attention")) != whole
+    assert identity(DistillConfig(mode="logits", keys_to_learn="attention,ffn")) != identity(DistillConfig())

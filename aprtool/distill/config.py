@@ -13,6 +13,11 @@ MODES = ("logits", "blockwise")
 TEACHER_DTYPES = ("f32", "bf16", "f16")  # --teacher-dtype: half precision halves a large teacher's memory
 INITS = ("teacher", "scratch")
 KEYS = ("entire_block", "attention", "ffn")  # --keys-to-learn values, in their canonical order
+KEY_PARTS = {  # the decoder-layer parameter prefixes each key trains
+    "entire_block": ("self_attn.", "input_layernorm.", "mlp.", "post_attention_layernorm."),
+    "attention": ("self_attn.", "input_layernorm."),
+    "ffn": ("mlp.", "post_attention_layernorm."),
+}
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,15 @@ def identity(cfg: DistillConfig) -> dict[str, Any]:
     entire_block` are the same run (the default spelled out)."""
     out = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
     keys = cfg.learned_keys
-    out["keys_to_learn"] = ",".join(keys) if keys is not None else None
+    out["keys_to_learn"] = ",".join(resolved_keys(keys)) if keys is not None else None
     return out
+
+
+def resolved_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The keys by what they train: `attention,ffn` trains exactly `entire_block`'s parameters, so it is
+    the same run (other spellings were already one canonical form each)."""
+    parts = {p for k in keys for p in KEY_PARTS[k]}
+    return ("entire_block",) if parts == set(KEY_PARTS["entire_block"]) else keys
 
 
 def resume_differences(saved: DistillConfig, wanted: DistillConfig) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from aprtool.container import verify_file
-from aprtool.distill.config import DistillConfig
+from aprtool.distill.config import KEY_PARTS, DistillConfig
 from aprtool.errors import (
     AprError,
     UsageError,
@@ -34,11 +34,6 @@ from aprtool.model.sources import model_digest
 from aprtool.schema import from_json
 
 # --keys-to-learn: the parameters of each decoder layer that each key trains
-KEY_PARTS = {
-    "entire_block": ("self_attn.", "input_layernorm.", "mlp.", "post_attention_layernorm."),
-    "attention": ("self_attn.", "input_layernorm."),
-    "ffn": ("mlp.", "post_attention_layernorm."),
-}
 OUTER = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")  # not in any block
 
 
