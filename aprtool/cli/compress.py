@@ -42,30 +42,34 @@ def _codec_summary(report: dict[str, Any]) -> str:
     """The chosen codec's line, always printed: size, bits/weight, distance to the order-0 bound."""
     c = report["codecs"][report["codec"]]
     return (
-        f"{report['codec']}: {c['bytes']:,} bytes for {report['quantized_params']:,} quantized weights, "
-        f"{c['bits_per_weight']:.4f} bits/weight, {c['over_entropy_pct']:+.3f}% over the order-0 bound "
-        f"({report['entropy_bound_bytes']:,} bytes)"
+        f"{report['codec']}: {c['bytes']:,} bytes for {report['quantized_params']:,} quantized weights "
+        f"({c['bits_per_weight']:.4f} bits/weight): symbols {c['symbol_bytes']:,} bytes, "
+        f"{c['over_entropy_pct']:+.3f}% over their order-0 bound ({report['entropy_bound_bytes']:,} bytes); "
+        f"row scales {c['scale_bytes']:,} bytes"
         + (f"; clip {report['clip']} ({report['clip_source']})" if report.get("clip") else "")
     )
 
 
 def _table(report: dict[str, Any]) -> Table:
     table = Table(title=f"{report['quantized_params']:,} quantized weights, same symbols for every codec")
-    for col in ("codec", "bytes", "bits/weight", "over entropy", "encode MB/s", "decode MB/s"):
+    cols = ("codec", "bytes", "bits/weight", "symbols", "symbols over entropy", "scales", "encode MB/s", "decode MB/s")
+    for col in cols:
         table.add_column(col, justify="left" if col == "codec" else "right")
-    table.add_row("f32", f"{report['raw_float_bytes']:,}", "32.0000", "", "", "")
+    table.add_row("f32", f"{report['raw_float_bytes']:,}", "32.0000", "", "", "", "", "")
     for name, c in sorted(report["codecs"].items(), key=lambda kv: kv[1]["bytes"]):
         mark = " *" if name == report["codec"] else ""
         table.add_row(
             name + mark,
             f"{c['bytes']:,}",
             f"{c['bits_per_weight']:.4f}",
+            f"{c['symbol_bytes']:,}",
             f"{c['over_entropy_pct']:+.3f}%",
+            f"{c['scale_bytes']:,}",
             _speed(c["encode_mb_s"]),
             _speed(c["decode_mb_s"]),
         )
     bound = report["entropy_bound_bytes"]
-    table.add_row("order-0 bound", f"{bound:,}", f"{bound * 8 / report['quantized_params']:.4f}", "", "", "")
+    table.add_row("order-0 bound of the symbols", "", "", f"{bound:,}", "", "", "", "")
     return table
 
 

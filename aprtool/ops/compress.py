@@ -652,7 +652,7 @@ def _code_all(plan: _Plan, options: CompressOptions, progress: Callable[[str, in
     """Code every quantized tensor with the chosen codec (with --compare, with every codec, on every core:
     LZMA and zstd release the GIL). Returns per-codec sizes and timings."""
     codecs = list(CODERS) if options.compare else [options.codec]
-    stats = {c: {"bytes": 0, "encode_s": 0.0, "decode_s": 0.0} for c in codecs}
+    stats = {c: {"bytes": 0, "symbol_bytes": 0, "encode_s": 0.0, "decode_s": 0.0} for c in codecs}
     with ThreadPoolExecutor(max_workers=_workers(options)) as pool:
         jobs = {
             (name, codec): pool.submit(_code_one, q, record, codec, options.compare)
@@ -662,6 +662,7 @@ def _code_all(plan: _Plan, options: CompressOptions, progress: Callable[[str, in
         for done, ((name, codec), job) in enumerate(jobs.items(), 1):
             tensor, encode_s, decode_s = job.result()
             stats[codec]["bytes"] += len(tensor.payload)
+            stats[codec]["symbol_bytes"] += len(enc.body_of(tensor))  # after the row scales
             stats[codec]["encode_s"] += encode_s
             stats[codec]["decode_s"] += decode_s
             if codec == options.codec:
@@ -672,11 +673,17 @@ def _code_all(plan: _Plan, options: CompressOptions, progress: Callable[[str, in
 
 
 def _codec_line(s: dict[str, Any], weights: int, entropy_bytes: float) -> dict[str, Any]:
+    """A codec's bytes: `bytes` (its payloads) = `symbol_bytes` (the coded symbols, with the coder's own
+    tables and headers) + `scale_bytes` (the row scales, LZMA-coded when smaller); `over_entropy_pct` sets
+    the symbols alone against the order-0 entropy of the symbols, the same basis for every codec."""
     mb = weights / 1e6
+    symbols = s["symbol_bytes"]
     return {
         "bytes": s["bytes"],
+        "symbol_bytes": symbols,
+        "scale_bytes": s["bytes"] - symbols,
         "bits_per_weight": round(s["bytes"] * 8 / weights, 4) if weights else 0.0,
-        "over_entropy_pct": round((s["bytes"] / entropy_bytes - 1) * 100, 4) if entropy_bytes else 0.0,
+        "over_entropy_pct": round((symbols / entropy_bytes - 1) * 100, 4) if entropy_bytes else 0.0,
         "encode_mb_s": round(mb / s["encode_s"], 3) if s["encode_s"] else None,
         "decode_mb_s": round(mb / s["decode_s"], 3) if s["decode_s"] else None,
     }
@@ -688,7 +695,7 @@ def _report(src, dst, size, source, plan, stats, options, clip, warnings) -> dic
         n = q.symbols.size
         weights += n
         bits = order0_entropy_bits(q.symbols, q.counts)
-        entropy_bytes += bits / 8 + 2 * q.symbols.shape[0]
+        entropy_bytes += bits / 8  # the symbols alone: scales and tables are their own lines
         plan.rows[name]["entropy_bits_per_weight"] = round(bits / n, 4) if n else 0.0
     return {
         "input": str(src),
