@@ -97,6 +97,9 @@ def test_strict_refuses_a_phase_that_cannot_fit(tmp_path, shards):
 
 
 def test_qat_forward_uses_compress_quantizer():
+    # Seeded: torch's std and numpy's one-pass std can differ by an ulp, and on a rare draw that moves one
+    # row's fp16 scale (what the suite's RNG state happened to give after the runs before this test).
+    torch.manual_seed(0)
     model = LlamaForCausalLM(PRESETS["tiny"].with_overrides(vocab_size=300))
     clip = Clip.parse("std:12.85")
     assert "model.layers.0.mlp.up_proj.weight" in model.set_qat(clip, 4096)

@@ -139,7 +139,10 @@ def test_retention_keeps_exactly_the_promised_files_and_all_verify(tmp_path, tin
     names = sorted(p.name for p in (run / "ckpt").iterdir())
     epochs = summary["epochs_completed"]
     expected = ["best.apr", "latest", "step-000025.apr", "step-000030.apr"]
-    expected += [f"epoch-{e:03d}.apr" for e in range(epochs - 1, epochs + 1)]  # the newest 2
+    records = [json.loads((run / "ckpt" / f"epoch-{e:03d}.metadata.json").read_text()) for e in range(1, epochs + 1)]
+    best_epoch = min(records, key=lambda r: r["val_loss"])["epoch"]
+    kept = {*range(epochs - 1, epochs + 1), best_epoch}  # the newest 2, and the best epoch's
+    expected += [f"epoch-{e:03d}.apr" for e in sorted(kept)]
     expected += [f"epoch-{e:03d}.metadata.json" for e in range(1, epochs + 1)]
     assert names == sorted(expected)
     assert (run / "ckpt" / "latest").read_text().strip() == "step-000030.apr"

@@ -434,8 +434,10 @@ class CheckpointDir:
         so a heavily wrapped small corpus cannot fill the disk with full training states."""
         found = [(EPOCH_RE.match(p.name), p) for p in self.dir.glob("epoch-*.apr")]
         best = self.best_epoch()
-        epochs = [p for n, p in sorted((int(m.group(1)), p) for m, p in found if m is not None) if n != best]
-        for old in epochs[: max(len(epochs) - self.keep_epochs, 0)]:  # the best epoch's file is never one
+        epochs = sorted((int(m.group(1)), p) for m, p in found if m is not None)
+        for n, old in epochs[: max(len(epochs) - self.keep_epochs, 0)]:
+            if n == best:  # the newest keep_epochs stay, and the best epoch's file too
+                continue
             doomed = old.with_name(DELETING + old.name)
             old.rename(doomed)
             doomed.unlink()

@@ -188,7 +188,6 @@ class Engine:
     run_meta: dict[str, Any]  # config, data fingerprint, tokenizer: in every checkpoint's `training`
     resume_command: str
     average: dict[str, torch.Tensor] = field(default_factory=dict)
-    best_before: float | None = None  # the best held-out loss before the current best was measured
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -353,13 +352,13 @@ class Engine:
 
     def _track_best(self) -> bool:
         """One best for every held-out measurement on the fixed windows, periodic and epoch-end alike: a
-        lower loss than any before becomes best_val_loss, best_step and best.apr. True if this one is it."""
+        loss lower than the best so far by more than --min-delta becomes best_val_loss, best_step and best.apr.
+        True if this one is it."""
         state = self.state
         if state.best_step == state.step and state.best_val_loss == state.val_loss:
             return True  # this step's loss was measured already (an epoch ended at a periodic evaluation)
-        if state.best_val_loss is not None and not state.val_loss < state.best_val_loss:
+        if state.best_val_loss is not None and not state.val_loss < state.best_val_loss - self.cfg.min_delta:
             return False
-        self.best_before = state.best_val_loss  # what the new best is a gain over (patience counts real gains)
         state.best_val_loss, state.best_step = state.val_loss, state.step
         self.checkpoint(self.ckpts.best_path, pointer=False)
         return True
@@ -372,7 +371,7 @@ class Engine:
         cfg, state = self.cfg, self.state
         state.val_loss = self._held_out_loss()
         state.evals += 1
-        if self._track_best() and (self.best_before is None or state.val_loss < self.best_before - cfg.min_delta):
+        if self._track_best():
             state.evals_since_best = 0
         else:
             state.evals_since_best += 1
