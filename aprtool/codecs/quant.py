@@ -91,14 +91,17 @@ def row_blocks(rows: int, cols: int) -> list[slice]:
 
 def error_sums(weights: np.ndarray, restored: Any, hessian: np.ndarray | None = None) -> tuple[float, float]:
     """(‖E‖², ‖W‖²), or with a Hessian (tr(E·H·Eᵀ), tr(W·H·Wᵀ)), in float64, E the rounding error of
-    `restored` (anything with `shape` and `dequantize_rows`); a block of rows at a time."""
-    rows, cols = as_rows(tuple(weights.shape))
+    `restored` (an array of the weights' shape, or anything with `dequantize_rows`); a block of rows at a time."""
+    shape = tuple(weights.shape) if weights.ndim else (1,)
+    rows, cols = as_rows(shape) if len(shape) > 1 else (1, shape[0])
     w_all = np.asarray(weights).reshape(rows, cols)
+    r_all = np.asarray(restored).reshape(rows, cols) if isinstance(restored, np.ndarray) else None
     h = None if hessian is None else np.asarray(hessian, np.float64)
     error = norm = 0.0
     for block in row_blocks(rows, cols):
         w = w_all[block].astype(np.float64)
-        e = restored.dequantize_rows(block, np.float64) - w
+        r = restored.dequantize_rows(block, np.float64) if r_all is None else r_all[block].astype(np.float64)
+        e = r - w
         if h is None:
             error, norm = error + float(np.einsum("ij,ij->", e, e)), norm + float(np.einsum("ij,ij->", w, w))
         else:  # the product first: BLAS, not einsum's three-operand loop
@@ -106,9 +109,9 @@ def error_sums(weights: np.ndarray, restored: Any, hessian: np.ndarray | None = 
     return error, norm
 
 
-def relative_error(weights: np.ndarray, q: Quantized) -> float:
-    """‖W − Q‖ / ‖W‖ of quantized symbols, a block at a time (what `relative_rmse` gives on whole arrays)."""
-    error, norm = error_sums(weights, q)
+def relative_error(weights: np.ndarray, restored: Any) -> float:
+    """‖W − R‖ / ‖W‖, R the restored weights (an array or quantized symbols), a block at a time."""
+    error, norm = error_sums(weights, restored)
     return float(np.sqrt(error / norm)) if norm > 0 else 0.0
 
 
@@ -153,14 +156,6 @@ def quantize(weights: np.ndarray, clip: Clip, bits: int = C.DEFAULT_BITS) -> Qua
         np.clip(q, -levels, levels, out=q)
         symbols[block] = q
     return Quantized(symbols, scales, shape, bits)
-
-
-def relative_rmse(original: np.ndarray, restored: np.ndarray) -> float:
-    """||original - restored|| / ||original||, in float32 with BLAS dot products."""
-    a = np.asarray(original, dtype=np.float32).ravel()
-    diff = np.asarray(restored, dtype=np.float32).ravel() - a
-    denom = float(np.dot(a, a))
-    return float(np.sqrt(np.dot(diff, diff) / denom)) if denom > 0 else 0.0
 
 
 def torch_fake_quant(weight: Any, clip: Clip) -> Any:

@@ -11,6 +11,7 @@ opened.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import time
 from dataclasses import dataclass
@@ -194,8 +195,6 @@ def _adoptable(values: np.ndarray) -> bool:
 
 def _file_backed(values: np.ndarray) -> bool:
     """Whether the array's memory is a file mapping (followed through views to the buffer that owns it)."""
-    import mmap
-
     base: Any = values
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base

@@ -20,7 +20,7 @@ import numpy as np
 from aprtool.codecs import tensor as enc
 from aprtool.codecs.coders import CODERS, order0_entropy_bits
 from aprtool.codecs.gptq import DEFAULT_DAMP, ROW_DAMP, gptq_quantize, gptq_rows, output_error, row_factors
-from aprtool.codecs.quant import Clip, Quantized, quantize, relative_error, relative_rmse
+from aprtool.codecs.quant import Clip, Quantized, quantize, relative_error
 from aprtool.container import constants as C
 from aprtool.container import open_apr, write_apr
 from aprtool.container.reader import AprFile
@@ -513,7 +513,7 @@ def _plan(source: _Source, options: CompressOptions) -> _Plan:
         plan.out[name] = stored
         if options.budget is not None and quantizing and _budget_may_quantize(array, dtype_name):
             plan.optional.append(name)
-        err = relative_rmse(array, stored) if dtype_name in FLOATS[:3] else 0.0
+        err = relative_error(array, stored) if dtype_name in FLOATS[:3] else 0.0
         plan.rows[name] = {
             "name": name,
             "shape": list(np.shape(array)),

@@ -39,7 +39,7 @@ from aprtool.errors import (
     IntegrityError,
     MetadataError,
 )
-from aprtool.paths import read_input
+from aprtool.paths import read_input, read_json
 
 P = C.TRAINING_PREFIX
 STEP_PREFIX = "step-"
@@ -445,9 +445,6 @@ class CheckpointDir:
     def best_epoch(self) -> int | None:
         """The epoch whose end-of-epoch held-out loss is the lowest, from the epoch records (unreadable or
         malformed records are passed over: they only decide which file retention spares)."""
-        from aprtool.errors import AprError
-        from aprtool.paths import read_json
-
         best: tuple[float, int] | None = None
         for path in self.dir.glob("epoch-*.metadata.json"):
             try:

@@ -37,8 +37,7 @@ class RunProgress:
 
     @property
     def steps_text(self) -> str:
-        """`step/total`, or the steps done alone when a time budget, not a step count, ends the run."""
-        return f"{self.step}/{self.total_steps}" if self.total_steps < UNBOUNDED_STEPS else f"{self.step}"
+        return steps_text(self.step, self.total_steps)
 
     @property
     def fraction(self) -> float:
@@ -71,9 +70,14 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
+def steps_text(step: int, total_steps: int) -> str:
+    """`step/total`, or the steps done alone when a time budget, not a step count, ends the run."""
+    return f"{step}/{total_steps}" if total_steps < UNBOUNDED_STEPS else f"{step}"
+
+
 def log_line(record: dict[str, Any], progress: RunProgress) -> str:
     """The plain line printed every --log-every steps when stderr is not a terminal."""
-    parts = [f"step {RunProgress(progress.total_steps, step=record['step']).steps_text}"]
+    parts = [f"step {steps_text(record['step'], progress.total_steps)}"]
     if progress.time_budget:
         parts.append(f"{progress.fraction:.0%} of {format_duration(progress.time_budget)}")
     if "loss" in record:
